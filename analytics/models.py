@@ -1,0 +1,1 @@
+"""analytics arrives with its issue; the app exists so migrations and imports have a home."""

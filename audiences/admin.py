@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from simple_history.admin import SimpleHistoryAdmin
+
+from audiences.models import ApiKey, Membership, Organisation
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Organisation)
+class OrganisationAdmin(SimpleHistoryAdmin):
+    list_display = ["name", "slug", "timezone", "member_count", "created_at"]
+    search_fields = ["name", "slug"]
+    list_filter = ["created_at"]
+    inlines = [MembershipInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Organisation]:
+        return super().get_queryset(request).annotate(member_total=Count("memberships"))
+
+    @admin.display(ordering="member_total", description="Members")
+    def member_count(self, obj: Organisation) -> int:
+        return obj.member_total  # type: ignore[attr-defined]
+
+
+@admin.register(Membership)
+class MembershipAdmin(SimpleHistoryAdmin):
+    list_display = ["user", "organisation", "role", "created_at"]
+    list_filter = ["role", "organisation"]
+    search_fields = ["user__username", "user__email", "organisation__name"]
+    list_select_related = ["user", "organisation"]
+    autocomplete_fields = ["user", "organisation"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(SimpleHistoryAdmin):
+    list_display = ["name", "organisation", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["role", "organisation", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "organisation__name"]
+    list_select_related = ["organisation"]
+    readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at", "revoked_at", "created_by"]
+    fields = ["organisation", "name", "role", *readonly_fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A key's secret is shown once at creation; the console, API and `create_api_key` do that, the admin can't.
+        return False

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from audiences.models import ApiKey, Organisation, Role
+
+
+class OrganisationSerializer(serializers.ModelSerializer):
+    timezone = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Organisation
+        fields = [
+            "id", "slug", "name", "timezone", "default_messages_per_minute", "default_messages_per_hour",
+            "default_quiet_hours_start", "default_quiet_hours_end", "sender_name", "sender_email",
+            "reply_to_email", "sms_sender_id", "postal_address", "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class OrganisationUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    timezone = serializers.CharField(max_length=64, required=False)
+    default_messages_per_minute = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    default_messages_per_hour = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    default_quiet_hours_start = serializers.TimeField(required=False, allow_null=True)
+    default_quiet_hours_end = serializers.TimeField(required=False, allow_null=True)
+    sender_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    sender_email = serializers.EmailField(required=False, allow_blank=True)
+    reply_to_email = serializers.EmailField(required=False, allow_blank=True)
+    sms_sender_id = serializers.CharField(max_length=20, required=False, allow_blank=True)
+    postal_address = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+        read_only_fields = fields
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MARKETER)
+
+
+class IssuedApiKeySerializer(ApiKeySerializer):
+    key = serializers.CharField(help_text="The secret. Shown only in this response; store it now.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields

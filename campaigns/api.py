@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from campaigns import selectors, services
+from campaigns.filters import CampaignFilter
+from campaigns.models import Campaign
+from campaigns.serializers import (
+    CampaignSerializer,
+    CampaignWriteSerializer,
+    HistoryEntrySerializer,
+    ScheduleSerializer,
+)
+
+UUID_PATTERN = r"[0-9a-fA-F-]{36}"
+
+CONFLICT = OpenApiResponse(description="The campaign's status does not allow this; the body lists allowed actions.")
+
+DELETED_PARAM = OpenApiParameter(
+    "deleted", str, enum=["exclude", "include", "only"], default="exclude",
+    description="Soft-deleted campaigns are hidden unless asked for.",
+)
+
+
+class DeletedParameter(serializers.Serializer):
+    deleted = serializers.ChoiceField(choices=["exclude", "include", "only"], required=False, default="exclude")
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            DELETED_PARAM,
+            OpenApiParameter("page_size", int, description="Default 20; values above 100 are clamped to 100."),
+        ]
+    ),
+    create=extend_schema(request=CampaignWriteSerializer, responses={201: CampaignSerializer}),
+    update=extend_schema(request=CampaignWriteSerializer, responses={200: CampaignSerializer, 409: CONFLICT}),
+    partial_update=extend_schema(request=CampaignWriteSerializer, responses={200: CampaignSerializer, 409: CONFLICT}),
+    destroy=extend_schema(responses={200: CampaignSerializer, 409: CONFLICT}),
+)
+class CampaignViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Campaigns of the caller's organisation. Another organisation's campaign is a 404."""
+
+    serializer_class = CampaignSerializer
+    filterset_class = CampaignFilter
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self) -> QuerySet[Campaign]:
+        deleted = "exclude"
+        if self.action == "list":
+            params = DeletedParameter(data=self.request.query_params)
+            params.is_valid(raise_exception=True)
+            deleted = params.validated_data["deleted"]
+        elif self.action in ("retrieve", "history"):
+            deleted = "include"  # a deleted campaign can still be looked at (and restored) within its window
+        return selectors.campaign_list(self.request.actor, deleted=deleted)
+
+    def _respond(self, campaign: Campaign, code: int = status.HTTP_200_OK) -> Response:
+        fresh = selectors.campaign_get(self.request.actor, campaign.pk, include_deleted=True)
+        return Response(CampaignSerializer(fresh).data, status=code)
+
+    def create(self, request: Request) -> Response:
+        payload = CampaignWriteSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        variants = data.pop("variants", None)
+        campaign = services.campaign_create(actor=request.actor, variants=variants, **data)
+        return self._respond(campaign, status.HTTP_201_CREATED)
+
+    def _update(self, request: Request, pk: str, *, partial: bool) -> Response:
+        payload = CampaignWriteSerializer(data=request.data, partial=partial)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        variants = data.pop("variants", None)
+        if partial:
+            # Only what the client sent; serializer defaults must not overwrite stored values.
+            data = {key: value for key, value in data.items() if key in request.data}
+        campaign = services.campaign_update(actor=request.actor, campaign_id=pk, changes=data, variants=variants)
+        return self._respond(campaign)
+
+    def update(self, request: Request, pk: str) -> Response:
+        return self._update(request, pk, partial=False)
+
+    def partial_update(self, request: Request, pk: str) -> Response:
+        return self._update(request, pk, partial=True)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        """Soft delete (restorable for 30 days). Running campaigns must be paused first (409)."""
+        campaign = services.campaign_delete(actor=request.actor, campaign_id=pk)
+        return self._respond(campaign)
+
+    @extend_schema(request=None, responses={201: CampaignSerializer})
+    @action(detail=True, methods=["post"])
+    def clone(self, request: Request, pk: str) -> Response:
+        """A new independent draft named "Copy of …" with a deep copy of the configuration."""
+        campaign = services.campaign_clone(actor=request.actor, campaign_id=pk)
+        return self._respond(campaign, status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def restore(self, request: Request, pk: str) -> Response:
+        campaign = services.campaign_restore(actor=request.actor, campaign_id=pk)
+        return self._respond(campaign)
+
+    @extend_schema(responses={200: HistoryEntrySerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, pk: str) -> Response:
+        """Who changed what and when, newest first."""
+        campaign = self.get_object()
+        return Response(HistoryEntrySerializer(selectors.campaign_history(campaign), many=True).data)
+
+    def _transition(self, request: Request, pk: str, action_name: str, **kwargs: Any) -> Response:
+        campaign = services.campaign_transition(actor=request.actor, campaign_id=pk, action=action_name, **kwargs)
+        return self._respond(campaign)
+
+    @extend_schema(request=ScheduleSerializer, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def schedule(self, request: Request, pk: str) -> Response:
+        """draft → scheduled (scheduled campaigns). The time must be at least 5 minutes ahead."""
+        payload = ScheduleSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        return self._transition(request, pk, "schedule", scheduled_at=payload.validated_data.get("scheduled_at"))
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def unschedule(self, request: Request, pk: str) -> Response:
+        """scheduled → draft, to edit it."""
+        return self._transition(request, pk, "unschedule")
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def activate(self, request: Request, pk: str) -> Response:
+        """draft → active (triggered campaigns)."""
+        return self._transition(request, pk, "activate")
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str) -> Response:
+        """running/active → paused."""
+        return self._transition(request, pk, "pause")
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        """paused → running (scheduled) or active (triggered)."""
+        return self._transition(request, pk, "resume")
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def complete(self, request: Request, pk: str) -> Response:
+        """active → completed: a triggered campaign stops listening."""
+        return self._transition(request, pk, "complete")
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        """Stop for good."""
+        return self._transition(request, pk, "cancel")
+
+

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models.functions import Cast, Lower, Upper
+from django.db.models.indexes import Index
+from django.contrib.postgres.indexes import OpClass
+from simple_history.models import HistoricalRecords
+
+from audiences.history import HistoryActorMixin
+from audiences.models import Organisation
+
+
+class CampaignType(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    TRIGGERED = "triggered", "Triggered"
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    SCHEDULED = "scheduled", "Scheduled"
+    ACTIVE = "active", "Active"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Channel(models.TextChoices):
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+    WHATSAPP = "whatsapp", "WhatsApp"
+    IN_APP = "in_app", "In-app"
+    WEBHOOK = "webhook", "Webhook"
+
+
+LIVE = models.Q(deleted_at__isnull=True)
+
+
+class Campaign(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="campaigns")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, max_length=5000)
+    type = models.CharField(max_length=16, choices=CampaignType.choices, default=CampaignType.SCHEDULED)
+    status = models.CharField(max_length=16, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT)
+    channels = ArrayField(models.CharField(max_length=16, choices=Channel.choices), default=list, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_campaigns"
+    )
+
+    # When a scheduled campaign should (first) run. Recurring schedules arrive with the execution engine.
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+
+    # Per-campaign throttle; empty inherits the organisation's default.
+    messages_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    messages_per_hour = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.CharField(max_length=200, blank=True)
+
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.CharField(max_length=200, blank=True)
+
+    history = HistoricalRecords(bases=[HistoryActorMixin])
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                models.F("organisation"), Lower("name"), condition=LIVE, name="campaign_unique_live_name"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=CampaignStatus.values), name="campaign_status_valid"
+            ),
+            models.CheckConstraint(condition=models.Q(type__in=CampaignType.values), name="campaign_type_valid"),
+            models.CheckConstraint(
+                condition=~models.Q(status=CampaignStatus.SCHEDULED) | models.Q(scheduled_at__isnull=False),
+                name="campaign_scheduled_has_time",
+            ),
+        ]
+        indexes = [
+            Index(fields=["organisation", "-created_at"], condition=LIVE, name="campaign_live_created_idx"),
+            Index(fields=["organisation", "scheduled_at"], condition=LIVE, name="campaign_live_scheduled_idx"),
+            Index(fields=["organisation", "name"], condition=LIVE, name="campaign_live_name_idx"),
+            Index(fields=["organisation", "status", "-created_at"], condition=LIVE, name="campaign_live_status_idx"),
+            Index(fields=["organisation", "type", "-created_at"], condition=LIVE, name="campaign_live_type_idx"),
+            # Case-insensitive name-prefix search: matches Django's `UPPER(name::text) LIKE UPPER('abc%')`.
+            Index(
+                models.F("organisation"),
+                OpClass(Upper(Cast("name", models.TextField())), name="text_pattern_ops"),
+                name="campaign_name_prefix_idx",
+            ),
+            Index(fields=["organisation", "-deleted_at"], condition=~LIVE, name="campaign_deleted_idx"),
+            Index(fields=["deleted_at"], condition=~LIVE, name="campaign_purge_idx"),
+            GinIndex(fields=["channels"], name="campaign_channels_gin"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+
+class Variant(models.Model):
+    """One version of a campaign's content. Every campaign has at least one; allocations sum to 100."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="variants")
+    name = models.CharField(max_length=100)
+    position = models.PositiveSmallIntegerField(default=0)
+    allocation_percent = models.PositiveSmallIntegerField(
+        default=100, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
+    is_control = models.BooleanField(default=False, help_text="Control recipients are measured but sent nothing.")
+    # Content per channel, keyed by channel: {"email": {"subject": ..., "html": ...}, "sms": {"body": ...}}.
+    content = models.JSONField(default=dict, blank=True)
+
+    history = HistoricalRecords(bases=[HistoryActorMixin])
+
+    class Meta:
+        ordering = ["position", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "name"], name="variant_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(allocation_percent__gte=0, allocation_percent__lte=100),
+                name="variant_allocation_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} / {self.name}"

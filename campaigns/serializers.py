@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from campaigns.models import Campaign, CampaignType, Channel, Variant
+from campaigns.services import MAX_VARIANTS, allowed_transitions, campaign_restore_deadline
+
+
+class VariantSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(max_length=100)
+    allocation_percent = serializers.IntegerField(min_value=0, max_value=100)
+    is_control = serializers.BooleanField(default=False)
+    content = serializers.DictField(
+        child=serializers.DictField(), required=False, default=dict,
+        help_text="Content per channel, keyed by channel name.",
+    )
+
+    class Meta:
+        model = Variant
+        fields = ["id", "name", "allocation_percent", "is_control", "content"]
+        read_only_fields = ["id"]
+
+
+class AllowedTransitionSerializer(serializers.Serializer):
+    action = serializers.CharField()
+    status = serializers.CharField()
+
+
+class CampaignSerializer(serializers.ModelSerializer):
+    """What the API returns for a campaign."""
+
+    owner = serializers.SerializerMethodField()
+    variants = VariantSerializer(many=True, read_only=True)
+    allowed_actions = serializers.SerializerMethodField()
+    restore_deadline = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "id", "name", "description", "type", "status", "channels", "owner", "scheduled_at",
+            "messages_per_minute", "messages_per_hour", "variants", "allowed_actions",
+            "created_at", "updated_at", "status_changed_at", "paused_at", "paused_by",
+            "deleted_at", "deleted_by", "restore_deadline",
+        ]
+        read_only_fields = fields
+
+    def get_owner(self, campaign: Campaign) -> str | None:
+        return campaign.owner.get_username() if campaign.owner else None
+
+    @staticmethod
+    def _allowed(campaign: Campaign) -> list[dict[str, str]]:
+        return [] if campaign.deleted_at else allowed_transitions(campaign)
+
+    @extend_schema_field(AllowedTransitionSerializer(many=True))
+    def get_allowed_actions(self, campaign: Campaign) -> list[dict[str, str]]:
+        return self._allowed(campaign)
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_restore_deadline(self, campaign: Campaign) -> Any:
+        deadline = campaign_restore_deadline(campaign)
+        return serializers.DateTimeField().to_representation(deadline) if deadline else None
+
+
+
+
+
+class CampaignWriteSerializer(serializers.Serializer):
+    """What a client may send to create or change a campaign. Business rules live in campaigns.services."""
+
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(max_length=5000, allow_blank=True, required=False, default="")
+    type = serializers.ChoiceField(choices=CampaignType.choices, required=False, default=CampaignType.SCHEDULED)
+    channels = serializers.ListField(
+        child=serializers.ChoiceField(choices=Channel.choices), required=False, default=list, max_length=5
+    )
+    scheduled_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    messages_per_minute = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    messages_per_hour = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    variants = VariantSerializer(many=True, required=False, max_length=MAX_VARIANTS, min_length=1)
+
+    def validate_name(self, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+
+class ScheduleSerializer(serializers.Serializer):
+    scheduled_at = serializers.DateTimeField(
+        required=False, help_text="When to send; at least 5 minutes ahead. Defaults to the campaign's scheduled_at."
+    )
+
+
+class HistoryEntrySerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    actor = serializers.CharField()
+    action = serializers.CharField()
+    changes = serializers.DictField()

@@ -1,0 +1,497 @@
+"""Every change to a campaign goes through one of these functions: atomic, permission-checked, audited."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from audiences.access import Actor, require_campaign_write
+from campaigns.models import Campaign, CampaignStatus, CampaignType, Channel, Variant
+from campaigns.selectors import campaign_get_for_update
+from compliance.audit import audit_record
+from compliance.models import AuditLogEntry
+from config.errors import Conflict
+
+S = CampaignStatus
+
+MAX_VARIANTS = 5
+MIN_SCHEDULE_LEAD = timedelta(minutes=5)
+EDITABLE_STATUSES = frozenset({S.DRAFT, S.PAUSED})
+DELETABLE_STATUSES = frozenset({S.DRAFT, S.PAUSED, S.COMPLETED, S.CANCELLED})
+# Deleting these first cancels them, so nothing deleted is still waiting to send.
+CANCEL_ON_DELETE_STATUSES = frozenset({S.SCHEDULED, S.ACTIVE})
+
+
+@dataclass(frozen=True)
+class Transition:
+    action: str
+    sources: frozenset[str]
+    target: str | None  # None: depends on the campaign type (resume)
+    campaign_type: str | None = None  # only for campaigns of this type
+    description: str = ""
+
+    def target_for(self, campaign: Campaign) -> str:
+        if self.target is not None:
+            return self.target
+        return S.ACTIVE if campaign.type == CampaignType.TRIGGERED else S.RUNNING
+
+
+# The campaign state machine. Anything not listed here is refused with 409 and the list of what is allowed.
+TRANSITIONS: dict[str, Transition] = {
+    t.action: t
+    for t in (
+        Transition("schedule", frozenset({S.DRAFT}), S.SCHEDULED, CampaignType.SCHEDULED, "Schedule to send"),
+        Transition("unschedule", frozenset({S.SCHEDULED}), S.DRAFT, CampaignType.SCHEDULED, "Back to draft"),
+        Transition("activate", frozenset({S.DRAFT}), S.ACTIVE, CampaignType.TRIGGERED, "Start listening for events"),
+        Transition("start", frozenset({S.DRAFT, S.SCHEDULED}), S.RUNNING, CampaignType.SCHEDULED, "Send now"),
+        Transition("pause", frozenset({S.RUNNING, S.ACTIVE}), S.PAUSED, None, "Pause sending"),
+        Transition("resume", frozenset({S.PAUSED}), None, None, "Resume sending"),
+        Transition("complete", frozenset({S.RUNNING, S.ACTIVE}), S.COMPLETED, None, "Finish"),
+        Transition(
+            "cancel", frozenset({S.SCHEDULED, S.ACTIVE, S.RUNNING, S.PAUSED}), S.CANCELLED, None, "Cancel for good"
+        ),
+    )
+}
+# Actions people may take through the API and console. `start` and `complete` of scheduled runs belong to
+# the execution engine, which calls `campaign_transition` itself.
+USER_ACTIONS = ("schedule", "unschedule", "activate", "pause", "resume", "complete", "cancel")
+
+
+def allowed_transitions(campaign: Campaign, *, actions: Iterable[str] = USER_ACTIONS) -> list[dict[str, str]]:
+    result = []
+    for action in actions:
+        transition = TRANSITIONS[action]
+        if campaign.status not in transition.sources:
+            continue
+        if transition.campaign_type and transition.campaign_type != campaign.type:
+            continue
+        if action == "complete" and campaign.type == CampaignType.SCHEDULED and actions is USER_ACTIONS:
+            continue  # a scheduled run completes when its last message is sent, not on request
+        result.append({"action": action, "status": transition.target_for(campaign)})
+    return result
+
+
+def _invalid_transition(campaign: Campaign, action: str) -> Conflict:
+    allowed = allowed_transitions(campaign)
+    return Conflict(
+        f"Cannot {action} a {campaign.type} campaign that is {campaign.status}.",
+        code="invalid_transition",
+        status=campaign.status,
+        allowed_actions=[item["action"] for item in allowed],
+        allowed_statuses=sorted({item["status"] for item in allowed}),
+    )
+
+
+# --- validation ---------------------------------------------------------------------------------------------
+
+
+def _validate_channels(channels: Sequence[str]) -> list[str]:
+    unknown = [c for c in channels if c not in Channel.values]
+    if unknown:
+        raise ValidationError({"channels": [f"Unknown channel(s): {', '.join(map(str, unknown))}."]})
+    # Keep the order the marketer chose, without repeats.
+    return list(dict.fromkeys(channels))
+
+
+def _validate_variants(variants: Sequence[Mapping[str, Any]], channels: Sequence[str]) -> None:
+    errors: list[str] = []
+    if not 1 <= len(variants) <= MAX_VARIANTS:
+        errors.append(f"A campaign has between 1 and {MAX_VARIANTS} variants.")
+    names = [str(v.get("name", "")).strip() for v in variants]
+    if any(not n for n in names):
+        errors.append("Every variant needs a name.")
+    duplicates = sorted({n for n in names if n and names.count(n) > 1})
+    if duplicates:
+        errors.append(f"Variant names must be unique: {', '.join(duplicates)}.")
+    total = sum(int(v.get("allocation_percent", 0)) for v in variants)
+    if variants and total != 100:
+        errors.append(f"Variant allocations must add up to 100% (they add up to {total}%).")
+    controls = [v for v in variants if v.get("is_control")]
+    if len(controls) > 1:
+        errors.append("Only one variant can be the control.")
+    if controls and len(controls) == len(variants):
+        errors.append("A campaign needs at least one variant that sends a message.")
+    for name, variant in zip(names, variants, strict=True):
+        content = variant.get("content") or {}
+        if not isinstance(content, Mapping):
+            errors.append(f"Variant {name}: content must be an object keyed by channel.")
+            continue
+        extra = sorted(set(content) - set(channels))
+        if extra:
+            errors.append(f"Variant {name}: content for channel(s) the campaign does not use: {', '.join(extra)}.")
+        for channel, channel_content in content.items():
+            if not isinstance(channel_content, Mapping):
+                errors.append(f"Variant {name}: {channel} content must be an object.")
+    if errors:
+        raise ValidationError({"variants": errors})
+
+
+def _validate_schedule_time(scheduled_at: datetime | None, *, now: datetime) -> None:
+    if scheduled_at is None:
+        raise ValidationError({"scheduled_at": ["Choose when the campaign should be sent."]})
+    if scheduled_at < now + MIN_SCHEDULE_LEAD:
+        raise ValidationError({"scheduled_at": ["The scheduled time must be at least 5 minutes in the future."]})
+
+
+def _name_taken(organisation_id: Any, name: str, *, exclude_id: Any = None) -> bool:
+    queryset = Campaign.objects.filter(
+        organisation_id=organisation_id, deleted_at__isnull=True
+    ).annotate(lower_name=Lower("name")).filter(lower_name=name.lower())
+    if exclude_id is not None:
+        queryset = queryset.exclude(pk=exclude_id)
+    return queryset.exists()
+
+
+def _unique_name(organisation_id: Any, base: str, *, exclude_id: Any = None) -> str:
+    """`base`, or `base (2)`, `base (3)`… whichever is free among live campaigns."""
+    base = base[:190]
+    if not _name_taken(organisation_id, base, exclude_id=exclude_id):
+        return base
+    counter = 2
+    while _name_taken(organisation_id, f"{base} ({counter})", exclude_id=exclude_id):
+        counter += 1
+    return f"{base} ({counter})"
+
+
+def _save_campaign(campaign: Campaign, **kwargs: Any) -> None:
+    """Save, turning the live-name uniqueness race into the same field error the pre-check gives."""
+    try:
+        with transaction.atomic():
+            campaign.save(**kwargs)
+    except IntegrityError as exc:
+        if "campaign_unique_live_name" in str(exc):
+            raise ValidationError({"name": ["A campaign with this name already exists."]}) from exc
+        raise
+
+
+def _snapshot(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "name": campaign.name,
+        "description": campaign.description,
+        "type": campaign.type,
+        "status": campaign.status,
+        "channels": list(campaign.channels),
+        "scheduled_at": campaign.scheduled_at.isoformat() if campaign.scheduled_at else None,
+        "messages_per_minute": campaign.messages_per_minute,
+        "messages_per_hour": campaign.messages_per_hour,
+    }
+
+
+def _replace_variants(campaign: Campaign, variants: Sequence[Mapping[str, Any]], *, actor: Actor) -> None:
+    existing = {v.name: v for v in campaign.variants.all()}
+    keep: set[str] = set()
+    for position, data in enumerate(variants):
+        name = str(data["name"]).strip()
+        variant = existing.get(name) or Variant(campaign=campaign, name=name)
+        variant.position = position
+        variant.allocation_percent = int(data.get("allocation_percent", 0))
+        variant.is_control = bool(data.get("is_control", False))
+        variant.content = copy.deepcopy(dict(data.get("content") or {}))
+        actor.stamp(variant)
+        variant.save()
+        keep.add(name)
+    for name, variant in existing.items():
+        if name not in keep:
+            actor.stamp(variant, "removed")
+            variant.delete()
+
+
+DEFAULT_VARIANTS: list[dict[str, Any]] = [{"name": "A", "allocation_percent": 100, "is_control": False, "content": {}}]
+
+UPDATABLE_FIELDS = ("name", "description", "type", "channels", "scheduled_at", "messages_per_minute",
+                    "messages_per_hour")
+
+
+# --- actions ------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def campaign_create(
+    *,
+    actor: Actor,
+    name: str,
+    description: str = "",
+    type: str = CampaignType.SCHEDULED,
+    channels: Sequence[str] = (),
+    scheduled_at: datetime | None = None,
+    messages_per_minute: int | None = None,
+    messages_per_hour: int | None = None,
+    variants: Sequence[Mapping[str, Any]] | None = None,
+) -> Campaign:
+    """A new draft. Nothing is sent until it is explicitly scheduled or activated."""
+    require_campaign_write(actor)
+    name = name.strip()
+    channels = _validate_channels(channels)
+    variants = list(variants) if variants else copy.deepcopy(DEFAULT_VARIANTS)
+    _validate_variants(variants, channels)
+    if name and _name_taken(actor.organisation.pk, name):
+        raise ValidationError({"name": ["A campaign with this name already exists."]})
+    campaign = Campaign(
+        organisation=actor.organisation,
+        name=name,
+        description=description,
+        type=type,
+        status=S.DRAFT,
+        channels=channels,
+        owner=actor.user,
+        scheduled_at=scheduled_at,
+        messages_per_minute=messages_per_minute,
+        messages_per_hour=messages_per_hour,
+        status_changed_at=timezone.now(),
+    )
+    campaign.full_clean(validate_constraints=False)
+    actor.stamp(campaign, "created")
+    _save_campaign(campaign)
+    _replace_variants(campaign, variants, actor=actor)
+    audit_record(actor=actor, action="campaign.create", target=campaign, details=_snapshot(campaign))
+    return campaign
+
+
+@transaction.atomic
+def campaign_update(
+    *,
+    actor: Actor,
+    campaign_id: Any,
+    changes: Mapping[str, Any],
+    variants: Sequence[Mapping[str, Any]] | None = None,
+) -> Campaign:
+    """Change a draft or paused campaign. Anything else is refused: a live campaign must be paused first."""
+    require_campaign_write(actor)
+    campaign = campaign_get_for_update(actor, campaign_id)
+    if campaign.status not in EDITABLE_STATUSES:
+        raise Conflict(
+            f"A {campaign.status} campaign cannot be changed; only draft and paused campaigns can.",
+            code="not_editable",
+            status=campaign.status,
+            editable_statuses=sorted(EDITABLE_STATUSES),
+            allowed_actions=[t["action"] for t in allowed_transitions(campaign)],
+        )
+    unknown = set(changes) - set(UPDATABLE_FIELDS)
+    if unknown:
+        raise ValidationError({field: ["This field cannot be changed."] for field in sorted(unknown)})
+    before = _snapshot(campaign)
+    if "type" in changes and changes["type"] != campaign.type and campaign.status != S.DRAFT:
+        raise ValidationError({"type": ["The type can only change while the campaign is a draft."]})
+    for field, value in changes.items():
+        if field == "channels":
+            value = _validate_channels(value)
+        if field == "name":
+            value = value.strip()
+        setattr(campaign, field, value)
+    if "name" in changes and _name_taken(campaign.organisation_id, campaign.name, exclude_id=campaign.pk):
+        raise ValidationError({"name": ["A campaign with this name already exists."]})
+    current_variants = [
+        {"name": v.name, "allocation_percent": v.allocation_percent, "is_control": v.is_control, "content": v.content}
+        for v in campaign.variants.all()
+    ]
+    _validate_variants(variants if variants is not None else current_variants, campaign.channels)
+    campaign.full_clean(validate_constraints=False)
+    actor.stamp(campaign, "updated")
+    _save_campaign(campaign)
+    if variants is not None:
+        _replace_variants(campaign, variants, actor=actor)
+    after = _snapshot(campaign)
+    audit_record(
+        actor=actor,
+        action="campaign.update",
+        target=campaign,
+        details={"changed": {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]},
+                 "variants_replaced": variants is not None},
+    )
+    return campaign
+
+
+@transaction.atomic
+def campaign_transition(
+    *,
+    actor: Actor,
+    campaign_id: Any,
+    action: str,
+    scheduled_at: datetime | None = None,
+    by_engine: bool = False,
+) -> Campaign:
+    """Move a campaign through its state machine (schedule, activate, pause, resume, cancel…).
+
+    People may take the USER_ACTIONS; the execution engine (`by_engine=True`) also starts and completes runs.
+    """
+    if not by_engine:
+        require_campaign_write(actor)
+    if action not in TRANSITIONS:
+        raise ValidationError({"action": [f"Unknown action. Choose one of: {', '.join(USER_ACTIONS)}."]})
+    campaign = campaign_get_for_update(actor, campaign_id)
+    transition = TRANSITIONS[action]
+    permitted = allowed_transitions(campaign, actions=TRANSITIONS if by_engine else USER_ACTIONS)
+    if action not in {item["action"] for item in permitted}:
+        raise _invalid_transition(campaign, action)
+    now = timezone.now()
+    if action in ("schedule", "activate", "start") and not campaign.channels:
+        raise ValidationError({"channels": ["Choose at least one channel before launching."]})
+    if action == "schedule":
+        if scheduled_at is not None:
+            campaign.scheduled_at = scheduled_at
+        _validate_schedule_time(campaign.scheduled_at, now=now)
+    previous = campaign.status
+    campaign.status = transition.target_for(campaign)
+    campaign.status_changed_at = now
+    if action == "pause":
+        campaign.paused_at = now
+        campaign.paused_by = actor.label
+    actor.stamp(campaign, f"{action}: {previous} → {campaign.status}")
+    campaign.save()
+    audit_record(
+        actor=actor,
+        action=f"campaign.{action}",
+        target=campaign,
+        details={"from": previous, "to": campaign.status,
+                 "scheduled_at": campaign.scheduled_at.isoformat() if campaign.scheduled_at else None},
+    )
+    return campaign
+
+
+@transaction.atomic
+def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
+    """An independent draft copy of any campaign, in any status, named "Copy of …"."""
+    require_campaign_write(actor)
+    origin = campaign_get_for_update(actor, campaign_id, include_deleted=True)
+    clone = Campaign(
+        organisation=origin.organisation,
+        name=_unique_name(origin.organisation_id, f"Copy of {origin.name}"),
+        description=origin.description,
+        type=origin.type,
+        status=S.DRAFT,
+        channels=list(origin.channels),
+        owner=actor.user or origin.owner,
+        scheduled_at=origin.scheduled_at,
+        messages_per_minute=origin.messages_per_minute,
+        messages_per_hour=origin.messages_per_hour,
+        status_changed_at=timezone.now(),
+    )
+    actor.stamp(clone, f"cloned from campaign {origin.pk} ({origin.name})")
+    _save_campaign(clone)
+    for variant in origin.variants.all():
+        copy_ = Variant(
+            campaign=clone,
+            name=variant.name,
+            position=variant.position,
+            allocation_percent=variant.allocation_percent,
+            is_control=variant.is_control,
+            content=copy.deepcopy(variant.content),
+        )
+        actor.stamp(copy_, f"cloned from variant {variant.pk}")
+        copy_.save()
+    audit_record(
+        actor=actor,
+        action="campaign.clone",
+        target=clone,
+        details={"origin_campaign_id": str(origin.pk), "origin_campaign_name": origin.name},
+    )
+    return clone
+
+
+@transaction.atomic
+def campaign_delete(*, actor: Actor, campaign_id: Any) -> Campaign:
+    """Soft delete, restorable for the retention window. A running campaign must be paused first."""
+    require_campaign_write(actor)
+    campaign = campaign_get_for_update(actor, campaign_id)
+    if campaign.status not in DELETABLE_STATUSES | CANCEL_ON_DELETE_STATUSES:
+        raise Conflict(
+            f"A {campaign.status} campaign cannot be deleted; pause it first.",
+            code="not_deletable",
+            status=campaign.status,
+            allowed_actions=[t["action"] for t in allowed_transitions(campaign)],
+        )
+    now = timezone.now()
+    if campaign.status in CANCEL_ON_DELETE_STATUSES:
+        previous = campaign.status
+        campaign.status = S.CANCELLED
+        campaign.status_changed_at = now
+        audit_record(actor=actor, action="campaign.cancel", target=campaign,
+                     details={"from": previous, "to": S.CANCELLED, "reason": "deleted"})
+    campaign.deleted_at = now
+    campaign.deleted_by = actor.label
+    actor.stamp(campaign, "deleted")
+    campaign.save()
+    audit_record(actor=actor, action="campaign.delete", target=campaign, details={"status": campaign.status})
+    return campaign
+
+
+def campaign_restore_deadline(campaign: Campaign) -> datetime | None:
+    if campaign.deleted_at is None:
+        return None
+    return campaign.deleted_at + timedelta(days=settings.CAMPAIGN_RESTORE_WINDOW_DAYS)
+
+
+@transaction.atomic
+def campaign_restore(*, actor: Actor, campaign_id: Any) -> Campaign:
+    """Undo a soft delete within the retention window. If the name was reused meanwhile, the restored campaign
+    gets a free variant of it ("Spring sale (2)") rather than failing."""
+    require_campaign_write(actor)
+    campaign = campaign_get_for_update(actor, campaign_id, include_deleted=True)
+    if campaign.deleted_at is None:
+        raise Conflict("This campaign is not deleted.", code="not_deleted", status=campaign.status)
+    deadline = campaign_restore_deadline(campaign)
+    if deadline is not None and timezone.now() >= deadline:
+        raise Conflict("The restore window for this campaign has passed.", code="restore_window_expired")
+    original_name = campaign.name
+    campaign.name = _unique_name(campaign.organisation_id, campaign.name, exclude_id=campaign.pk)
+    campaign.deleted_at = None
+    campaign.deleted_by = ""
+    actor.stamp(campaign, "restored")
+    _save_campaign(campaign)
+    audit_record(
+        actor=actor,
+        action="campaign.restore",
+        target=campaign,
+        details={"renamed_from": original_name} if campaign.name != original_name else {},
+    )
+    return campaign
+
+
+PURGE_BATCH_SIZE = 500
+
+
+def campaigns_purge_deleted(*, now: datetime | None = None, batch_size: int = PURGE_BATCH_SIZE) -> int:
+    """Hard-delete campaigns soft-deleted longer ago than the restore window, with their variants and history.
+
+    Works in bounded batches, each its own transaction, so a large backlog neither holds one huge lock nor
+    loses finished batches when interrupted. Safe to run concurrently: rows are claimed with SKIP LOCKED.
+    """
+    cutoff = (now or timezone.now()) - timedelta(days=settings.CAMPAIGN_RESTORE_WINDOW_DAYS)
+    purged = 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Campaign.objects.filter(deleted_at__lt=cutoff)
+                .select_for_update(skip_locked=True)
+                .values_list("pk", "organisation_id", "name")[:batch_size]
+            )
+            if not batch:
+                return purged
+            ids = [pk for pk, _, _ in batch]
+            variant_ids = list(Variant.objects.filter(campaign_id__in=ids).values_list("pk", flat=True))
+            Campaign.objects.filter(pk__in=ids).delete()
+            # Deleting makes simple_history write "deleted" rows; the whole history goes, as GDPR asks.
+            Variant.history.model.objects.filter(id__in=variant_ids).delete()
+            Campaign.history.model.objects.filter(id__in=ids).delete()
+            AuditLogEntry.objects.bulk_create(
+                AuditLogEntry(
+                    organisation_id=organisation_id,
+                    action="campaign.purge",
+                    target_type=Campaign._meta.label_lower,
+                    target_id=str(pk),
+                    target_repr=name[:300],
+                    actor_label="retention policy",
+                    details={"restore_window_days": settings.CAMPAIGN_RESTORE_WINDOW_DAYS},
+                )
+                for pk, organisation_id, name in batch
+            )
+            purged += len(batch)

@@ -1,0 +1,17 @@
+from django.urls import path
+
+from campaigns import views
+
+app_name = "campaigns"
+
+urlpatterns = [
+    path("", views.campaign_list_view, name="list"),
+    path("deleted/", views.campaign_deleted_view, name="deleted"),
+    path("new/", views.campaign_create_view, name="create"),
+    path("<uuid:campaign_id>/", views.campaign_detail_view, name="detail"),
+    path("<uuid:campaign_id>/edit/", views.campaign_edit_view, name="edit"),
+    path("<uuid:campaign_id>/clone/", views.campaign_clone_view, name="clone"),
+    path("<uuid:campaign_id>/delete/", views.campaign_delete_view, name="delete"),
+    path("<uuid:campaign_id>/restore/", views.campaign_restore_view, name="restore"),
+    path("<uuid:campaign_id>/<str:action>/", views.campaign_transition_view, name="transition"),
+]

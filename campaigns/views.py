@@ -1,0 +1,210 @@
+"""Console pages for campaigns. Thin: every change is a call into campaigns.services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from audiences.access import can_write_campaigns
+from audiences.decorators import member_required
+from campaigns import selectors, services
+from campaigns.filters import CampaignFilter
+from campaigns.forms import CampaignForm
+from campaigns.models import Campaign, CampaignStatus, CampaignType, Channel
+from config.errors import Conflict
+
+PAGE_SIZES = (20, 50, 100)
+
+
+def _get_campaign(request: HttpRequest, campaign_id: Any, *, include_deleted: bool = False) -> Campaign:
+    try:
+        return selectors.campaign_get(request.actor, campaign_id, include_deleted=include_deleted)
+    except Campaign.DoesNotExist as exc:
+        raise Http404("No such campaign") from exc
+
+
+def _page_size(request: HttpRequest) -> int:
+    try:
+        value = int(request.GET.get("page_size", PAGE_SIZES[0]))
+    except ValueError:
+        return PAGE_SIZES[0]
+    return min(max(value, 1), 100)
+
+
+def _list(request: HttpRequest, *, deleted: str, template: str) -> HttpResponse:
+    filterset = CampaignFilter(request.GET or None, queryset=selectors.campaign_list(request.actor, deleted=deleted))
+    if filterset.is_bound and not filterset.is_valid():
+        queryset = Campaign.objects.none()
+    else:
+        queryset = filterset.qs
+    page = Paginator(queryset, _page_size(request)).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "filterset": filterset,
+        "page": page,
+        "query": query.urlencode(),
+        "statuses": CampaignStatus.choices,
+        "types": CampaignType.choices,
+        "channels": Channel.choices,
+        "page_sizes": PAGE_SIZES,
+        "can_write": can_write_campaigns(request.actor),
+        "deleted": deleted,
+    }
+    if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "campaign-results":
+        return render(request, "campaigns/_results.html", context)
+    return render(request, template, context)
+
+
+@member_required
+def campaign_list_view(request: HttpRequest) -> HttpResponse:
+    return _list(request, deleted="exclude", template="campaigns/list.html")
+
+
+@member_required
+def campaign_deleted_view(request: HttpRequest) -> HttpResponse:
+    return _list(request, deleted="only", template="campaigns/deleted.html")
+
+
+def _form_initial(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "name": campaign.name,
+        "description": campaign.description,
+        "type": campaign.type,
+        "channels": campaign.channels,
+        "scheduled_at": campaign.scheduled_at,
+        "messages_per_minute": campaign.messages_per_minute,
+        "messages_per_hour": campaign.messages_per_hour,
+    }
+
+
+@member_required
+def campaign_create_view(request: HttpRequest) -> HttpResponse:
+    if not can_write_campaigns(request.actor):
+        raise PermissionDenied
+    form = CampaignForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            campaign = services.campaign_create(actor=request.actor, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_service_errors(exc.message_dict)
+        else:
+            messages.success(request, f"Draft “{campaign.name}” created.")
+            return redirect("campaigns:detail", campaign_id=campaign.pk)
+    return render(request, "campaigns/form.html", {"form": form, "campaign": None}, status=400 if form.errors else 200)
+
+
+@member_required
+def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    campaign = _get_campaign(request, campaign_id)
+    if not can_write_campaigns(request.actor):
+        raise PermissionDenied
+    form = CampaignForm(request.POST or None, initial=_form_initial(campaign))
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.campaign_update(actor=request.actor, campaign_id=campaign.pk, changes=form.cleaned_data)
+        except ValidationError as exc:
+            form.add_service_errors(exc.message_dict)
+        except Conflict as exc:
+            messages.error(request, exc.message)
+            return redirect("campaigns:detail", campaign_id=campaign.pk)
+        else:
+            messages.success(request, "Campaign saved.")
+            return redirect("campaigns:detail", campaign_id=campaign.pk)
+    return render(
+        request, "campaigns/form.html", {"form": form, "campaign": campaign}, status=400 if form.errors else 200
+    )
+
+
+@member_required
+def campaign_detail_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    campaign = _get_campaign(request, campaign_id, include_deleted=True)
+    context = {
+        "campaign": campaign,
+        "variants": list(campaign.variants.all()),
+        "transitions": [] if campaign.deleted_at else services.allowed_transitions(campaign),
+        "action_labels": {name: t.description for name, t in services.TRANSITIONS.items()},
+        "history": selectors.campaign_history(campaign, limit=50),
+        "restore_deadline": services.campaign_restore_deadline(campaign),
+        "can_write": can_write_campaigns(request.actor),
+        "editable": campaign.status in services.EDITABLE_STATUSES and not campaign.deleted_at,
+        "min_schedule": services.MIN_SCHEDULE_LEAD,
+    }
+    return render(request, "campaigns/detail.html", context)
+
+
+def _run(request: HttpRequest, campaign_id: Any, call: Any, success: str) -> Campaign | None:
+    try:
+        campaign = call()
+    except Campaign.DoesNotExist as exc:
+        raise Http404("No such campaign") from exc
+    except Conflict as exc:
+        messages.error(request, exc.message)
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            for error in errors:
+                messages.error(request, error if field == "__all__" else f"{field.replace('_', ' ')}: {error}")
+    else:
+        messages.success(request, success.format(campaign=campaign))
+        return campaign
+    return None
+
+
+@require_POST
+@member_required
+def campaign_transition_view(request: HttpRequest, campaign_id: Any, action: str) -> HttpResponse:
+    if action not in services.USER_ACTIONS:
+        raise Http404("No such action")
+    form = CampaignForm(request.POST)
+    scheduled_at = None
+    if action == "schedule" and request.POST.get("scheduled_at"):
+        form.is_valid()
+        scheduled_at = form.cleaned_data.get("scheduled_at")
+        if scheduled_at is None:
+            messages.error(request, "Send at: enter a valid date and time.")
+            return redirect("campaigns:detail", campaign_id=campaign_id)
+    _run(
+        request,
+        campaign_id,
+        lambda: services.campaign_transition(
+            actor=request.actor, campaign_id=campaign_id, action=action, scheduled_at=scheduled_at
+        ),
+        "Campaign is now {campaign.status}.",
+    )
+    return redirect("campaigns:detail", campaign_id=campaign_id)
+
+
+@require_POST
+@member_required
+def campaign_clone_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    clone = _run(
+        request, campaign_id, lambda: services.campaign_clone(actor=request.actor, campaign_id=campaign_id),
+        "Created “{campaign.name}”, a draft you can edit.",
+    )
+    return redirect("campaigns:detail", campaign_id=clone.pk if clone else campaign_id)
+
+
+@require_POST
+@member_required
+def campaign_delete_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    deleted = _run(
+        request, campaign_id, lambda: services.campaign_delete(actor=request.actor, campaign_id=campaign_id),
+        "Deleted “{campaign.name}”. You can restore it from Deleted campaigns for 30 days.",
+    )
+    return redirect("campaigns:list" if deleted else "campaigns:detail", **({} if deleted else {"campaign_id": campaign_id}))
+
+
+@require_POST
+@member_required
+def campaign_restore_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    _run(
+        request, campaign_id, lambda: services.campaign_restore(actor=request.actor, campaign_id=campaign_id),
+        "Restored “{campaign.name}”.",
+    )
+    return redirect("campaigns:detail", campaign_id=campaign_id)

@@ -1,0 +1,27 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from audiences.api import ApiKeyViewSet, OrganisationView
+from campaigns.api import CampaignViewSet
+from config import views as config_views
+
+router = DefaultRouter(trailing_slash=True)
+router.register("campaigns", CampaignViewSet, basename="campaign")
+router.register("api-keys", ApiKeyViewSet, basename="api-key")
+
+urlpatterns = [
+    path("", config_views.home, name="home"),
+    path("healthz", config_views.healthz, name="healthz"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("audiences.urls")),
+    path("campaigns/", include("campaigns.urls")),
+    path("admin/", admin.site.urls),
+    path("api/v1/organisation/", OrganisationView.as_view(), name="api-organisation"),
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

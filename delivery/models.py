@@ -1,0 +1,1 @@
+"""delivery arrives with its issue; the app exists so migrations and imports have a home."""
