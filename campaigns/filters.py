@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime, time
 from typing import Any
 
@@ -17,7 +18,8 @@ class ChoiceInFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
 
 
 class DateOrDateTimeField(forms.CharField):
-    """Accepts 2026-03-01 or an ISO 8601 datetime. A bare date means the whole day (in UTC)."""
+    """Accepts 2026-03-01 or an ISO 8601 datetime. A bare date means the whole day, and a datetime without an
+    offset is local time, both in the current timezone: UTC on the API, the organisation's in the console."""
 
     def __init__(self, *args: Any, end_of_day: bool = False, **kwargs: Any) -> None:
         self.end_of_day = end_of_day
@@ -27,22 +29,28 @@ class DateOrDateTimeField(forms.CharField):
         value = super().to_python(value)
         if not value:
             return None
-        parsed_dt = None
+        value = value.strip()
+        if re.search(r"T.* \d\d:?\d\d$", value):
+            value = value[::-1].replace(" ", "+", 1)[::-1]  # an unencoded "+01:00" arrives as " 01:00"
+        zone = timezone.get_current_timezone()
+        if "T" not in value and " " not in value:
+            # A bare date. (datetime.fromisoformat would read it as midnight, losing "the whole day".)
+            try:
+                parsed_date = parse_date(value)
+            except ValueError:
+                parsed_date = None
+            if parsed_date is None:
+                raise forms.ValidationError("Use a date (YYYY-MM-DD) or an ISO 8601 datetime.")
+            return datetime.combine(parsed_date, time.max if self.end_of_day else time.min, tzinfo=zone)
         try:
             parsed_dt = parse_datetime(value)
         except ValueError:
             parsed_dt = None
-        if parsed_dt is not None:
-            if timezone.is_naive(parsed_dt):
-                parsed_dt = timezone.make_aware(parsed_dt, timezone.UTC)
-            return parsed_dt
-        try:
-            parsed_date = parse_date(value)
-        except ValueError:
-            parsed_date = None
-        if parsed_date is None:
+        if parsed_dt is None:
             raise forms.ValidationError("Use a date (YYYY-MM-DD) or an ISO 8601 datetime.")
-        return datetime.combine(parsed_date, time.max if self.end_of_day else time.min, tzinfo=timezone.UTC)
+        if timezone.is_naive(parsed_dt):
+            parsed_dt = timezone.make_aware(parsed_dt, zone)
+        return parsed_dt
 
 
 class DateBoundFilter(django_filters.Filter):

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from audiences.access import Actor
+from audiences.models import Membership, Organisation, Role
+from tests.factories import MembershipFactory, OrganisationFactory, actor_for, issue_key
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(settings) -> Iterator[None]:
+    """Each test counts rate limits under its own Redis key prefix (the Redis server may be shared)."""
+    # Fast hashing: PBKDF2's deliberate slowness would dominate the suite's run time.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    prefix = f"test-{uuid.uuid4().hex}"
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "KEY_PREFIX": prefix}}
+    cache.close()
+    yield
+    cache.close()
+
+
+@dataclass
+class Persona:
+    """A member of an organisation, with a session client and an API-key client of the same role."""
+
+    membership: Membership
+    client: APIClient  # session-authenticated, as the console's browser would be
+    api: APIClient  # bearer API key of the same role
+
+    @property
+    def organisation(self) -> Organisation:
+        return self.membership.organisation
+
+    @property
+    def actor(self) -> Actor:
+        return actor_for(self.membership)
+
+
+def _persona(organisation: Organisation, role: str) -> Persona:
+    membership = MembershipFactory(organisation=organisation, role=role)
+    session = APIClient()
+    session.force_login(membership.user)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_key(organisation, role)}")
+    return Persona(membership=membership, client=session, api=api)
+
+
+@pytest.fixture
+def organisation(db) -> Organisation:
+    return OrganisationFactory(name="Acme", slug="acme", timezone="Europe/London")
+
+
+@pytest.fixture
+def other_organisation(db) -> Organisation:
+    return OrganisationFactory(name="Globex", slug="globex")
+
+
+@pytest.fixture
+def owner(organisation) -> Persona:
+    return _persona(organisation, Role.ADMIN)
+
+
+@pytest.fixture
+def teammate(organisation) -> Persona:
+    return _persona(organisation, Role.MARKETER)
+
+
+@pytest.fixture
+def analyst(organisation) -> Persona:
+    return _persona(organisation, Role.ANALYST)
+
+
+@pytest.fixture
+def outsider(other_organisation) -> Persona:
+    return _persona(other_organisation, Role.ADMIN)
+
+
+@pytest.fixture
+def anonymous() -> APIClient:
+    return APIClient()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+
+from audiences.access import Actor
+from audiences.models import Membership, Organisation, Role
+from audiences.services import api_key_create
+from campaigns.models import Campaign, CampaignStatus, CampaignType, Variant
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+
+    username = factory.Sequence(lambda n: f"user{n}@example.com")
+    email = factory.LazyAttribute(lambda u: u.username)
+    password = factory.django.Password("correct-horse-battery")
+
+
+class OrganisationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Organisation
+
+    slug = factory.Sequence(lambda n: f"org-{n}")
+    name = factory.Sequence(lambda n: f"Organisation {n}")
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    user = factory.SubFactory(UserFactory)
+    organisation = factory.SubFactory(OrganisationFactory)
+    role = Role.MARKETER
+
+
+class CampaignFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Campaign
+        skip_postgeneration_save = True
+
+    organisation = factory.SubFactory(OrganisationFactory)
+    name = factory.Sequence(lambda n: f"Campaign {n}")
+    type = CampaignType.SCHEDULED
+    status = CampaignStatus.DRAFT
+    channels = factory.LazyFunction(lambda: ["email"])
+
+    @factory.post_generation
+    def variants(obj, create, extracted, **kwargs):  # noqa: N805
+        if create and extracted is not False:
+            Variant.objects.create(campaign=obj, name="A", allocation_percent=100)
+
+
+def actor_for(membership: Membership) -> Actor:
+    return Actor(organisation=membership.organisation, role=membership.role, user=membership.user)
+
+
+def issue_key(organisation: Organisation, role: str = Role.MARKETER, name: str = "test key") -> str:
+    actor = Actor(organisation=organisation, role=Role.ADMIN, system="tests")
+    return api_key_create(actor=actor, name=name, role=role).secret
