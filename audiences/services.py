@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -35,10 +38,18 @@ def _hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _validate_timezone(name: object) -> None:
+    try:
+        ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError({"timezone": [f"Unknown timezone {name!s}; use an IANA name like Europe/Paris."]}) from exc
+
+
 @transaction.atomic
 def organisation_create(
     *, slug: str, name: str, admin_email: str | None = None, admin_password: str | None = None, timezone_name: str = "UTC"
 ) -> Organisation:
+    _validate_timezone(timezone_name)
     organisation = Organisation(slug=slug, name=name, timezone=timezone_name)
     organisation.full_clean()
     actor = system_actor(organisation, "create_org")
@@ -142,9 +153,9 @@ def organisation_update(*, actor: Actor, changes: dict[str, object]) -> Organisa
     organisation = Organisation.objects.select_for_update().get(pk=actor.organisation.pk)
     unknown = set(changes) - set(ORGANISATION_SETTINGS)
     if unknown:
-        from django.core.exceptions import ValidationError
-
         raise ValidationError({field: ["This field cannot be changed."] for field in sorted(unknown)})
+    if "timezone" in changes:
+        _validate_timezone(changes["timezone"])
     before = {field: str(getattr(organisation, field)) for field in changes}
     for field, value in changes.items():
         setattr(organisation, field, value)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+from audiences.models import Organisation
+from compliance.models import AuditLogEntry
+
+pytestmark = pytest.mark.django_db
+
+
+def test_members_read_their_organisation(teammate):
+    response = teammate.api.get("/api/v1/organisation/")
+    assert response.status_code == 200
+    assert (response.data["slug"], response.data["timezone"]) == ("acme", "Europe/London")
+
+
+def test_admins_update_defaults_and_it_is_audited(owner):
+    response = owner.api.patch(
+        "/api/v1/organisation/",
+        {"default_messages_per_minute": 500, "default_quiet_hours_start": "21:00",
+         "default_quiet_hours_end": "08:00", "postal_address": "1 Main St", "timezone": "Europe/Paris"},
+        format="json",
+    )
+    assert response.status_code == 200, response.data
+    organisation = Organisation.objects.get(pk=owner.organisation.pk)
+    assert organisation.default_messages_per_minute == 500
+    assert str(organisation.timezone) == "Europe/Paris"
+    entry = AuditLogEntry.objects.get(action="organisation.update")
+    assert entry.details["timezone"] == {"from": "Europe/London", "to": "Europe/Paris"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"sender_email": "not-an-email"}, "sender_email"),
+        ({"default_messages_per_minute": 0}, "default_messages_per_minute"),
+        ({"default_quiet_hours_start": "21:00"}, "non_field_errors"),
+        ({"default_quiet_hours_end": "25:00"}, "default_quiet_hours_end"),
+    ],
+)
+def test_bad_settings_are_400_with_field_errors(owner, payload, field):
+    response = owner.api.patch("/api/v1/organisation/", payload, format="json")
+    assert response.status_code == 400
+    assert field in response.data, response.data
+    assert not AuditLogEntry.objects.filter(action="organisation.update").exists()
