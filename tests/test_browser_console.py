@@ -1,0 +1,119 @@
+"""The console in a real browser: Debian's chromium driven by Playwright against a live server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from campaigns.models import Campaign
+from tests.factories import CampaignFactory
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    # Never `playwright install`: the suite uses the distribution's chromium.
+    assert Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM}; apt-get install chromium"
+    # Playwright's sync API runs an event loop in this thread, which trips Django's async-safety guard for the
+    # ORM calls the tests make; they are synchronous and in one thread, so the guard is lifted for this module.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield instance
+        instance.close()
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser, live_server, teammate):
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1366, "height": 800})
+    tab = context.new_page()
+    tab.set_default_timeout(10_000)
+    tab.goto("/login/")
+    tab.fill("#id_username", teammate.membership.user.username)
+    tab.fill("#id_password", "correct-horse-battery")
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/campaigns/")
+    yield tab
+    ARTIFACTS.mkdir(exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / "last-browser-test.png"), full_page=True)
+    context.close()
+
+
+def test_create_a_campaign_with_inline_errors_then_schedule_it(page, teammate):
+    page.click('[data-testid="new-campaign"]')
+    page.wait_for_url("**/campaigns/new/")
+    page.fill("#id_description", "Autumn offers for loyal customers")
+    page.click("button[type=submit]")
+    # Inline error on the name, and the description the marketer typed is still there.
+    assert page.locator('[data-field="name"] .errorlist').inner_text() == "This field is required."
+    assert page.input_value("#id_description") == "Autumn offers for loyal customers"
+
+    page.fill("#id_name", "Autumn offers")
+    page.check("input[name=channels][value=email]")
+    page.check("input[name=channels][value=sms]")
+    page.click("button[type=submit]")
+    page.wait_for_selector("text=Draft “Autumn offers” created.")
+    campaign = Campaign.objects.get(name="Autumn offers")
+    assert campaign.status == "draft"
+    assert campaign.channels == ["email", "sms"]
+
+    local = timezone.localtime(timezone.now() + timedelta(days=3), teammate.organisation.timezone)
+    page.fill("#schedule-at", local.strftime("%Y-%m-%dT%H:%M"))
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click('[data-testid="action-schedule"]')
+    page.wait_for_selector("text=Campaign is now scheduled.")
+    campaign.refresh_from_db()
+    assert campaign.status == "scheduled"
+    assert "schedule: draft → scheduled" in page.locator('[data-testid="history"]').inner_text()
+
+
+def test_live_search_filters_the_list_without_a_reload(page, teammate):
+    for name in ("Spring sale", "Spring teaser", "Welcome flow"):
+        CampaignFactory(organisation=teammate.organisation, name=name)
+    page.reload()
+    rows = page.locator('[data-testid="campaign-table"] tbody tr')
+    assert rows.count() == 3
+    page.evaluate("window.__marker = 'still here'")
+    page.fill("#f-search", "spring")
+    page.wait_for_function("document.querySelectorAll('[data-testid=campaign-table] tbody tr').length === 2")
+    assert page.evaluate("window.__marker") == "still here"  # htmx swapped the results in place
+    assert "search=spring" in page.url
+    page.select_option("#f-ordering", "name")
+    page.wait_for_url("**ordering=name**")
+    assert page.locator('[data-testid="campaign-table"] tbody tr td:first-child a').all_inner_texts() == [
+        "Spring sale", "Spring teaser"
+    ]
+
+
+def test_delete_and_restore_through_the_deleted_view(page, teammate):
+    campaign = CampaignFactory(organisation=teammate.organisation, name="Short lived")
+    page.goto(f"/campaigns/{campaign.pk}/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click('[data-testid="delete"]')
+    page.wait_for_selector("text=You can restore it from Deleted campaigns")
+    assert Campaign.objects.get(pk=campaign.pk).deleted_at is not None
+    page.click("nav.mainnav >> text=Deleted")
+    page.click("text=Restore")
+    page.wait_for_selector("text=Restored “Short lived”.")
+    assert Campaign.objects.get(pk=campaign.pk).deleted_at is None
