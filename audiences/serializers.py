@@ -11,9 +11,21 @@ class OrganisationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Organisation
         fields = [
-            "id", "slug", "name", "timezone", "default_messages_per_minute", "default_messages_per_hour",
-            "default_quiet_hours_start", "default_quiet_hours_end", "sender_name", "sender_email",
-            "reply_to_email", "sms_sender_id", "postal_address", "created_at", "updated_at",
+            "id",
+            "slug",
+            "name",
+            "timezone",
+            "default_messages_per_minute",
+            "default_messages_per_hour",
+            "default_quiet_hours_start",
+            "default_quiet_hours_end",
+            "sender_name",
+            "sender_email",
+            "reply_to_email",
+            "sms_sender_id",
+            "postal_address",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = fields
 

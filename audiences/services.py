@@ -8,7 +8,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
-
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.contrib.auth import get_user_model
@@ -42,12 +41,19 @@ def _validate_timezone(name: object) -> None:
     try:
         ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValidationError({"timezone": [f"Unknown timezone {name!s}; use an IANA name like Europe/Paris."]}) from exc
+        raise ValidationError(
+            {"timezone": [f"Unknown timezone {name!s}; use an IANA name like Europe/Paris."]}
+        ) from exc
 
 
 @transaction.atomic
 def organisation_create(
-    *, slug: str, name: str, admin_email: str | None = None, admin_password: str | None = None, timezone_name: str = "UTC"
+    *,
+    slug: str,
+    name: str,
+    admin_email: str | None = None,
+    admin_password: str | None = None,
+    timezone_name: str = "UTC",
 ) -> Organisation:
     _validate_timezone(timezone_name)
     organisation = Organisation(slug=slug, name=name, timezone=timezone_name)
@@ -102,7 +108,11 @@ def api_key_create(
     prefix = API_KEY_PREFIX + secrets.token_hex(6)
     secret = f"{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey(
-        organisation=actor.organisation, name=name, role=role, prefix=prefix, key_hash=_hash_key(secret),
+        organisation=actor.organisation,
+        name=name,
+        role=role,
+        prefix=prefix,
+        key_hash=_hash_key(secret),
         created_by=actor.user,
     )
     api_key.full_clean()
@@ -142,8 +152,17 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
 
 
 ORGANISATION_SETTINGS = (
-    "name", "timezone", "default_messages_per_minute", "default_messages_per_hour", "default_quiet_hours_start",
-    "default_quiet_hours_end", "sender_name", "sender_email", "reply_to_email", "sms_sender_id", "postal_address",
+    "name",
+    "timezone",
+    "default_messages_per_minute",
+    "default_messages_per_hour",
+    "default_quiet_hours_start",
+    "default_quiet_hours_end",
+    "sender_name",
+    "sender_email",
+    "reply_to_email",
+    "sms_sender_id",
+    "postal_address",
 )
 
 

@@ -48,7 +48,11 @@ class ApiKeyRateThrottle(BaseThrottle):
         except ValueError:  # expired between add and incr
             cache.add(key, 1, timeout=window + 1)
             used = 1
-        request.rate_limit = {"limit": limit, "remaining": max(limit - used, 0), "reset": window_start + window}
+        request.rate_limit = {
+            "limit": limit,
+            "remaining": max(limit - used, 0),
+            "reset": window_start + window,
+        }
         if used > limit:
             self._wait = window_start + window - now
             return False

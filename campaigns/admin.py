@@ -25,12 +25,29 @@ def _admin_actor(request: HttpRequest, campaign: Campaign) -> Actor:
 
 @admin.register(Campaign)
 class CampaignAdmin(SimpleHistoryAdmin):
-    list_display = ["name", "organisation", "type", "status", "channels", "scheduled_at", "created_at", "deleted_at"]
+    list_display = [
+        "name",
+        "organisation",
+        "type",
+        "status",
+        "channels",
+        "scheduled_at",
+        "created_at",
+        "deleted_at",
+    ]
     list_filter = ["status", "type", "organisation", ("deleted_at", admin.EmptyFieldListFilter), "created_at"]
     search_fields = ["name", "id", "organisation__name"]
     list_select_related = ["organisation", "owner"]
-    readonly_fields = ["status", "created_at", "updated_at", "status_changed_at", "paused_at", "paused_by",
-                       "deleted_at", "deleted_by"]
+    readonly_fields = [
+        "status",
+        "created_at",
+        "updated_at",
+        "status_changed_at",
+        "paused_at",
+        "paused_by",
+        "deleted_at",
+        "deleted_by",
+    ]
     date_hierarchy = "created_at"
     inlines = [VariantInline]
     actions = ["clone_campaigns", "soft_delete_campaigns", "restore_campaigns"]
@@ -65,5 +82,3 @@ class VariantAdmin(SimpleHistoryAdmin):
     list_filter = ["is_control"]
     search_fields = ["name", "campaign__name"]
     list_select_related = ["campaign"]
-
-

@@ -24,7 +24,10 @@ UUID_PATTERN = r"[0-9a-fA-F-]{36}"
 CONFLICT = OpenApiResponse(description="The campaign's status does not allow this; the body lists allowed actions.")
 
 DELETED_PARAM = OpenApiParameter(
-    "deleted", str, enum=["exclude", "include", "only"], default="exclude",
+    "deleted",
+    str,
+    enum=["exclude", "include", "only"],
+    default="exclude",
     description="Soft-deleted campaigns are hidden unless asked for.",
 )
 
@@ -169,5 +172,3 @@ class CampaignViewSet(
     def cancel(self, request: Request, pk: str) -> Response:
         """Stop for good."""
         return self._transition(request, pk, "cancel")
-
-

@@ -110,7 +110,11 @@ class CampaignFilter(django_filters.FilterSet):
         sort = self.form.cleaned_data.get("ordering") if self.is_bound and self.form.is_valid() else None
         field = SORTS.get(sort or "-created", ("-created_at",))[0]
         descending = field.startswith("-")
-        expression = F(field.lstrip("-"))
-        # Campaigns without a date sort last either way; the id tie-break keeps pages stable.
-        ordered = expression.desc(nulls_last=True) if descending else expression.asc(nulls_last=True)
-        return queryset.order_by(ordered, "-id" if descending else "id")
+        column = field.lstrip("-")
+        if column == "scheduled_at":
+            # Unscheduled campaigns sort last either way (matching the two scheduled_at indexes).
+            expression = F(column).desc(nulls_last=True) if descending else F(column).asc(nulls_last=True)
+        else:
+            expression = F(column).desc() if descending else F(column).asc()
+        # The id tie-break keeps pages stable when many campaigns share a value.
+        return queryset.order_by(expression, "-id" if descending else "id")

@@ -11,18 +11,14 @@ class CampaignForm(forms.Form):
     name = forms.CharField(max_length=200)
     description = forms.CharField(max_length=5000, required=False, widget=forms.Textarea(attrs={"rows": 3}))
     type = forms.ChoiceField(choices=CampaignType.choices, initial=CampaignType.SCHEDULED, widget=forms.RadioSelect)
-    channels = forms.MultipleChoiceField(
-        choices=Channel.choices, required=False, widget=forms.CheckboxSelectMultiple
-    )
+    channels = forms.MultipleChoiceField(choices=Channel.choices, required=False, widget=forms.CheckboxSelectMultiple)
     scheduled_at = forms.DateTimeField(
         required=False,
         label="Send at",
         help_text="In the organisation's timezone. Needed to schedule; at least 5 minutes ahead.",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
     )
-    messages_per_minute = forms.IntegerField(
-        min_value=1, required=False, help_text="Empty: the organisation default."
-    )
+    messages_per_minute = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
     messages_per_hour = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

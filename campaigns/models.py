@@ -4,12 +4,11 @@ import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Cast, Lower, Upper
 from django.db.models.indexes import Index
-from django.contrib.postgres.indexes import OpClass
 from simple_history.models import HistoricalRecords
 
 from audiences.history import HistoryActorMixin
@@ -51,7 +50,11 @@ class Campaign(models.Model):
     status = models.CharField(max_length=16, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT)
     channels = ArrayField(models.CharField(max_length=16, choices=Channel.choices), default=list, blank=True)
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_campaigns"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_campaigns",
     )
 
     # When a scheduled campaign should (first) run. Recurring schedules arrive with the execution engine.
@@ -78,9 +81,7 @@ class Campaign(models.Model):
             models.UniqueConstraint(
                 models.F("organisation"), Lower("name"), condition=LIVE, name="campaign_unique_live_name"
             ),
-            models.CheckConstraint(
-                condition=models.Q(status__in=CampaignStatus.values), name="campaign_status_valid"
-            ),
+            models.CheckConstraint(condition=models.Q(status__in=CampaignStatus.values), name="campaign_status_valid"),
             models.CheckConstraint(condition=models.Q(type__in=CampaignType.values), name="campaign_type_valid"),
             models.CheckConstraint(
                 condition=~models.Q(status=CampaignStatus.SCHEDULED) | models.Q(scheduled_at__isnull=False),
@@ -88,11 +89,28 @@ class Campaign(models.Model):
             ),
         ]
         indexes = [
-            Index(fields=["organisation", "-created_at"], condition=LIVE, name="campaign_live_created_idx"),
-            Index(fields=["organisation", "scheduled_at"], condition=LIVE, name="campaign_live_scheduled_idx"),
-            Index(fields=["organisation", "name"], condition=LIVE, name="campaign_live_name_idx"),
-            Index(fields=["organisation", "status", "-created_at"], condition=LIVE, name="campaign_live_status_idx"),
-            Index(fields=["organisation", "type", "-created_at"], condition=LIVE, name="campaign_live_type_idx"),
+            # Each list ordering is (column, id) so pages are stable; one index serves both directions by scanning
+            # it backwards, except scheduled_at, which is nullable and sorts NULLS LAST both ways.
+            Index(fields=["organisation", "created_at", "id"], condition=LIVE, name="campaign_live_created_idx"),
+            Index(fields=["organisation", "name", "id"], condition=LIVE, name="campaign_live_name_idx"),
+            Index(
+                models.F("organisation"),
+                models.F("scheduled_at").asc(nulls_last=True),
+                models.F("id"),
+                condition=LIVE,
+                name="campaign_live_sched_asc_idx",
+            ),
+            Index(
+                models.F("organisation"),
+                models.F("scheduled_at").desc(nulls_last=True),
+                models.F("id").desc(),
+                condition=LIVE,
+                name="campaign_live_sched_desc_idx",
+            ),
+            Index(
+                fields=["organisation", "status", "created_at", "id"], condition=LIVE, name="campaign_live_status_idx"
+            ),
+            Index(fields=["organisation", "type", "created_at", "id"], condition=LIVE, name="campaign_live_type_idx"),
             # Case-insensitive name-prefix search: matches Django's `UPPER(name::text) LIKE UPPER('abc%')`.
             Index(
                 models.F("organisation"),

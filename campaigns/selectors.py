@@ -41,8 +41,19 @@ def campaign_get_for_update(actor: Actor, campaign_id: object, *, include_delete
 
 
 HISTORY_FIELDS = (
-    "name", "description", "type", "status", "channels", "scheduled_at", "messages_per_minute",
-    "messages_per_hour", "owner_id", "paused_at", "paused_by", "deleted_at", "deleted_by",
+    "name",
+    "description",
+    "type",
+    "status",
+    "channels",
+    "scheduled_at",
+    "messages_per_minute",
+    "messages_per_hour",
+    "owner_id",
+    "paused_at",
+    "paused_by",
+    "deleted_at",
+    "deleted_by",
 )
 VARIANT_HISTORY_FIELDS = ("name", "allocation_percent", "is_control", "content")
 _HISTORY_TYPES = {"+": "created", "~": "changed", "-": "deleted"}
@@ -72,13 +83,15 @@ def campaign_history(campaign: Campaign, *, limit: int = 200) -> list[dict[str, 
     entries: list[dict[str, Any]] = []
     campaign_rows = list(Campaign.history.filter(id=campaign.pk).order_by("history_date", "history_id"))
     for row, changes in _diff_rows(campaign_rows, HISTORY_FIELDS):
-        entries.append({
-            "at": row.history_date,
-            "actor": row.history_actor or "system",
-            "action": row.history_change_reason or _HISTORY_TYPES[row.history_type],
-            "object": "campaign",
-            "changes": changes,
-        })
+        entries.append(
+            {
+                "at": row.history_date,
+                "actor": row.history_actor or "system",
+                "action": row.history_change_reason or _HISTORY_TYPES[row.history_type],
+                "object": "campaign",
+                "changes": changes,
+            }
+        )
     variant_rows = list(Variant.history.filter(campaign_id=campaign.pk).order_by("id", "history_date", "history_id"))
     by_variant: dict[Any, list[Any]] = {}
     for row in variant_rows:
@@ -87,12 +100,14 @@ def campaign_history(campaign: Campaign, *, limit: int = 200) -> list[dict[str, 
         for row, changes in _diff_rows(rows, VARIANT_HISTORY_FIELDS):
             if not changes and row.history_type == "~":
                 continue
-            entries.append({
-                "at": row.history_date,
-                "actor": row.history_actor or "system",
-                "action": f"variant {row.name}: " + (row.history_change_reason or _HISTORY_TYPES[row.history_type]),
-                "object": "variant",
-                "changes": changes,
-            })
+            entries.append(
+                {
+                    "at": row.history_date,
+                    "actor": row.history_actor or "system",
+                    "action": f"variant {row.name}: " + (row.history_change_reason or _HISTORY_TYPES[row.history_type]),
+                    "object": "variant",
+                    "changes": changes,
+                }
+            )
     entries.sort(key=lambda e: e["at"], reverse=True)
     return entries[:limit]

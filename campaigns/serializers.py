@@ -14,7 +14,9 @@ class VariantSerializer(serializers.ModelSerializer):
     allocation_percent = serializers.IntegerField(min_value=0, max_value=100)
     is_control = serializers.BooleanField(default=False)
     content = serializers.DictField(
-        child=serializers.DictField(), required=False, default=dict,
+        child=serializers.DictField(),
+        required=False,
+        default=dict,
         help_text="Content per channel, keyed by channel name.",
     )
 
@@ -40,10 +42,26 @@ class CampaignSerializer(serializers.ModelSerializer):
     class Meta:
         model = Campaign
         fields = [
-            "id", "name", "description", "type", "status", "channels", "owner", "scheduled_at",
-            "messages_per_minute", "messages_per_hour", "variants", "allowed_actions",
-            "created_at", "updated_at", "status_changed_at", "paused_at", "paused_by",
-            "deleted_at", "deleted_by", "restore_deadline",
+            "id",
+            "name",
+            "description",
+            "type",
+            "status",
+            "channels",
+            "owner",
+            "scheduled_at",
+            "messages_per_minute",
+            "messages_per_hour",
+            "variants",
+            "allowed_actions",
+            "created_at",
+            "updated_at",
+            "status_changed_at",
+            "paused_at",
+            "paused_by",
+            "deleted_at",
+            "deleted_by",
+            "restore_deadline",
         ]
         read_only_fields = fields
 
@@ -62,9 +80,6 @@ class CampaignSerializer(serializers.ModelSerializer):
     def get_restore_deadline(self, campaign: Campaign) -> Any:
         deadline = campaign_restore_deadline(campaign)
         return serializers.DateTimeField().to_representation(deadline) if deadline else None
-
-
-
 
 
 class CampaignWriteSerializer(serializers.Serializer):
@@ -90,7 +105,8 @@ class CampaignWriteSerializer(serializers.Serializer):
 
 class ScheduleSerializer(serializers.Serializer):
     scheduled_at = serializers.DateTimeField(
-        required=False, help_text="When to send; at least 5 minutes ahead. Defaults to the campaign's scheduled_at."
+        required=False,
+        help_text="When to send; at least 5 minutes ahead. Defaults to the campaign's scheduled_at.",
     )
 
 

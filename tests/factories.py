@@ -47,7 +47,7 @@ class CampaignFactory(factory.django.DjangoModelFactory):
     channels = factory.LazyFunction(lambda: ["email"])
 
     @factory.post_generation
-    def variants(obj, create, extracted, **kwargs):  # noqa: N805
+    def variants(obj, create, extracted, **kwargs):
         if create and extracted is not False:
             Variant.objects.create(campaign=obj, name="A", allocation_percent=100)
 

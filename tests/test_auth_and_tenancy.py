@@ -64,7 +64,14 @@ def test_every_endpoint_needs_authentication(anonymous, campaign, method, path, 
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer nope", "Bearer cs_000000000000_wrong", "Bearer ", "Token abc", "Basic dXNlcjpwYXNz", "Bearer cs_"],
+    [
+        "Bearer nope",
+        "Bearer cs_000000000000_wrong",
+        "Bearer ",
+        "Token abc",
+        "Basic dXNlcjpwYXNz",
+        "Bearer cs_",
+    ],
 )
 def test_bad_credentials_are_401(campaign, header):
     client = APIClient()
@@ -112,7 +119,7 @@ def test_another_organisations_api_key_cannot_be_revoked(outsider, organisation)
     assert key.revoked_at is None
 
 
-@pytest.mark.parametrize(("method", "path", "body"), WRITES + [("post", "/api/v1/campaigns/", {"name": "New"})])
+@pytest.mark.parametrize(("method", "path", "body"), [*WRITES, ("post", "/api/v1/campaigns/", {"name": "New"})])
 @pytest.mark.parametrize("via", ["api", "client"])
 def test_analysts_cannot_change_campaigns(analyst, campaign, method, path, body, via):
     response = _call(getattr(analyst, via), method, path.format(id=campaign.pk), body)

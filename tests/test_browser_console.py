@@ -33,8 +33,15 @@ def browser() -> Iterator[object]:
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         yield instance
         instance.close()
@@ -102,7 +109,8 @@ def test_live_search_filters_the_list_without_a_reload(page, teammate):
     page.select_option("#f-ordering", "name")
     page.wait_for_url("**ordering=name**")
     assert page.locator('[data-testid="campaign-table"] tbody tr td:first-child a').all_inner_texts() == [
-        "Spring sale", "Spring teaser"
+        "Spring sale",
+        "Spring teaser",
     ]
 
 

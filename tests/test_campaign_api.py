@@ -52,7 +52,9 @@ def test_it_creates_with_variants(teammate):
     )
     assert response.status_code == 201, response.data
     assert [(v["name"], v["allocation_percent"]) for v in response.data["variants"]] == [
-        ("A", 45), ("B", 45), ("Control", 10)
+        ("A", 45),
+        ("B", 45),
+        ("Control", 10),
     ]
     assert response.data["variants"][1]["content"] == {"email": {"subject": "Hello"}}
 
@@ -73,12 +75,32 @@ def test_it_creates_with_variants(teammate):
         ({"name": "ok", "variants": []}, "variants"),
         ({"name": "ok", "variants": [{"name": "A", "allocation_percent": 60}]}, "variants"),
         ({"name": "ok", "variants": [{"name": "A", "allocation_percent": 150}]}, "variants"),
-        ({"name": "ok", "variants": [{"name": "A", "allocation_percent": 50},
-                                     {"name": "A", "allocation_percent": 50}]}, "variants"),
-        ({"name": "ok", "variants": [{"name": "A", "allocation_percent": 100, "is_control": True}]}, "variants"),
-        ({"name": "ok", "variants": [{"name": f"V{i}", "allocation_percent": 16} for i in range(6)]}, "variants"),
-        ({"name": "ok", "channels": ["email"],
-          "variants": [{"name": "A", "allocation_percent": 100, "content": {"sms": {"body": "x"}}}]}, "variants"),
+        (
+            {
+                "name": "ok",
+                "variants": [
+                    {"name": "A", "allocation_percent": 50},
+                    {"name": "A", "allocation_percent": 50},
+                ],
+            },
+            "variants",
+        ),
+        (
+            {"name": "ok", "variants": [{"name": "A", "allocation_percent": 100, "is_control": True}]},
+            "variants",
+        ),
+        (
+            {"name": "ok", "variants": [{"name": f"V{i}", "allocation_percent": 16} for i in range(6)]},
+            "variants",
+        ),
+        (
+            {
+                "name": "ok",
+                "channels": ["email"],
+                "variants": [{"name": "A", "allocation_percent": 100, "content": {"sms": {"body": "x"}}}],
+            },
+            "variants",
+        ),
     ],
 )
 def test_it_rejects_bad_input_with_field_errors(teammate, payload, field):
@@ -115,7 +137,8 @@ def test_it_reads_a_campaign_created_in_a_session_with_its_owner(teammate):
 
 def test_it_patches_only_what_was_sent(teammate):
     created = teammate.api.post(
-        URL, {"name": "Patch me", "description": "keep", "channels": ["sms"], "messages_per_minute": 50},
+        URL,
+        {"name": "Patch me", "description": "keep", "channels": ["sms"], "messages_per_minute": 50},
         format="json",
     ).data
     response = teammate.api.patch(f"{URL}{created['id']}/", {"name": "Patched"}, format="json")
@@ -148,8 +171,11 @@ def test_update_refuses_a_duplicate_name(teammate):
 def test_removing_a_channel_that_variants_use_is_a_400(teammate):
     created = teammate.api.post(
         URL,
-        {"name": "C", "channels": ["email", "sms"],
-         "variants": [{"name": "A", "allocation_percent": 100, "content": {"sms": {"body": "hi"}}}]},
+        {
+            "name": "C",
+            "channels": ["email", "sms"],
+            "variants": [{"name": "A", "allocation_percent": 100, "content": {"sms": {"body": "hi"}}}],
+        },
         format="json",
     ).data
     response = teammate.api.patch(f"{URL}{created['id']}/", {"channels": ["email"]}, format="json")
@@ -161,7 +187,9 @@ def test_removing_a_channel_that_variants_use_is_a_400(teammate):
 @pytest.mark.parametrize("status", ["scheduled", "active", "running", "completed", "cancelled"])
 def test_updates_are_refused_outside_draft_and_paused(teammate, status):
     campaign = CampaignFactory(
-        organisation=teammate.organisation, name="Live", status=status,
+        organisation=teammate.organisation,
+        name="Live",
+        status=status,
         type="triggered" if status == "active" else "scheduled",
         scheduled_at=timezone.now() + timedelta(days=1),
     )

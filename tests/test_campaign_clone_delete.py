@@ -19,14 +19,26 @@ URL = "/api/v1/campaigns/"
 
 def _rich_campaign(organisation, **kwargs):
     campaign = CampaignFactory(
-        organisation=organisation, name="Summer", description="Beach", channels=["email", "sms"],
-        messages_per_minute=100, messages_per_hour=5000, variants=False,
-        scheduled_at=timezone.now() + timedelta(days=3), **kwargs,
+        organisation=organisation,
+        name="Summer",
+        description="Beach",
+        channels=["email", "sms"],
+        messages_per_minute=100,
+        messages_per_hour=5000,
+        variants=False,
+        scheduled_at=timezone.now() + timedelta(days=3),
+        **kwargs,
     )
-    Variant.objects.create(campaign=campaign, name="A", position=0, allocation_percent=50,
-                           content={"email": {"subject": "Sun", "html": "<p>Hi</p>"}, "sms": {"body": "Sun!"}})
-    Variant.objects.create(campaign=campaign, name="B", position=1, allocation_percent=40,
-                           content={"email": {"subject": "Sea"}})
+    Variant.objects.create(
+        campaign=campaign,
+        name="A",
+        position=0,
+        allocation_percent=50,
+        content={"email": {"subject": "Sun", "html": "<p>Hi</p>"}, "sms": {"body": "Sun!"}},
+    )
+    Variant.objects.create(
+        campaign=campaign, name="B", position=1, allocation_percent=40, content={"email": {"subject": "Sea"}}
+    )
     Variant.objects.create(campaign=campaign, name="Holdout", position=2, allocation_percent=10, is_control=True)
     return campaign
 
@@ -40,7 +52,11 @@ def test_clone_copies_configuration_into_an_independent_draft(teammate, status):
     assert clone.pk != origin.pk
     assert clone.name == "Copy of Summer"
     assert clone.status == "draft"
-    assert (clone.description, clone.type, clone.channels) == (origin.description, origin.type, origin.channels)
+    assert (clone.description, clone.type, clone.channels) == (
+        origin.description,
+        origin.type,
+        origin.channels,
+    )
     assert (clone.messages_per_minute, clone.messages_per_hour) == (100, 5000)
     assert [(v.name, v.allocation_percent, v.is_control, v.content) for v in clone.variants.all()] == [
         (v.name, v.allocation_percent, v.is_control, v.content) for v in origin.variants.all()
@@ -53,8 +69,10 @@ def test_clone_is_independent_of_the_origin(teammate):
     clone_id = teammate.api.post(f"{URL}{origin.pk}/clone/").data["id"]
     patched = teammate.api.patch(
         f"{URL}{clone_id}/",
-        {"name": "Autumn", "variants": [{"name": "A", "allocation_percent": 100,
-                                         "content": {"email": {"subject": "Leaves"}}}]},
+        {
+            "name": "Autumn",
+            "variants": [{"name": "A", "allocation_percent": 100, "content": {"email": {"subject": "Leaves"}}}],
+        },
         format="json",
     )
     assert patched.status_code == 200, patched.data
@@ -97,8 +115,12 @@ def test_delete_is_a_soft_delete(teammate, status):
 
 @pytest.mark.parametrize(("campaign_type", "status"), [("scheduled", "scheduled"), ("triggered", "active")])
 def test_deleting_a_scheduled_or_active_campaign_cancels_it_first(teammate, campaign_type, status):
-    campaign = CampaignFactory(organisation=teammate.organisation, type=campaign_type, status=status,
-                               scheduled_at=timezone.now() + timedelta(days=1))
+    campaign = CampaignFactory(
+        organisation=teammate.organisation,
+        type=campaign_type,
+        status=status,
+        scheduled_at=timezone.now() + timedelta(days=1),
+    )
     response = teammate.api.delete(f"{URL}{campaign.pk}/")
     assert response.status_code == 200
     assert response.data["status"] == "cancelled"
@@ -189,7 +211,8 @@ def test_purge_hard_deletes_only_campaigns_past_the_window(teammate, outsider):
     assert Campaign.history.filter(id=live.pk).exists()
     purges = AuditLogEntry.objects.filter(action="campaign.purge")
     assert {(e.organisation_id, e.target_id) for e in purges} == {
-        (teammate.organisation.pk, str(old.pk)), (outsider.organisation.pk, str(other_old.pk))
+        (teammate.organisation.pk, str(old.pk)),
+        (outsider.organisation.pk, str(other_old.pk)),
     }
     assert campaigns_purge_deleted(now=now) == 0  # idempotent
 

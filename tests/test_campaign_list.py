@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pytest
 from django.db import connection
@@ -38,7 +38,11 @@ def catalogue(teammate, outsider):
     made = {}
     for name, campaign_type, status, channels, created, scheduled in specs:
         campaign = CampaignFactory(
-            organisation=org, name=name, type=campaign_type, status=status, channels=channels,
+            organisation=org,
+            name=name,
+            type=campaign_type,
+            status=status,
+            channels=channels,
             scheduled_at=at(scheduled) if scheduled else None,
         )
         Campaign.objects.filter(pk=campaign.pk).update(created_at=at(created))
@@ -58,7 +62,12 @@ def names(response):
 def test_default_list_is_newest_first_and_excludes_deleted(teammate, catalogue):
     response = teammate.api.get(URL)
     assert names(response) == [
-        "Black Friday", "Autumn recap", "Winback", "Welcome flow", "spring teaser", "Spring sale"
+        "Black Friday",
+        "Autumn recap",
+        "Winback",
+        "Welcome flow",
+        "spring teaser",
+        "Spring sale",
     ]
     assert response.data["count"] == 6
     assert response.data["page_size"] == 20
@@ -84,8 +93,14 @@ def test_default_list_is_newest_first_and_excludes_deleted(teammate, catalogue):
         ("created_before=2026-03-02", {"Spring sale", "spring teaser"}),
         ("created_after=2026-03-02&created_before=2026-03-04", {"spring teaser", "Welcome flow", "Winback"}),
         ("created_after=2026-03-03T13:00:00Z", {"Winback", "Autumn recap", "Black Friday"}),
-        ("created_after=2026-03-03T13:00:00%2B02:00", {"Welcome flow", "Winback", "Autumn recap", "Black Friday"}),
-        ("created_after=2026-03-03T13:00:00+02:00", {"Welcome flow", "Winback", "Autumn recap", "Black Friday"}),
+        (
+            "created_after=2026-03-03T13:00:00%2B02:00",
+            {"Welcome flow", "Winback", "Autumn recap", "Black Friday"},
+        ),
+        (
+            "created_after=2026-03-03T13:00:00+02:00",
+            {"Welcome flow", "Winback", "Autumn recap", "Black Friday"},
+        ),
         ("scheduled_after=2026-03-15", {"Spring sale", "Black Friday"}),
         ("scheduled_before=2026-03-20", {"Spring sale", "Autumn recap"}),
         ("scheduled_after=2026-03-11&scheduled_before=2026-03-27", {"Spring sale"}),
@@ -100,10 +115,19 @@ def test_filters(teammate, catalogue, query, expected):
 @pytest.mark.parametrize(
     ("ordering", "expected"),
     [
-        ("created", ["Spring sale", "spring teaser", "Welcome flow", "Winback", "Autumn recap", "Black Friday"]),
-        ("-created", ["Black Friday", "Autumn recap", "Winback", "Welcome flow", "spring teaser", "Spring sale"]),
+        (
+            "created",
+            ["Spring sale", "spring teaser", "Welcome flow", "Winback", "Autumn recap", "Black Friday"],
+        ),
+        (
+            "-created",
+            ["Black Friday", "Autumn recap", "Winback", "Welcome flow", "spring teaser", "Spring sale"],
+        ),
         ("name", ["Autumn recap", "Black Friday", "Spring sale", "Welcome flow", "Winback", "spring teaser"]),
-        ("-name", ["spring teaser", "Winback", "Welcome flow", "Spring sale", "Black Friday", "Autumn recap"]),
+        (
+            "-name",
+            ["spring teaser", "Winback", "Welcome flow", "Spring sale", "Black Friday", "Autumn recap"],
+        ),
         # Unscheduled campaigns sort last in both directions, newest-created-first among themselves by id.
         ("scheduled", ["Autumn recap", "Spring sale", "Black Friday"]),
         ("-scheduled", ["Black Friday", "Spring sale", "Autumn recap"]),

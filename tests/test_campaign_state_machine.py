@@ -1,4 +1,5 @@
-"""Every (status, type, action) combination: legal ones move the campaign, the rest are a 409 listing what is allowed."""
+"""Every (status, type, action) combination: legal ones move the campaign, the rest are a 409 listing what is
+allowed."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ LEGAL = {
 
 def _make(organisation, campaign_type, status):
     return CampaignFactory(
-        organisation=organisation, type=campaign_type, status=status,
+        organisation=organisation,
+        type=campaign_type,
+        status=status,
         scheduled_at=timezone.now() + timedelta(hours=2),
     )
 
@@ -95,8 +98,9 @@ def test_schedule_needs_a_time_at_least_five_minutes_ahead(teammate):
     missing = teammate.api.post(url, {}, format="json")
     assert missing.status_code == 400
     assert "scheduled_at" in missing.data
-    too_soon = teammate.api.post(url, {"scheduled_at": (timezone.now() + timedelta(minutes=4)).isoformat()},
-                                 format="json")
+    too_soon = teammate.api.post(
+        url, {"scheduled_at": (timezone.now() + timedelta(minutes=4)).isoformat()}, format="json"
+    )
     assert too_soon.status_code == 400
     assert too_soon.data == {"scheduled_at": ["The scheduled time must be at least 5 minutes in the future."]}
     past = teammate.api.post(url, {"scheduled_at": "2020-01-01T00:00:00Z"}, format="json")

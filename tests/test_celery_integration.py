@@ -38,8 +38,13 @@ def _test_database_url() -> str:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DATABASE_URL=_test_database_url(), REDIS_URL=settings.REDIS_URL, CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-               SECRET_KEY=settings.SECRET_KEY, DB_CONN_MAX_AGE="0")
+    env.update(
+        DATABASE_URL=_test_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        SECRET_KEY=settings.SECRET_KEY,
+        DB_CONN_MAX_AGE="0",
+    )
     return env
 
 
@@ -58,9 +63,29 @@ def worker_queue() -> Iterator[str]:
     # A private queue, so no other worker on a shared Redis takes our tasks (and we take none of theirs).
     queue = f"test-{uuid.uuid4().hex}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue, "--concurrency", "1",
-         "--pool", "solo", "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            queue,
+            "--concurrency",
+            "1",
+            "--pool",
+            "solo",
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     yield queue
     output = _stop(process)
@@ -107,9 +132,24 @@ def test_beat_installs_the_purge_schedule(db):
 
     schedule_file = f"/tmp/beat-{uuid.uuid4().hex}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "info", "-s", schedule_file,
-         "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "beat",
+            "-l",
+            "info",
+            "-s",
+            schedule_file,
+            "--scheduler",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert _wait_for(

@@ -55,17 +55,26 @@ def test_create_api_key_prints_a_working_key():
 def test_seed_demo_is_idempotent(tmp_path):
     key_file = tmp_path / "demo-key"
     first = run("seed_demo", "--key-file", str(key_file))
-    counts = (Organisation.objects.count(), Campaign.objects.count(), ApiKey.objects.count(),
-              get_user_model().objects.count())
+    counts = (
+        Organisation.objects.count(),
+        Campaign.objects.count(),
+        ApiKey.objects.count(),
+        get_user_model().objects.count(),
+    )
     second = run("seed_demo", "--key-file", str(key_file))
-    assert counts == (Organisation.objects.count(), Campaign.objects.count(), ApiKey.objects.count(),
-                      get_user_model().objects.count())
+    assert counts == (
+        Organisation.objects.count(),
+        Campaign.objects.count(),
+        ApiKey.objects.count(),
+        get_user_model().objects.count(),
+    )
     assert first == second
     assert "demo@example.com" in first
     secret = first.split("API key:")[1].strip()
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    assert client.get("/api/v1/campaigns/").data["count"] == Campaign.objects.filter(
-        organisation__slug="demo").count() > 0
+    assert (
+        client.get("/api/v1/campaigns/").data["count"] == Campaign.objects.filter(organisation__slug="demo").count() > 0
+    )
     statuses = set(Campaign.objects.values_list("status", flat=True))
     assert {"draft", "scheduled", "active", "paused", "completed", "cancelled"} <= statuses

@@ -23,8 +23,9 @@ def browser(persona) -> Client:
 
 @pytest.fixture
 def campaign(organisation):
-    return CampaignFactory(organisation=organisation, name="Console campaign", status="draft",
-                           channels=["email", "sms"])
+    return CampaignFactory(
+        organisation=organisation, name="Console campaign", status="draft", channels=["email", "sms"]
+    )
 
 
 PAGES = [
@@ -70,8 +71,9 @@ def test_login_page_signs_in(teammate):
     client = Client()
     page = client.get("/login/")
     assert page.status_code == 200
-    response = client.post("/login/", {"username": teammate.membership.user.username,
-                                       "password": "correct-horse-battery"})
+    response = client.post(
+        "/login/", {"username": teammate.membership.user.username, "password": "correct-horse-battery"}
+    )
     assert response.status_code == 302
     assert client.get("/campaigns/").status_code == 200
 
@@ -102,8 +104,9 @@ def test_list_shows_filter_errors_inline_rather_than_failing(teammate, campaign)
 
 
 def test_htmx_requests_get_just_the_results(teammate, campaign):
-    response = browser(teammate).get("/campaigns/?search=Con", HTTP_HX_REQUEST="true",
-                                     HTTP_HX_TARGET="campaign-results")
+    response = browser(teammate).get(
+        "/campaigns/?search=Con", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="campaign-results"
+    )
     page = response.content.decode()
     assert page.strip().startswith('<div id="campaign-results">')
     assert "Console campaign" in page
@@ -123,20 +126,31 @@ def test_create_shows_inline_errors_and_keeps_input(teammate, campaign):
 
 
 def test_create_makes_a_draft_and_goes_to_it(teammate):
-    response = browser(teammate).post("/campaigns/new/", {
-        "name": "From console", "type": "triggered", "channels": ["email", "whatsapp"], "description": "d",
-    })
+    response = browser(teammate).post(
+        "/campaigns/new/",
+        {
+            "name": "From console",
+            "type": "triggered",
+            "channels": ["email", "whatsapp"],
+            "description": "d",
+        },
+    )
     campaign = Campaign.objects.get(name="From console")
     assert response.status_code == 302
     assert response["Location"] == f"/campaigns/{campaign.pk}/"
-    assert (campaign.status, campaign.type, campaign.channels) == ("draft", "triggered", ["email", "whatsapp"])
+    assert (campaign.status, campaign.type, campaign.channels) == (
+        "draft",
+        "triggered",
+        ["email", "whatsapp"],
+    )
     assert campaign.owner == teammate.membership.user
 
 
 def test_scheduled_at_is_read_in_the_organisations_timezone(teammate):
     # Acme is in Europe/London: 2099-07-01 10:00 local is 09:00 UTC (BST).
-    browser(teammate).post("/campaigns/new/", {"name": "Local time", "type": "scheduled",
-                                               "scheduled_at": "2099-07-01T10:00"})
+    browser(teammate).post(
+        "/campaigns/new/", {"name": "Local time", "type": "scheduled", "scheduled_at": "2099-07-01T10:00"}
+    )
     campaign = Campaign.objects.get(name="Local time")
     assert campaign.scheduled_at.isoformat() == "2099-07-01T09:00:00+00:00"
 
@@ -144,8 +158,9 @@ def test_scheduled_at_is_read_in_the_organisations_timezone(teammate):
 def test_edit_saves_and_refuses_when_live(teammate, campaign):
     client = browser(teammate)
     assert client.get(f"/campaigns/{campaign.pk}/edit/").status_code == 200
-    response = client.post(f"/campaigns/{campaign.pk}/edit/", {"name": "Renamed", "type": "scheduled",
-                                                              "channels": ["email"]})
+    response = client.post(
+        f"/campaigns/{campaign.pk}/edit/", {"name": "Renamed", "type": "scheduled", "channels": ["email"]}
+    )
     assert response.status_code == 302
     campaign.refresh_from_db()
     assert (campaign.name, campaign.channels) == ("Renamed", ["email"])
@@ -166,9 +181,10 @@ def test_detail_page_shows_configuration_actions_and_history(teammate, campaign)
 
 def test_schedule_from_the_console(teammate, campaign):
     client = browser(teammate)
-    at = (timezone.localtime(timezone.now() + timedelta(days=2), timezone=teammate.organisation.timezone))
-    response = client.post(f"/campaigns/{campaign.pk}/schedule/", {"scheduled_at": at.strftime("%Y-%m-%dT%H:%M")},
-                           follow=True)
+    at = timezone.localtime(timezone.now() + timedelta(days=2), timezone=teammate.organisation.timezone)
+    response = client.post(
+        f"/campaigns/{campaign.pk}/schedule/", {"scheduled_at": at.strftime("%Y-%m-%dT%H:%M")}, follow=True
+    )
     assert "Campaign is now scheduled." in response.content.decode()
     campaign.refresh_from_db()
     assert campaign.status == "scheduled"

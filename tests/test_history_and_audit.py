@@ -11,10 +11,12 @@ pytestmark = pytest.mark.django_db
 
 
 def test_history_shows_who_changed_what_and_when(teammate, owner):
-    created = teammate.client.post("/api/v1/campaigns/", {"name": "Tracked", "channels": ["email"]},
-                                   format="json").data
-    owner.api.patch(f"/api/v1/campaigns/{created['id']}/", {"name": "Tracked v2", "channels": ["email", "sms"]},
-                    format="json")
+    created = teammate.client.post("/api/v1/campaigns/", {"name": "Tracked", "channels": ["email"]}, format="json").data
+    owner.api.patch(
+        f"/api/v1/campaigns/{created['id']}/",
+        {"name": "Tracked v2", "channels": ["email", "sms"]},
+        format="json",
+    )
     rows = teammate.api.get(f"/api/v1/campaigns/{created['id']}/history/").data
     change = next(row for row in rows if row["action"] == "updated")
     assert change["actor"].startswith("API key 'test key'")
@@ -37,14 +39,23 @@ def test_variant_changes_appear_in_the_campaign_history(teammate):
     created = teammate.api.post("/api/v1/campaigns/", {"name": "Var", "channels": ["sms"]}, format="json").data
     teammate.api.patch(
         f"/api/v1/campaigns/{created['id']}/",
-        {"variants": [{"name": "A", "allocation_percent": 70, "content": {"sms": {"body": "hi"}}},
-                      {"name": "B", "allocation_percent": 30}]},
+        {
+            "variants": [
+                {"name": "A", "allocation_percent": 70, "content": {"sms": {"body": "hi"}}},
+                {"name": "B", "allocation_percent": 30},
+            ]
+        },
         format="json",
     )
     rows = teammate.api.get(f"/api/v1/campaigns/{created['id']}/history/").data
     variant_rows = [row for row in rows if row["action"].startswith("variant")]
-    a_change = next(r for r in variant_rows if r["action"].startswith("variant A") and "allocation_percent" in r["changes"]
-                    and r["changes"]["allocation_percent"]["from"] == 100)
+    a_change = next(
+        r
+        for r in variant_rows
+        if r["action"].startswith("variant A")
+        and "allocation_percent" in r["changes"]
+        and r["changes"]["allocation_percent"]["from"] == 100
+    )
     assert a_change["changes"]["allocation_percent"] == {"from": 100, "to": 70}
     assert any(r["action"].startswith("variant B: created") for r in variant_rows)
 
@@ -53,14 +64,19 @@ def test_audit_log_records_each_operation_with_actor(teammate):
     created = teammate.api.post("/api/v1/campaigns/", {"name": "Audit", "channels": ["email"]}, format="json").data
     campaign_id = created["id"]
     teammate.api.patch(f"/api/v1/campaigns/{campaign_id}/", {"description": "d"}, format="json")
-    teammate.api.post(f"/api/v1/campaigns/{campaign_id}/schedule/", {"scheduled_at": "2099-01-01T09:00:00Z"},
-                      format="json")
+    teammate.api.post(
+        f"/api/v1/campaigns/{campaign_id}/schedule/", {"scheduled_at": "2099-01-01T09:00:00Z"}, format="json"
+    )
     teammate.api.post(f"/api/v1/campaigns/{campaign_id}/clone/")
     teammate.api.delete(f"/api/v1/campaigns/{campaign_id}/")
     teammate.api.post(f"/api/v1/campaigns/{campaign_id}/restore/")
     entries = AuditLogEntry.objects.filter(target_id=campaign_id).order_by("occurred_at", "id")
     assert [e.action for e in entries] == [
-        "campaign.create", "campaign.update", "campaign.schedule", "campaign.cancel", "campaign.delete",
+        "campaign.create",
+        "campaign.update",
+        "campaign.schedule",
+        "campaign.cancel",
+        "campaign.delete",
         "campaign.restore",
     ]
     assert {e.organisation_id for e in entries} == {teammate.organisation.pk}

@@ -17,8 +17,13 @@ def test_members_read_their_organisation(teammate):
 def test_admins_update_defaults_and_it_is_audited(owner):
     response = owner.api.patch(
         "/api/v1/organisation/",
-        {"default_messages_per_minute": 500, "default_quiet_hours_start": "21:00",
-         "default_quiet_hours_end": "08:00", "postal_address": "1 Main St", "timezone": "Europe/Paris"},
+        {
+            "default_messages_per_minute": 500,
+            "default_quiet_hours_start": "21:00",
+            "default_quiet_hours_end": "08:00",
+            "postal_address": "1 Main St",
+            "timezone": "Europe/Paris",
+        },
         format="json",
     )
     assert response.status_code == 200, response.data

@@ -17,15 +17,24 @@ from campaigns import services
 from campaigns.models import Campaign
 
 DEMO_EMAIL = "demo@example.com"
-DEMO_PASSWORD = "demo-campaigns"  # noqa: S105 - a published demo login, printed by `make run`
+DEMO_PASSWORD = "demo-campaigns"
 
 DEMO_CAMPAIGNS: list[dict[str, Any]] = [
     {"name": "Spring sale announcement", "channels": ["email", "sms"], "then": ["schedule"]},
     {"name": "Welcome series", "type": "triggered", "channels": ["email", "in_app"], "then": ["activate"]},
-    {"name": "Cart abandonment reminder", "type": "triggered", "channels": ["email", "whatsapp"],
-     "then": ["activate", "pause"]},
+    {
+        "name": "Cart abandonment reminder",
+        "type": "triggered",
+        "channels": ["email", "whatsapp"],
+        "then": ["activate", "pause"],
+    },
     {"name": "Product launch teaser", "channels": ["email"], "then": []},
-    {"name": "Loyalty points expiry", "type": "triggered", "channels": ["sms"], "then": ["activate", "complete"]},
+    {
+        "name": "Loyalty points expiry",
+        "type": "triggered",
+        "channels": ["sms"],
+        "then": ["activate", "complete"],
+    },
     {"name": "Webinar invitation", "channels": ["email", "webhook"], "then": ["schedule", "cancel"]},
     {"name": "Price drop alert", "type": "triggered", "channels": ["in_app", "sms"], "then": []},
     {"name": "Black Friday early access", "channels": ["email", "sms", "in_app"], "then": ["schedule"]},
@@ -42,7 +51,10 @@ class Command(BaseCommand):
         organisation = Organisation.objects.filter(slug="demo").first()
         if organisation is None:
             organisation = organisation_create(
-                slug="demo", name="Demo Retail", admin_email=DEMO_EMAIL, admin_password=DEMO_PASSWORD,
+                slug="demo",
+                name="Demo Retail",
+                admin_email=DEMO_EMAIL,
+                admin_password=DEMO_PASSWORD,
                 timezone_name="Europe/London",
             )
             organisation.postal_address = "Demo Retail Ltd, 1 High Street, London EC1A 1AA, United Kingdom"
@@ -54,8 +66,7 @@ class Command(BaseCommand):
         second = Organisation.objects.filter(slug="acme-travel").first()
         if second is None:
             second = organisation_create(slug="acme-travel", name="Acme Travel", timezone_name="America/New_York")
-            membership_set(organisation=second, user=user, role=Role.MARKETER,
-                           actor=system_actor(second, "seed_demo"))
+            membership_set(organisation=second, user=user, role=Role.MARKETER, actor=system_actor(second, "seed_demo"))
 
         actor = Actor(organisation=organisation, role=Role.ADMIN, user=user)
         if not Campaign.objects.filter(organisation=organisation).exists():
