@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ class Command(BaseCommand):
     help = "Create (or keep) the demo organisation, its admin login, an API key and sample campaigns."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--key-file", default=str(Path(settings.BASE_DIR) / ".data" / "demo-api-key"))
+        # One file per database, so switching between embedded and external services keeps each key printable.
+        database = hashlib.sha256(settings.DATABASE_URL.encode()).hexdigest()[:10]
+        parser.add_argument("--key-file", default=str(Path(settings.BASE_DIR) / ".data" / f"demo-api-key-{database}"))
 
     def handle(self, *args: Any, **options: Any) -> None:
         organisation = Organisation.objects.filter(slug="demo").first()
