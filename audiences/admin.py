@@ -5,7 +5,15 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
-from audiences.models import ApiKey, Membership, Organisation
+from audiences.models import (
+    ApiKey,
+    Contact,
+    ContactAttribute,
+    ContactImport,
+    Membership,
+    Organisation,
+    Segment,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -50,3 +58,48 @@ class ApiKeyAdmin(SimpleHistoryAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         # A key's secret is shown once at creation; the console, API and `create_api_key` do that, the admin can't.
         return False
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "organisation", "email", "phone", "timezone", "locale", "updated_at"]
+    list_filter = ["organisation", "locale", "created_at"]
+    search_fields = ["external_id", "email", "phone", "first_name", "last_name"]
+    list_select_related = ["organisation"]
+    show_full_result_count = False  # millions of contacts: no COUNT(*) per page
+    readonly_fields = ["created_at", "updated_at"]
+
+
+@admin.register(ContactAttribute)
+class ContactAttributeAdmin(admin.ModelAdmin):
+    list_display = ["name", "type", "organisation", "examples", "last_seen_at"]
+    list_filter = ["type", "organisation"]
+    search_fields = ["name"]
+    list_select_related = ["organisation"]
+
+
+@admin.register(ContactImport)
+class ContactImportAdmin(admin.ModelAdmin):
+    list_display = [
+        "filename",
+        "organisation",
+        "status",
+        "processed_rows",
+        "total_rows",
+        "rejected_count",
+        "created_at",
+    ]
+    list_filter = ["status", "organisation"]
+    search_fields = ["filename"]
+    list_select_related = ["organisation"]
+    readonly_fields = [f.name for f in ContactImport._meta.fields]
+
+
+# SegmentMember has a composite primary key, which the admin cannot edit; members are managed through the
+# segment's API and console pages.
+@admin.register(Segment)
+class SegmentAdmin(SimpleHistoryAdmin):
+    list_display = ["name", "organisation", "kind", "updated_at"]
+    list_filter = ["kind", "organisation"]
+    search_fields = ["name", "description"]
+    list_select_related = ["organisation"]

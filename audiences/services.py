@@ -10,14 +10,21 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection, transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from audiences.access import Actor, require_organisation_admin, system_actor
-from audiences.models import ApiKey, Membership, Organisation, Role
+from audiences.adapters import segment_query_provider
+from audiences.contacts import UpsertResult, contacts_upsert_rows, validate_contact
+from audiences.models import ApiKey, Contact, Membership, Organisation, Role, Segment, SegmentKind, SegmentMember
+from audiences.rules import RuleError
+from audiences.segments import compiler_for, parse_external_query
 from compliance.audit import audit_record
+from config.errors import Conflict
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -188,3 +195,246 @@ def organisation_update(*, actor: Actor, changes: dict[str, object]) -> Organisa
         details={field: {"from": before[field], "to": str(getattr(organisation, field))} for field in changes},
     )
     return organisation
+
+
+# --- contacts -------------------------------------------------------------------------------------------------
+
+CONTACT_WRITERS = frozenset({Role.ADMIN, Role.MARKETER})
+
+
+def require_contact_write(actor: Actor) -> None:
+    if actor.role not in CONTACT_WRITERS:
+        raise PermissionDenied(f"The {actor.role} role cannot change contacts.")
+
+
+def contacts_upsert(*, actor: Actor, rows: list[object]) -> UpsertResult:
+    """Bulk create-or-update (up to 10,000 a call) in one set-based statement. Audited as one entry."""
+    require_contact_write(actor)
+    with transaction.atomic():
+        result = contacts_upsert_rows(organisation=actor.organisation, rows=rows)
+        if result.accepted:
+            audit_record(
+                actor=actor,
+                action="contacts.upsert",
+                target=actor.organisation,
+                details={"created": result.created, "updated": result.updated, "rejected": len(result.rejected)},
+            )
+    return result
+
+
+@transaction.atomic
+def contact_create(*, actor: Actor, data: dict[str, object]) -> Contact:
+    require_contact_write(actor)
+    clean, errors = validate_contact(data)
+    if errors:
+        raise ValidationError(errors)
+    if Contact.objects.filter(organisation=actor.organisation, external_id=clean["external_id"]).exists():
+        raise ValidationError({"external_id": ["A contact with this external_id already exists."]})
+    contacts_upsert_rows(organisation=actor.organisation, rows=[clean])
+    contact = Contact.objects.get(organisation=actor.organisation, external_id=clean["external_id"])
+    audit_record(actor=actor, action="contact.create", target=contact, details={"external_id": contact.external_id})
+    return contact
+
+
+@transaction.atomic
+def contact_update(*, actor: Actor, contact: Contact, data: dict[str, object]) -> Contact:
+    """Partial update; attributes merge (a null value removes that attribute)."""
+    require_contact_write(actor)
+    clean, errors = validate_contact(data, partial=True)
+    if errors:
+        raise ValidationError(errors)
+    if "external_id" in clean and clean["external_id"] != contact.external_id:
+        raise ValidationError({"external_id": ["The external_id of a contact cannot change."]})
+    clean["external_id"] = contact.external_id
+    contacts_upsert_rows(organisation=actor.organisation, rows=[clean])
+    audit_record(actor=actor, action="contact.update", target=contact, details={"fields": sorted(set(data))})
+    contact.refresh_from_db()
+    return contact
+
+
+@transaction.atomic
+def contact_delete(*, actor: Actor, contact: Contact) -> None:
+    require_contact_write(actor)
+    audit_record(actor=actor, action="contact.delete", target=contact, details={"external_id": contact.external_id})
+    contact.delete()
+
+
+# --- segments -------------------------------------------------------------------------------------------------
+
+SEGMENT_FIELDS = ("name", "description", "kind", "rules", "external_query")
+
+
+def _validate_segment(organisation: Organisation, segment: Segment) -> None:
+    errors: dict[str, list[str]] = {}
+    segment.name = segment.name.strip()
+    if not segment.name:
+        errors["name"] = ["This field may not be blank."]
+    elif Segment.objects.filter(organisation=organisation, name__iexact=segment.name).exclude(pk=segment.pk).exists():
+        errors["name"] = ["A segment with this name already exists."]
+    if segment.kind == SegmentKind.RULES:
+        if segment.rules is None:
+            errors["rules"] = ["A rules segment needs a rule tree."]
+        else:
+            try:
+                # Compile with this segment excluded from references, so it cannot include itself.
+                compiler_for(organisation).compile(segment.rules, seen=frozenset({segment.pk}))
+            except RuleError as exc:
+                errors["rules"] = exc.as_list()  # type: ignore[assignment]
+    else:
+        segment.rules = None
+    if segment.kind == SegmentKind.EXTERNAL:
+        if not segment.external_query.strip():
+            errors["external_query"] = ["An external segment needs the query isA_Data should run."]
+        elif segment_query_provider().embedded:
+            try:
+                compiler_for(organisation).compile(parse_external_query(segment.external_query))
+            except RuleError as exc:
+                errors["external_query"] = exc.as_list()  # type: ignore[assignment]
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def segment_create(*, actor: Actor, data: dict[str, object]) -> Segment:
+    require_contact_write(actor)
+    segment = Segment(organisation=actor.organisation, created_by=actor.user)
+    for name in SEGMENT_FIELDS:
+        if name in data:
+            setattr(segment, name, data[name])
+    _validate_segment(actor.organisation, segment)
+    actor.stamp(segment, "created")
+    segment.save()
+    audit_record(actor=actor, action="segment.create", target=segment, details={"kind": segment.kind})
+    return segment
+
+
+@transaction.atomic
+def segment_update(*, actor: Actor, segment: Segment, data: dict[str, object]) -> Segment:
+    require_contact_write(actor)
+    segment = Segment.objects.select_for_update().get(pk=segment.pk, organisation=actor.organisation)
+    if "kind" in data and data["kind"] != segment.kind:
+        raise ValidationError({"kind": ["A segment's kind cannot change; create a new segment."]})
+    for name in SEGMENT_FIELDS:
+        if name in data:
+            setattr(segment, name, data[name])
+    _validate_segment(actor.organisation, segment)
+    actor.stamp(segment, "updated")
+    segment.save()
+    audit_record(actor=actor, action="segment.update", target=segment, details={"fields": sorted(data)})
+    return segment
+
+
+def segment_references(segment: Segment) -> list[str]:
+    """Names of other segments whose rules refer to this one."""
+    needle = str(segment.pk)
+    return [
+        other.name
+        for other in Segment.objects.filter(organisation=segment.organisation, kind=SegmentKind.RULES)
+        .exclude(pk=segment.pk)
+        .extra(where=["rules::text LIKE %s"], params=[f"%{needle}%"])  # noqa: S610 - parametrised
+    ]
+
+
+@transaction.atomic
+def segment_delete(*, actor: Actor, segment: Segment) -> None:
+    require_contact_write(actor)
+    users = segment_references(segment)
+    if users:
+        raise Conflict(
+            f"Segment {segment.name!r} is used by other segments: {', '.join(users)}.",
+            code="segment_in_use",
+            used_by=users,
+        )
+    actor.stamp(segment, "deleted")
+    audit_record(actor=actor, action="segment.delete", target=segment)
+    try:
+        segment.delete()
+    except ProtectedError as exc:
+        raise Conflict(
+            f"Segment {segment.name!r} is the audience of a campaign; remove it there first.",
+            code="segment_in_use",
+        ) from exc
+
+
+@dataclass(frozen=True)
+class MembersResult:
+    added: int
+    removed: int
+    unknown_external_ids: list[str]
+    total: int
+
+
+@transaction.atomic
+def segment_set_members(
+    *, actor: Actor, segment: Segment, external_ids: list[str], mode: str = "replace"
+) -> MembersResult:
+    """Upload the ids of a static segment: `replace` its members, `add` to them or `remove` from them."""
+    require_contact_write(actor)
+    if segment.kind != SegmentKind.STATIC:
+        raise Conflict("Only static segments take uploaded members.", code="not_static")
+    ids = list(dict.fromkeys(str(x).strip() for x in external_ids if str(x).strip()))
+    if len(ids) > 1_000_000:
+        raise ValidationError({"external_ids": ["At most 1,000,000 ids per upload."]})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e FROM unnest(%s::text[]) AS e WHERE NOT EXISTS (SELECT 1 FROM audiences_contact c"
+            " WHERE c.organisation_id = %s AND c.external_id = e) LIMIT 1000",
+            [ids, actor.organisation.pk],
+        )
+        unknown = [row[0] for row in cursor.fetchall()]
+        removed = added = 0
+        if mode == "replace":
+            cursor.execute(
+                "DELETE FROM audiences_segmentmember m WHERE m.segment_id = %s AND m.contact_id NOT IN ("
+                " SELECT c.id FROM audiences_contact c WHERE c.organisation_id = %s AND c.external_id = ANY(%s))",
+                [segment.pk, actor.organisation.pk, ids],
+            )
+            removed = cursor.rowcount
+        if mode in ("replace", "add"):
+            cursor.execute(
+                "INSERT INTO audiences_segmentmember (segment_id, contact_id) SELECT %s, c.id FROM audiences_contact c"
+                " WHERE c.organisation_id = %s AND c.external_id = ANY(%s) ON CONFLICT DO NOTHING",
+                [segment.pk, actor.organisation.pk, ids],
+            )
+            added = cursor.rowcount
+        elif mode == "remove":
+            cursor.execute(
+                "DELETE FROM audiences_segmentmember m USING audiences_contact c WHERE m.segment_id = %s"
+                " AND m.contact_id = c.id AND c.organisation_id = %s AND c.external_id = ANY(%s)",
+                [segment.pk, actor.organisation.pk, ids],
+            )
+            removed = cursor.rowcount
+        else:
+            raise ValidationError({"mode": ["One of replace, add, remove."]})
+    total = SegmentMember.objects.filter(segment=segment).count()
+    audit_record(
+        actor=actor,
+        action="segment.members",
+        target=segment,
+        details={"mode": mode, "added": added, "removed": removed, "unknown": len(unknown), "total": total},
+    )
+    return MembersResult(added=added, removed=removed, unknown_external_ids=unknown, total=total)
+
+
+def segment_refresh_external(*, segment: Segment, force: bool = False) -> int:
+    """Re-resolve an external segment through the intelligent_query service into its members.
+
+    Skipped while the last resolution is younger than EXTERNAL_SEGMENT_MAX_AGE_SECONDS (unless forced) or when
+    the embedded engine is in use (it compiles the query directly). Returns the member count."""
+    provider = segment_query_provider()
+    if segment.kind != SegmentKind.EXTERNAL or provider.embedded:
+        return SegmentMember.objects.filter(segment=segment).count()
+    max_age = timedelta(seconds=settings.EXTERNAL_SEGMENT_MAX_AGE_SECONDS)
+    if not force and segment.members_refreshed_at and timezone.now() - segment.members_refreshed_at < max_age:
+        return SegmentMember.objects.filter(segment=segment).count()
+    external_ids = list(provider.resolve(segment.organisation, segment.external_query))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audiences_segmentmember WHERE segment_id = %s", [segment.pk])
+        cursor.execute(
+            "INSERT INTO audiences_segmentmember (segment_id, contact_id) SELECT %s, c.id FROM audiences_contact c"
+            " WHERE c.organisation_id = %s AND c.external_id = ANY(%s) ON CONFLICT DO NOTHING",
+            [segment.pk, segment.organisation_id, external_ids],
+        )
+        count = cursor.rowcount
+        Segment.objects.filter(pk=segment.pk).update(members_refreshed_at=timezone.now())
+    return count

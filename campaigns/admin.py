@@ -8,8 +8,14 @@ from simple_history.admin import SimpleHistoryAdmin
 from audiences.access import Actor
 from audiences.models import Role
 from campaigns import services
-from campaigns.models import Campaign, Variant
+from campaigns.models import Campaign, CampaignSegment, Variant
 from config.errors import Conflict
+
+
+class CampaignSegmentInline(admin.TabularInline):
+    model = CampaignSegment
+    extra = 0
+    autocomplete_fields = ["segment"]
 
 
 class VariantInline(admin.TabularInline):
@@ -49,7 +55,7 @@ class CampaignAdmin(SimpleHistoryAdmin):
         "deleted_by",
     ]
     date_hierarchy = "created_at"
-    inlines = [VariantInline]
+    inlines = [CampaignSegmentInline, VariantInline]
     actions = ["clone_campaigns", "soft_delete_campaigns", "restore_campaigns"]
     show_full_result_count = False  # COUNT(*) over 100k+ rows on every changelist page is wasted work
 
@@ -82,3 +88,11 @@ class VariantAdmin(SimpleHistoryAdmin):
     list_filter = ["is_control"]
     search_fields = ["name", "campaign__name"]
     list_select_related = ["campaign"]
+
+
+@admin.register(CampaignSegment)
+class CampaignSegmentAdmin(SimpleHistoryAdmin):
+    list_display = ["campaign", "segment", "role"]
+    list_filter = ["role"]
+    search_fields = ["campaign__name", "segment__name"]
+    list_select_related = ["campaign", "segment"]

@@ -80,7 +80,8 @@ class CampaignViewSet(
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
         variants = data.pop("variants", None)
-        campaign = services.campaign_create(actor=request.actor, variants=variants, **data)
+        audience = data.pop("audience", None)
+        campaign = services.campaign_create(actor=request.actor, variants=variants, audience=audience, **data)
         return self._respond(campaign, status.HTTP_201_CREATED)
 
     def _update(self, request: Request, pk: str, *, partial: bool) -> Response:
@@ -88,10 +89,13 @@ class CampaignViewSet(
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
         variants = data.pop("variants", None)
+        audience = data.pop("audience", None)
         if partial:
             # Only what the client sent; serializer defaults must not overwrite stored values.
             data = {key: value for key, value in data.items() if key in request.data}
-        campaign = services.campaign_update(actor=request.actor, campaign_id=pk, changes=data, variants=variants)
+        campaign = services.campaign_update(
+            actor=request.actor, campaign_id=pk, changes=data, variants=variants, audience=audience
+        )
         return self._respond(campaign)
 
     def update(self, request: Request, pk: str) -> Response:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -12,7 +13,7 @@ from django.db.models.indexes import Index
 from simple_history.models import HistoricalRecords
 
 from audiences.history import HistoryActorMixin
-from audiences.models import Organisation
+from audiences.models import Organisation, Segment
 
 
 class CampaignType(models.TextChoices):
@@ -38,6 +39,11 @@ class Channel(models.TextChoices):
     WEBHOOK = "webhook", "Webhook"
 
 
+class AudienceCombine(models.TextChoices):
+    AND = "and", "in all of the segments"
+    OR = "or", "in any of the segments"
+
+
 LIVE = models.Q(deleted_at__isnull=True)
 
 
@@ -59,6 +65,18 @@ class Campaign(models.Model):
 
     # When a scheduled campaign should (first) run. Recurring schedules arrive with the execution engine.
     scheduled_at = models.DateTimeField(null=True, blank=True)
+
+    # Audience: included segments combined with AND/OR, an optional inline rule tree (ANDed with them), excluded
+    # segments, and a holdout share kept as a control group. Resolved when the campaign runs, not when saved.
+    audience_segments = models.ManyToManyField(Segment, through="CampaignSegment", related_name="campaigns", blank=True)
+    audience_combine = models.CharField(max_length=3, choices=AudienceCombine.choices, default=AudienceCombine.OR)
+    audience_rules = models.JSONField(null=True, blank=True)
+    holdout_percent = models.DecimalField(
+        max_digits=4,
+        decimal_places=2,
+        default=Decimal("0"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("20"))],
+    )
 
     # Per-campaign throttle; empty inherits the organisation's default.
     messages_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
@@ -86,6 +104,9 @@ class Campaign(models.Model):
             models.CheckConstraint(
                 condition=~models.Q(status=CampaignStatus.SCHEDULED) | models.Q(scheduled_at__isnull=False),
                 name="campaign_scheduled_has_time",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(holdout_percent__gte=0, holdout_percent__lte=20), name="campaign_holdout_range"
             ),
         ]
         indexes = [
@@ -128,6 +149,27 @@ class Campaign(models.Model):
     @property
     def is_deleted(self) -> bool:
         return self.deleted_at is not None
+
+
+class SegmentRole(models.TextChoices):
+    INCLUDE = "include", "Include"
+    EXCLUDE = "exclude", "Exclude"
+
+
+class CampaignSegment(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="segment_links")
+    segment = models.ForeignKey(Segment, on_delete=models.PROTECT, related_name="campaign_links")
+    role = models.CharField(max_length=8, choices=SegmentRole.choices)
+
+    history = HistoricalRecords(bases=[HistoryActorMixin])
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "segment"], name="campaign_segment_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} {self.role}s {self.segment}"
 
 
 class Variant(models.Model):

@@ -24,7 +24,7 @@ def campaign_list(actor: Actor, *, deleted: str = "exclude") -> QuerySet[Campaig
     return (
         campaign_queryset(actor, deleted=deleted)
         .select_related("owner")
-        .prefetch_related(Prefetch("variants", queryset=Variant.objects.order_by("position", "name")))
+        .prefetch_related(Prefetch("variants", queryset=Variant.objects.order_by("position", "name")), "segment_links")
     )
 
 
@@ -54,6 +54,9 @@ HISTORY_FIELDS = (
     "paused_by",
     "deleted_at",
     "deleted_by",
+    "audience_combine",
+    "audience_rules",
+    "holdout_percent",
 )
 VARIANT_HISTORY_FIELDS = ("name", "allocation_percent", "is_control", "content")
 _HISTORY_TYPES = {"+": "created", "~": "changed", "-": "deleted"}

@@ -26,6 +26,25 @@ class VariantSerializer(serializers.ModelSerializer):
         read_only_fields = ["id"]
 
 
+class AudienceSerializer(serializers.Serializer):
+    include = serializers.ListField(
+        child=serializers.UUIDField(), required=False, max_length=50, help_text="Segments whose members are in."
+    )
+    combine = serializers.ChoiceField(
+        choices=["and", "or"], required=False, help_text="Members of all (and) or any (or) included segment."
+    )
+    exclude = serializers.ListField(
+        child=serializers.UUIDField(), required=False, max_length=50, help_text="Segments whose members are out."
+    )
+    rules = serializers.JSONField(
+        required=False, allow_null=True, help_text="An inline rule tree, ANDed with the included segments."
+    )
+    holdout_percent = serializers.DecimalField(
+        max_digits=4, decimal_places=2, min_value=0, max_value=20, required=False,
+        help_text="Share kept as a control group (0-20). Deterministic per contact and campaign.",
+    )
+
+
 class AllowedTransitionSerializer(serializers.Serializer):
     action = serializers.CharField()
     status = serializers.CharField()
@@ -35,6 +54,7 @@ class CampaignSerializer(serializers.ModelSerializer):
     """What the API returns for a campaign."""
 
     owner = serializers.SerializerMethodField()
+    audience = serializers.SerializerMethodField()
     variants = VariantSerializer(many=True, read_only=True)
     allowed_actions = serializers.SerializerMethodField()
     restore_deadline = serializers.SerializerMethodField()
@@ -52,6 +72,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "scheduled_at",
             "messages_per_minute",
             "messages_per_hour",
+            "audience",
             "variants",
             "allowed_actions",
             "created_at",
@@ -67,6 +88,17 @@ class CampaignSerializer(serializers.ModelSerializer):
 
     def get_owner(self, campaign: Campaign) -> str | None:
         return campaign.owner.get_username() if campaign.owner else None
+
+    @extend_schema_field(AudienceSerializer)
+    def get_audience(self, campaign: Campaign) -> dict[str, Any]:
+        links = campaign.segment_links.all()  # prefetched
+        return {
+            "include": [str(link.segment_id) for link in links if link.role == "include"],
+            "combine": campaign.audience_combine,
+            "exclude": [str(link.segment_id) for link in links if link.role == "exclude"],
+            "rules": campaign.audience_rules,
+            "holdout_percent": str(campaign.holdout_percent),
+        }
 
     @staticmethod
     def _allowed(campaign: Campaign) -> list[dict[str, str]]:
@@ -95,6 +127,7 @@ class CampaignWriteSerializer(serializers.Serializer):
     messages_per_minute = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
     messages_per_hour = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
     variants = VariantSerializer(many=True, required=False, max_length=MAX_VARIANTS, min_length=1)
+    audience = AudienceSerializer(required=False)
 
     def validate_name(self, value: str) -> str:
         value = value.strip()

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +16,8 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from audiences.access import Actor, require_campaign_write
-from campaigns.models import Campaign, CampaignStatus, CampaignType, Channel, Variant
+from campaigns.audience import campaign_audience_spec, validate_audience
+from campaigns.models import Campaign, CampaignSegment, CampaignStatus, CampaignType, Channel, SegmentRole, Variant
 from campaigns.selectors import campaign_get_for_update
 from compliance.audit import audit_record
 from compliance.models import AuditLogEntry
@@ -180,7 +182,15 @@ def _save_campaign(campaign: Campaign, **kwargs: Any) -> None:
 
 
 def _snapshot(campaign: Campaign) -> dict[str, Any]:
+    spec = campaign_audience_spec(campaign)
     return {
+        "audience": {
+            "include": [str(x) for x in spec["include"]],
+            "exclude": [str(x) for x in spec["exclude"]],
+            "combine": spec["combine"],
+            "rules": spec["rules"],
+            "holdout_percent": str(spec["holdout_percent"]),
+        },
         "name": campaign.name,
         "description": campaign.description,
         "type": campaign.type,
@@ -211,6 +221,30 @@ def _replace_variants(campaign: Campaign, variants: Sequence[Mapping[str, Any]],
             variant.delete()
 
 
+def _set_audience_fields(campaign: Campaign, audience: Mapping[str, Any]) -> None:
+    campaign.audience_combine = audience["combine"]
+    campaign.audience_rules = audience["rules"]
+    campaign.holdout_percent = Decimal(str(audience["holdout_percent"]))
+
+
+def _set_audience_segments(campaign: Campaign, audience: Mapping[str, Any], *, actor: Actor) -> None:
+    """Make the campaign's segment links match the (validated) audience; the campaign must be saved."""
+    wanted = {
+        **{sid: SegmentRole.INCLUDE for sid in audience["include"]},
+        **{sid: SegmentRole.EXCLUDE for sid in audience["exclude"]},
+    }
+    existing = {link.segment_id: link for link in campaign.segment_links.all()}
+    for segment_id, link in existing.items():
+        if wanted.get(segment_id) != link.role:
+            actor.stamp(link, "removed")
+            link.delete()
+    for segment_id, role in wanted.items():
+        if segment_id not in existing or existing[segment_id].role != role:
+            link = CampaignSegment(campaign=campaign, segment_id=segment_id, role=role)
+            actor.stamp(link, "added")
+            link.save()
+
+
 DEFAULT_VARIANTS: list[dict[str, Any]] = [{"name": "A", "allocation_percent": 100, "is_control": False, "content": {}}]
 
 UPDATABLE_FIELDS = (
@@ -239,6 +273,7 @@ def campaign_create(
     messages_per_minute: int | None = None,
     messages_per_hour: int | None = None,
     variants: Sequence[Mapping[str, Any]] | None = None,
+    audience: Mapping[str, Any] | None = None,
 ) -> Campaign:
     """A new draft. Nothing is sent until it is explicitly scheduled or activated."""
     require_campaign_write(actor)
@@ -246,6 +281,7 @@ def campaign_create(
     channels = _validate_channels(channels)
     variants = list(variants) if variants else copy.deepcopy(DEFAULT_VARIANTS)
     _validate_variants(variants, channels)
+    clean_audience = validate_audience(actor.organisation, audience or {})
     if name and _name_taken(actor.organisation.pk, name):
         raise ValidationError({"name": ["A campaign with this name already exists."]})
     campaign = Campaign(
@@ -261,9 +297,11 @@ def campaign_create(
         messages_per_hour=messages_per_hour,
         status_changed_at=timezone.now(),
     )
+    _set_audience_fields(campaign, clean_audience)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "created")
     _save_campaign(campaign)
+    _set_audience_segments(campaign, clean_audience, actor=actor)
     _replace_variants(campaign, variants, actor=actor)
     audit_record(actor=actor, action="campaign.create", target=campaign, details=_snapshot(campaign))
     return campaign
@@ -276,6 +314,7 @@ def campaign_update(
     campaign_id: Any,
     changes: Mapping[str, Any],
     variants: Sequence[Mapping[str, Any]] | None = None,
+    audience: Mapping[str, Any] | None = None,
 ) -> Campaign:
     """Change a draft or paused campaign. Anything else is refused: a live campaign must be paused first."""
     require_campaign_write(actor)
@@ -312,6 +351,11 @@ def campaign_update(
         for v in campaign.variants.all()
     ]
     _validate_variants(variants if variants is not None else current_variants, campaign.channels)
+    if audience is not None:
+        # A partial audience keeps the parts not given.
+        clean_audience = validate_audience(campaign.organisation, {**campaign_audience_spec(campaign), **audience})
+        _set_audience_fields(campaign, clean_audience)
+        _set_audience_segments(campaign, clean_audience, actor=actor)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "updated")
     _save_campaign(campaign)
@@ -353,8 +397,12 @@ def campaign_transition(
     if action not in {item["action"] for item in permitted}:
         raise _invalid_transition(campaign, action)
     now = timezone.now()
-    if action in ("schedule", "activate", "start") and not campaign.channels:
-        raise ValidationError({"channels": ["Choose at least one channel before launching."]})
+    if action in ("schedule", "activate", "start"):
+        if not campaign.channels:
+            raise ValidationError({"channels": ["Choose at least one channel before launching."]})
+        spec = campaign_audience_spec(campaign)
+        if not spec["include"] and not spec["rules"]:
+            raise ValidationError({"audience": ["Choose who receives it (segments or rules) before launching."]})
     if action == "schedule":
         if scheduled_at is not None:
             campaign.scheduled_at = scheduled_at
@@ -396,10 +444,17 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         scheduled_at=origin.scheduled_at,
         messages_per_minute=origin.messages_per_minute,
         messages_per_hour=origin.messages_per_hour,
+        audience_combine=origin.audience_combine,
+        audience_rules=copy.deepcopy(origin.audience_rules),
+        holdout_percent=origin.holdout_percent,
         status_changed_at=timezone.now(),
     )
     actor.stamp(clone, f"cloned from campaign {origin.pk} ({origin.name})")
     _save_campaign(clone)
+    for link in origin.segment_links.all():
+        copied = CampaignSegment(campaign=clone, segment_id=link.segment_id, role=link.role)
+        actor.stamp(copied, "cloned")
+        copied.save()
     for variant in origin.variants.all():
         copy_ = Variant(
             campaign=clone,
@@ -508,6 +563,7 @@ def campaigns_purge_deleted(*, now: datetime | None = None, batch_size: int = PU
             Campaign.objects.filter(pk__in=ids).delete()
             # Deleting makes simple_history write "deleted" rows; the whole history goes, as GDPR asks.
             Variant.history.model.objects.filter(id__in=variant_ids).delete()
+            CampaignSegment.history.model.objects.filter(campaign_id__in=ids).delete()
             Campaign.history.model.objects.filter(id__in=ids).delete()
             AuditLogEntry.objects.bulk_create(
                 AuditLogEntry(

@@ -177,6 +177,15 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# External services (empty URL: the embedded default inside the monolith is used).
+USER_360_URL = envstr("USER_360_URL", "")
+USER_360_TOKEN = envstr("USER_360_TOKEN", "")
+INTELLIGENT_QUERY_URL = envstr("INTELLIGENT_QUERY_URL", "")
+INTELLIGENT_QUERY_TOKEN = envstr("INTELLIGENT_QUERY_TOKEN", "")
+EXTERNAL_HTTP_TIMEOUT = float(envstr("EXTERNAL_HTTP_TIMEOUT", "10"))
+# External segments are re-resolved when their members are older than this when a campaign needs them.
+EXTERNAL_SEGMENT_MAX_AGE_SECONDS = envint("EXTERNAL_SEGMENT_MAX_AGE_SECONDS", 300)
+
 # Soft-deleted campaigns can be restored for this long, then the purge task removes them for good.
 CAMPAIGN_RESTORE_WINDOW_DAYS = envint("CAMPAIGN_RESTORE_WINDOW_DAYS", 30)
 

@@ -45,6 +45,7 @@ class CampaignFactory(factory.django.DjangoModelFactory):
     type = CampaignType.SCHEDULED
     status = CampaignStatus.DRAFT
     channels = factory.LazyFunction(lambda: ["email"])
+    audience_rules = factory.LazyFunction(lambda: {"field": "email", "op": "exists"})
 
     @factory.post_generation
     def variants(obj, create, extracted, **kwargs):

@@ -61,7 +61,11 @@ def test_variant_changes_appear_in_the_campaign_history(teammate):
 
 
 def test_audit_log_records_each_operation_with_actor(teammate):
-    created = teammate.api.post("/api/v1/campaigns/", {"name": "Audit", "channels": ["email"]}, format="json").data
+    created = teammate.api.post(
+        "/api/v1/campaigns/",
+        {"name": "Audit", "channels": ["email"], "audience": {"rules": {"field": "email", "op": "exists"}}},
+        format="json",
+    ).data
     campaign_id = created["id"]
     teammate.api.patch(f"/api/v1/campaigns/{campaign_id}/", {"description": "d"}, format="json")
     teammate.api.post(

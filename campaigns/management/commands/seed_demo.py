@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from audiences.access import Actor, system_actor
-from audiences.models import ApiKey, Organisation, Role
+from audiences import services as audience_services
+from audiences.models import ApiKey, Contact, Organisation, Role, Segment
 from audiences.services import api_key_create, membership_set, organisation_create, user_get_or_create
 from campaigns import services
 from campaigns.models import Campaign
@@ -72,6 +74,10 @@ class Command(BaseCommand):
             membership_set(organisation=second, user=user, role=Role.MARKETER, actor=system_actor(second, "seed_demo"))
 
         actor = Actor(organisation=organisation, role=Role.ADMIN, user=user)
+        if not Contact.objects.filter(organisation=organisation).exists():
+            self._seed_contacts(actor)
+        if not Segment.objects.filter(organisation=organisation).exists():
+            self._seed_segments(actor)
         if not Campaign.objects.filter(organisation=organisation).exists():
             self._seed_campaigns(actor)
 
@@ -80,11 +86,106 @@ class Command(BaseCommand):
         self.stdout.write(f"Login:        {DEMO_EMAIL} / {DEMO_PASSWORD}")
         self.stdout.write(f"API key:      {key}")
 
+    def _seed_contacts(self, actor: Actor, count: int = 2000) -> None:
+        rng = random.Random(2026)  # noqa: S311 - demo data, not security
+        first_names = ["Ada", "Grace", "Alan", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Tim"]
+        countries = ["GB", "FR", "DE", "US", "ES", "NL", "IE"]
+        zones = {
+            "GB": "Europe/London",
+            "FR": "Europe/Paris",
+            "DE": "Europe/Berlin",
+            "US": "America/New_York",
+            "ES": "Europe/Madrid",
+            "NL": "Europe/Amsterdam",
+            "IE": "Europe/Dublin",
+        }
+        today = timezone.now().date()
+        rows = []
+        for index in range(count):
+            country = rng.choice(countries)
+            first = rng.choice(first_names)
+            rows.append(
+                {
+                    "external_id": f"user-{index:05d}",
+                    "email": f"{first.lower()}.{index}@example.com",
+                    "phone": f"+4477009{index:05d}" if rng.random() < 0.6 else "",
+                    "first_name": first,
+                    "timezone": zones[country],
+                    "locale": {"FR": "fr-FR", "DE": "de-DE", "ES": "es-ES", "NL": "nl-NL"}.get(country, "en-GB"),
+                    "attributes": {
+                        "plan": rng.choices(["free", "pro", "enterprise"], [70, 25, 5])[0],
+                        "country": country,
+                        "lifetime_value": round(rng.expovariate(1 / 120), 2),
+                        "orders": rng.randint(0, 40),
+                        "newsletter": rng.random() < 0.7,
+                        "signed_up": (today - timedelta(days=rng.randint(0, 900))).isoformat(),
+                        "interests": rng.sample(
+                            ["shoes", "bags", "outdoor", "kids", "sale", "beauty"], rng.randint(0, 3)
+                        ),
+                    },
+                }
+            )
+        for start in range(0, len(rows), 1000):
+            audience_services.contacts_upsert(actor=actor, rows=rows[start : start + 1000])
+
+    def _seed_segments(self, actor: Actor) -> None:
+        audience_services.segment_create(
+            actor=actor,
+            data={
+                "name": "Paying customers",
+                "description": "Pro and enterprise plans",
+                "rules": {"field": "attributes.plan", "op": "in", "value": ["pro", "enterprise"]},
+            },
+        )
+        audience_services.segment_create(
+            actor=actor,
+            data={
+                "name": "UK and Ireland",
+                "rules": {"field": "attributes.country", "op": "in", "value": ["GB", "IE"]},
+            },
+        )
+        audience_services.segment_create(
+            actor=actor,
+            data={
+                "name": "High value, recent",
+                "description": "Spent over 200 and signed up in the last year",
+                "rules": {
+                    "and": [
+                        {"field": "attributes.lifetime_value", "op": "gt", "value": 200},
+                        {"field": "attributes.signed_up", "op": "within_last_days", "value": 365},
+                    ]
+                },
+            },
+        )
+        vip = audience_services.segment_create(actor=actor, data={"name": "VIP list", "kind": "static"})
+        audience_services.segment_set_members(
+            actor=actor, segment=vip, external_ids=[f"user-{index:05d}" for index in range(0, 2000, 40)]
+        )
+        audience_services.segment_create(
+            actor=actor,
+            data={
+                "name": "Unsubscribed from newsletter",
+                "rules": {"field": "attributes.newsletter", "op": "eq", "value": False},
+            },
+        )
+
     def _seed_campaigns(self, actor: Actor) -> None:
         now = timezone.now()
+        segments = {segment.name: segment.pk for segment in Segment.objects.filter(organisation=actor.organisation)}
+        audiences = [
+            {
+                "include": [segments["Paying customers"]],
+                "exclude": [segments["Unsubscribed from newsletter"]],
+                "holdout_percent": 10,
+            },
+            {"rules": {"field": "created_at", "op": "within_last_days", "value": 30}},
+            {"include": [segments["UK and Ireland"], segments["High value, recent"]], "combine": "and"},
+            {"include": [segments["VIP list"]]},
+        ]
         for index, spec in enumerate(DEMO_CAMPAIGNS):
             campaign = services.campaign_create(
                 actor=actor,
+                audience=audiences[index % len(audiences)],
                 name=spec["name"],
                 description=f"Demo campaign #{index + 1}",
                 type=spec.get("type", "scheduled"),
