@@ -65,7 +65,7 @@ def _check_attributes(raw: Any, errors: dict[str, list[str]]) -> dict[str, Any] 
                 problems.append(f"{name}: lists hold up to 100 strings, numbers or booleans.")
         elif isinstance(value, str) and len(value) > MAX_ATTRIBUTE_TEXT:
             problems.append(f"{name}: text is at most {MAX_ATTRIBUTE_TEXT} characters.")
-        elif isinstance(value, float) and value != value:  # noqa: PLR0124 - NaN
+        elif isinstance(value, float) and value != value:
             problems.append(f"{name}: not a number.")
     if problems:
         errors["attributes"] = problems

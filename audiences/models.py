@@ -8,8 +8,8 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
 from django.contrib.postgres.indexes import GinIndex
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Lower, Mod
 from simple_history.models import HistoricalRecords
@@ -276,3 +276,6 @@ class SegmentMember(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["contact"], name="segment_member_contact_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.contact_id} in {self.segment_id}"

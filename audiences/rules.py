@@ -91,6 +91,10 @@ class RuleError(ValueError):
     def as_list(self) -> list[dict[str, str]]:
         return [p.as_dict() for p in self.problems]
 
+    def as_messages(self) -> list[str]:
+        """One "<JSON Pointer>: <problem>" string per bad node, for field-level validation errors."""
+        return [f"{p.path or '/'}: {p.message}" for p in self.problems]
+
 
 @dataclass
 class Compiled:
@@ -289,7 +293,7 @@ class RuleCompiler:
             return raw if isinstance(raw, str) and len(raw) <= 1000 else _INVALID
         if kind == "number":
             # Decimal keeps big integers exact and lets psycopg send mixed int/float lists as numeric[].
-            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == raw  # noqa: PLR0124 (NaN)
+            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == raw
             return Decimal(str(raw)) if ok else _INVALID
         if kind == "boolean":
             return raw if isinstance(raw, bool) else _INVALID

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
+from uuid import uuid4
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
-from django.db.models import ProtectedError
+from django.db.models import F, ProtectedError, Value
+from django.db.models.functions import Coalesce, Concat, Now
 from django.utils import timezone
 
 from audiences.access import Actor, require_organisation_admin, system_actor
 from audiences.adapters import segment_query_provider
+from audiences.contacts import STANDARD as STANDARD_CONTACT_FIELDS
 from audiences.contacts import UpsertResult, contacts_upsert_rows, validate_contact
-from audiences.models import ApiKey, Contact, Membership, Organisation, Role, Segment, SegmentKind, SegmentMember
+from audiences.models import (
+    ApiKey,
+    Contact,
+    ContactImport,
+    Membership,
+    Organisation,
+    Role,
+    Segment,
+    SegmentKind,
+    SegmentMember,
+)
 from audiences.rules import RuleError
 from audiences.segments import compiler_for, parse_external_query
 from compliance.audit import audit_record
@@ -279,7 +296,7 @@ def _validate_segment(organisation: Organisation, segment: Segment) -> None:
                 # Compile with this segment excluded from references, so it cannot include itself.
                 compiler_for(organisation).compile(segment.rules, seen=frozenset({segment.pk}))
             except RuleError as exc:
-                errors["rules"] = exc.as_list()  # type: ignore[assignment]
+                errors["rules"] = exc.as_messages()
     else:
         segment.rules = None
     if segment.kind == SegmentKind.EXTERNAL:
@@ -289,7 +306,7 @@ def _validate_segment(organisation: Organisation, segment: Segment) -> None:
             try:
                 compiler_for(organisation).compile(parse_external_query(segment.external_query))
             except RuleError as exc:
-                errors["external_query"] = exc.as_list()  # type: ignore[assignment]
+                errors["external_query"] = exc.as_messages()
     if errors:
         raise ValidationError(errors)
 
@@ -331,7 +348,7 @@ def segment_references(segment: Segment) -> list[str]:
         other.name
         for other in Segment.objects.filter(organisation=segment.organisation, kind=SegmentKind.RULES)
         .exclude(pk=segment.pk)
-        .extra(where=["rules::text LIKE %s"], params=[f"%{needle}%"])  # noqa: S610 - parametrised
+        .extra(where=["rules::text LIKE %s"], params=[f"%{needle}%"])
     ]
 
 
@@ -438,3 +455,121 @@ def segment_refresh_external(*, segment: Segment, force: bool = False) -> int:
         count = cursor.rowcount
         Segment.objects.filter(pk=segment.pk).update(members_refreshed_at=timezone.now())
     return count
+
+
+# --- CSV import -------------------------------------------------------------------------------------------------
+
+IMPORT_CHUNK = 5_000
+NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def csv_value(raw: str) -> object:
+    """A CSV cell as an attribute value: true/false → boolean, numerals → number, anything else text."""
+    text = raw.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if NUMBER.match(text) and len(text) < 16:
+        return float(text) if "." in text else int(text)
+    return text
+
+
+def csv_row_to_contact(row: dict[str, str]) -> dict[str, object]:
+    contact: dict[str, object] = {}
+    attributes: dict[str, object] = {}
+    for column, value in row.items():
+        if column is None or value is None:
+            continue
+        name = column.strip()
+        if name == "external_id" or name in STANDARD_CONTACT_FIELDS:
+            if value.strip():
+                contact[name] = value.strip()
+        elif value.strip():
+            attributes[name.removeprefix("attributes.")] = csv_value(value)
+    if attributes:
+        contact["attributes"] = attributes
+    return contact
+
+
+@transaction.atomic
+def contact_import_start(*, actor: Actor, upload: UploadedFile) -> ContactImport:
+    require_contact_write(actor)
+    name = (upload.name or "contacts.csv").rsplit("/", 1)[-1][:255]
+    if not name.lower().endswith(".csv"):
+        raise ValidationError({"file": ["Upload a .csv file."]})
+    head = upload.read(4096)
+    upload.seek(0)
+    try:
+        first_line = head.decode("utf-8-sig").splitlines()[0] if head else ""
+    except UnicodeDecodeError as exc:
+        raise ValidationError({"file": ["The file must be UTF-8 text."]}) from exc
+    if "external_id" not in [c.strip() for c in next(csv.reader([first_line]), [])]:
+        raise ValidationError({"file": ["The first line must be a header with an external_id column."]})
+    job = ContactImport(organisation=actor.organisation, filename=name, created_by=actor.user)
+    job.file.save(f"{uuid4().hex}.csv", upload, save=False)
+    job.save()
+    audit_record(actor=actor, action="contacts.import", target=job, details={"filename": name})
+    from audiences.tasks import contacts_import_task
+
+    transaction.on_commit(lambda: contacts_import_task.delay(str(job.pk)))
+    return job
+
+
+def contact_import_run(import_id: object) -> ContactImport | None:
+    """Process an import in chunks, recording progress after each. Safe to run again after a crash: it resumes
+    after the rows already processed (upserts are idempotent anyway)."""
+    claimed = ContactImport.objects.filter(
+        pk=import_id, status__in=[ContactImport.Status.PENDING, ContactImport.Status.RUNNING]
+    ).update(status=ContactImport.Status.RUNNING, started_at=Coalesce("started_at", Now()))
+    if not claimed:
+        return None  # finished already, or unknown
+    job = ContactImport.objects.select_related("organisation").get(pk=import_id)
+    try:
+        with job.file.open("rb") as handle:
+            text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+            total = sum(1 for _ in csv.reader(text)) - 1
+            ContactImport.objects.filter(pk=job.pk).update(total_rows=max(total, 0))
+            handle.seek(0)
+            text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+            reader = csv.DictReader(text)
+            chunk: list[tuple[int, dict[str, object]]] = []
+            row_number = 1  # the header
+            for row in reader:
+                row_number += 1
+                if row_number - 1 <= job.processed_rows:
+                    continue  # done before an interruption
+                chunk.append((row_number, csv_row_to_contact(row)))
+                if len(chunk) >= IMPORT_CHUNK:
+                    _import_chunk(job, chunk)
+                    chunk = []
+            if chunk:
+                _import_chunk(job, chunk)
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        ContactImport.objects.filter(pk=job.pk).update(
+            status=ContactImport.Status.FAILED, error=str(exc)[:2000], finished_at=Now()
+        )
+        return ContactImport.objects.get(pk=job.pk)
+    ContactImport.objects.filter(pk=job.pk).update(status=ContactImport.Status.COMPLETED, finished_at=Now())
+    return ContactImport.objects.get(pk=job.pk)
+
+
+def _import_chunk(job: ContactImport, chunk: list[tuple[int, dict[str, object]]]) -> None:
+    result = contacts_upsert_rows(organisation=job.organisation, rows=[contact for _, contact in chunk])
+    report = io.StringIO()
+    writer = csv.writer(report)
+    for rejected in result.rejected:
+        line, _ = chunk[rejected["index"]]
+        reasons = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in rejected["errors"].items())
+        writer.writerow([line, rejected["external_id"] or "", _csv_safe(reasons)])
+    ContactImport.objects.filter(pk=job.pk).update(
+        processed_rows=F("processed_rows") + len(chunk),
+        created_count=F("created_count") + result.created,
+        updated_count=F("updated_count") + result.updated,
+        rejected_count=F("rejected_count") + len(result.rejected),
+        rejected_report=Concat("rejected_report", Value(report.getvalue())),
+    )
+    job.processed_rows += len(chunk)
+
+
+def _csv_safe(text: str) -> str:
+    # Spreadsheets run cells starting with = + - @ as formulas; the report quotes them out.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

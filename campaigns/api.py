@@ -9,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from campaigns import selectors, services
+from campaigns import audience, selectors, services
 from campaigns.filters import CampaignFilter
 from campaigns.models import Campaign
 from campaigns.serializers import (
@@ -67,7 +67,7 @@ class CampaignViewSet(
             params = DeletedParameter(data=self.request.query_params)
             params.is_valid(raise_exception=True)
             deleted = params.validated_data["deleted"]
-        elif self.action in ("retrieve", "history"):
+        elif self.action in ("retrieve", "history", "audience_estimate"):
             deleted = "include"  # a deleted campaign can still be looked at (and restored) within its window
         return selectors.campaign_list(self.request.actor, deleted=deleted)
 
@@ -128,6 +128,14 @@ class CampaignViewSet(
         """Who changed what and when, newest first."""
         campaign = self.get_object()
         return Response(HistoryEntrySerializer(selectors.campaign_history(campaign), many=True).data)
+
+    @extend_schema(parameters=[OpenApiParameter("exact", bool)], responses=serializers.DictField())
+    @action(detail=True, methods=["get"], url_path="audience-estimate")
+    def audience_estimate(self, request: Request, pk: str) -> Response:
+        """How many contacts the audience holds right now, and how many of them the holdout keeps back."""
+        campaign = self.get_object()
+        exact = request.query_params.get("exact", "").lower() in ("1", "true", "yes")
+        return Response(audience.audience_estimate(campaign, exact=exact))
 
     def _transition(self, request: Request, pk: str, action_name: str, **kwargs: Any) -> Response:
         campaign = services.campaign_transition(actor=request.actor, campaign_id=pk, action=action_name, **kwargs)

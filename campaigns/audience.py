@@ -70,31 +70,40 @@ def validate_audience(organisation: Organisation, spec: Mapping[str, Any]) -> di
         try:
             engine.compile_rules(organisation, rules)
         except RuleError as exc:
-            errors["audience.rules"] = exc.as_list()
+            errors["audience.rules"] = exc.as_messages()
     if errors:
         raise ValidationError(errors)
     return {"include": include, "exclude": exclude, "combine": combine, "rules": rules, "holdout_percent": holdout}
 
 
-def audience_condition(campaign: Campaign, *, refresh_external: bool = True) -> Compiled | None:
-    """The audience as one SQL condition (None: no audience defined). External segments are re-resolved first
-    when their members are stale, so the audience reflects the moment of execution."""
-    spec = campaign_audience_spec(campaign)
+def spec_condition(
+    organisation: Organisation, spec: Mapping[str, Any], *, refresh_external: bool = True
+) -> Compiled | None:
+    """An audience definition as one SQL condition (None: nothing defined). External segments are re-resolved
+    first when their members are stale, so the audience reflects the moment it is used."""
     tree = audience_tree(include=spec["include"], combine=spec["combine"], exclude=spec["exclude"], rules=spec["rules"])
     if tree is None:
         return None
     if refresh_external:
-        for segment in Segment.objects.filter(pk__in=[*spec["include"], *spec["exclude"]], kind=SegmentKind.EXTERNAL):
+        external = Segment.objects.filter(
+            organisation=organisation, pk__in=[*spec["include"], *spec["exclude"]], kind=SegmentKind.EXTERNAL
+        )
+        for segment in external:
             segment_refresh_external(segment=segment)
-    return engine.compile_rules(campaign.organisation, tree)
+    return engine.compile_rules(organisation, tree)
+
+
+def audience_condition(campaign: Campaign, *, refresh_external: bool = True) -> Compiled | None:
+    return spec_condition(campaign.organisation, campaign_audience_spec(campaign), refresh_external=refresh_external)
 
 
 def holdout_seed(campaign: Campaign) -> str:
     return str(campaign.pk)
 
 
-def audience_estimate(campaign: Campaign, *, exact: bool = False) -> dict[str, Any]:
-    condition = audience_condition(campaign)
+def spec_estimate(organisation: Organisation, spec: Mapping[str, Any], *, exact: bool = False) -> dict[str, Any]:
+    """Audience size for a (validated) definition, with the expected holdout split."""
+    condition = spec_condition(organisation, spec)
     if condition is None:
         return {
             "count": 0,
@@ -106,9 +115,13 @@ def audience_estimate(campaign: Campaign, *, exact: bool = False) -> dict[str, A
             "recipients": 0,
             "milliseconds": 0.0,
         }
-    result = engine.estimate(campaign.organisation, condition, exact=exact).as_dict()
-    holdout = round(result["count"] * float(campaign.holdout_percent) / 100)
+    result = engine.estimate(organisation, condition, exact=exact).as_dict()
+    holdout = round(result["count"] * float(spec.get("holdout_percent") or 0) / 100)
     return result | {"holdout": holdout, "recipients": result["count"] - holdout}
+
+
+def audience_estimate(campaign: Campaign, *, exact: bool = False) -> dict[str, Any]:
+    return spec_estimate(campaign.organisation, campaign_audience_spec(campaign), exact=exact)
 
 
 def audience_is_member(campaign: Campaign, contact_id: int) -> bool:

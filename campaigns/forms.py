@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django import forms
 
-from campaigns.models import CampaignType, Channel
+from audiences.models import Organisation, Segment
+from campaigns.models import AudienceCombine, CampaignType, Channel
 
 
 class CampaignForm(forms.Form):
@@ -21,15 +23,73 @@ class CampaignForm(forms.Form):
     messages_per_minute = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
     messages_per_hour = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    include_segments = forms.MultipleChoiceField(
+        required=False, label="Send to members of", widget=forms.SelectMultiple(attrs={"size": 5})
+    )
+    audience_combine = forms.ChoiceField(
+        choices=AudienceCombine.choices,
+        initial=AudienceCombine.OR,
+        required=False,
+        label="Combine segments",
+        widget=forms.RadioSelect,
+    )
+    audience_rules = forms.JSONField(
+        required=False,
+        label="And who match these rules",
+        help_text='Optional rule tree, e.g. {"field": "attributes.plan", "op": "eq", "value": "pro"}.',
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "input code"}),
+    )
+    exclude_segments = forms.MultipleChoiceField(
+        required=False, label="Except members of", widget=forms.SelectMultiple(attrs={"size": 4})
+    )
+    holdout_percent = forms.DecimalField(
+        min_value=0,
+        max_value=20,
+        decimal_places=2,
+        required=False,
+        initial=0,
+        label="Holdout %",
+        help_text="0-20 % of the audience kept as a control group: measured, sent nothing.",
+    )
+
+    AUDIENCE_FIELDS = ("include_segments", "audience_combine", "audience_rules", "exclude_segments", "holdout_percent")
+
+    def __init__(self, *args: Any, organisation: Organisation, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        choices = [
+            (str(pk), name)
+            for pk, name in Segment.objects.filter(organisation=organisation).order_by("name").values_list("pk", "name")
+        ]
+        self.fields["include_segments"].choices = choices
+        self.fields["exclude_segments"].choices = choices
         for name, field in self.fields.items():
             if isinstance(field.widget, (forms.TextInput, forms.Textarea, forms.NumberInput, forms.DateTimeInput)):
                 field.widget.attrs.setdefault("class", "input")
             field.widget.attrs.setdefault("aria-describedby", f"{name}-help")
 
-    def add_service_errors(self, errors: dict[str, list[str]]) -> None:
+    def campaign_data(self) -> dict[str, Any]:
+        """cleaned_data split into the campaign fields and its audience, as the services take them."""
+        data = {k: v for k, v in self.cleaned_data.items() if k not in self.AUDIENCE_FIELDS}
+        data["audience"] = {
+            "include": [UUID(x) for x in self.cleaned_data.get("include_segments") or []],
+            "exclude": [UUID(x) for x in self.cleaned_data.get("exclude_segments") or []],
+            "combine": self.cleaned_data.get("audience_combine") or AudienceCombine.OR,
+            "rules": self.cleaned_data.get("audience_rules") or None,
+            "holdout_percent": self.cleaned_data.get("holdout_percent") or 0,
+        }
+        return data
+
+    SERVICE_FIELD_MAP = {
+        "audience.include": "include_segments",
+        "audience.exclude": "exclude_segments",
+        "audience.combine": "audience_combine",
+        "audience.rules": "audience_rules",
+        "audience.holdout_percent": "holdout_percent",
+    }
+
+    def add_service_errors(self, errors: dict[str, list[Any]]) -> None:
         for field, messages in errors.items():
-            target = field if field in self.fields else None
+            target = self.SERVICE_FIELD_MAP.get(field, field)
+            target = target if target in self.fields else None
             for message in messages:
                 self.add_error(target, message if target else f"{field}: {message}")

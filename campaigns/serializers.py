@@ -40,7 +40,11 @@ class AudienceSerializer(serializers.Serializer):
         required=False, allow_null=True, help_text="An inline rule tree, ANDed with the included segments."
     )
     holdout_percent = serializers.DecimalField(
-        max_digits=4, decimal_places=2, min_value=0, max_value=20, required=False,
+        max_digits=4,
+        decimal_places=2,
+        min_value=0,
+        max_value=20,
+        required=False,
         help_text="Share kept as a control group (0-20). Deterministic per contact and campaign.",
     )
 

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.campaign_list_view, name="list"),
     path("deleted/", views.campaign_deleted_view, name="deleted"),
     path("new/", views.campaign_create_view, name="create"),
+    path("audience/estimate/", views.audience_estimate_view, name="audience-estimate"),
     path("<uuid:campaign_id>/", views.campaign_detail_view, name="detail"),
     path("<uuid:campaign_id>/edit/", views.campaign_edit_view, name="edit"),
     path("<uuid:campaign_id>/clone/", views.campaign_clone_view, name="clone"),

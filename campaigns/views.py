@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -14,6 +15,7 @@ from django.views.decorators.http import require_POST
 from audiences.access import can_write_campaigns
 from audiences.decorators import member_required
 from campaigns import selectors, services
+from campaigns.audience import spec_estimate, validate_audience
 from campaigns.filters import CampaignFilter
 from campaigns.forms import CampaignForm
 from campaigns.models import Campaign, CampaignStatus, CampaignType, Channel
@@ -70,7 +72,13 @@ def campaign_deleted_view(request: HttpRequest) -> HttpResponse:
 
 
 def _form_initial(campaign: Campaign) -> dict[str, Any]:
+    links = list(campaign.segment_links.all())
     return {
+        "include_segments": [str(link.segment_id) for link in links if link.role == "include"],
+        "exclude_segments": [str(link.segment_id) for link in links if link.role == "exclude"],
+        "audience_combine": campaign.audience_combine,
+        "audience_rules": campaign.audience_rules,
+        "holdout_percent": campaign.holdout_percent,
         "name": campaign.name,
         "description": campaign.description,
         "type": campaign.type,
@@ -85,10 +93,10 @@ def _form_initial(campaign: Campaign) -> dict[str, Any]:
 def campaign_create_view(request: HttpRequest) -> HttpResponse:
     if not can_write_campaigns(request.actor):
         raise PermissionDenied
-    form = CampaignForm(request.POST or None)
+    form = CampaignForm(request.POST or None, organisation=request.actor.organisation)
     if request.method == "POST" and form.is_valid():
         try:
-            campaign = services.campaign_create(actor=request.actor, **form.cleaned_data)
+            campaign = services.campaign_create(actor=request.actor, **form.campaign_data())
         except ValidationError as exc:
             form.add_service_errors(exc.message_dict)
         else:
@@ -102,10 +110,12 @@ def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     campaign = _get_campaign(request, campaign_id)
     if not can_write_campaigns(request.actor):
         raise PermissionDenied
-    form = CampaignForm(request.POST or None, initial=_form_initial(campaign))
+    form = CampaignForm(request.POST or None, initial=_form_initial(campaign), organisation=request.actor.organisation)
     if request.method == "POST" and form.is_valid():
+        data = form.campaign_data()
+        audience = data.pop("audience")
         try:
-            services.campaign_update(actor=request.actor, campaign_id=campaign.pk, changes=form.cleaned_data)
+            services.campaign_update(actor=request.actor, campaign_id=campaign.pk, changes=data, audience=audience)
         except ValidationError as exc:
             form.add_service_errors(exc.message_dict)
         except Conflict as exc:
@@ -161,11 +171,13 @@ def _run(request: HttpRequest, campaign_id: Any, call: Any, success: str) -> Cam
 def campaign_transition_view(request: HttpRequest, campaign_id: Any, action: str) -> HttpResponse:
     if action not in services.USER_ACTIONS:
         raise Http404("No such action")
-    form = CampaignForm(request.POST)
     scheduled_at = None
     if action == "schedule" and request.POST.get("scheduled_at"):
-        form.is_valid()
-        scheduled_at = form.cleaned_data.get("scheduled_at")
+        field = forms.DateTimeField(required=False)
+        try:
+            scheduled_at = field.clean(request.POST["scheduled_at"])
+        except ValidationError:
+            scheduled_at = None
         if scheduled_at is None:
             messages.error(request, "Send at: enter a valid date and time.")
             return redirect("campaigns:detail", campaign_id=campaign_id)
@@ -217,3 +229,24 @@ def campaign_restore_view(request: HttpRequest, campaign_id: Any) -> HttpRespons
         "Restored “{campaign.name}”.",
     )
     return redirect("campaigns:detail", campaign_id=campaign_id)
+
+
+@require_POST
+@member_required
+def audience_estimate_view(request: HttpRequest) -> HttpResponse:
+    """Live size of the audience being edited in the campaign form (htmx, as the marketer changes it)."""
+    form = CampaignForm(request.POST, organisation=request.actor.organisation)
+    form.is_valid()  # only the audience fields matter here; others may still be incomplete
+    problems: list[str] = []
+    result = None
+    audience_errors = {name: form.errors[name] for name in CampaignForm.AUDIENCE_FIELDS if name in form.errors}
+    if audience_errors:
+        problems = [f"{form.fields[name].label}: {' '.join(errors)}" for name, errors in audience_errors.items()]
+    else:
+        try:
+            spec = validate_audience(request.actor.organisation, form.campaign_data()["audience"])
+            result = spec_estimate(request.actor.organisation, spec, exact=request.POST.get("exact") == "1")
+        except ValidationError as exc:
+            for errors in exc.message_dict.values():
+                problems.extend(errors)
+    return render(request, "campaigns/_estimate.html", {"estimate": result, "problems": problems})

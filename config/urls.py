@@ -4,13 +4,17 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from audiences import console_urls
 from audiences.api import ApiKeyViewSet, OrganisationView
+from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from config import views as config_views
 
 router = DefaultRouter(trailing_slash=True)
 router.register("campaigns", CampaignViewSet, basename="campaign")
 router.register("api-keys", ApiKeyViewSet, basename="api-key")
+router.register("contacts", ContactViewSet, basename="contact")
+router.register("segments", SegmentViewSet, basename="segment")
 
 urlpatterns = [
     path("", config_views.home, name="home"),
@@ -19,6 +23,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("audiences.urls")),
     path("campaigns/", include("campaigns.urls")),
+    path("segments/", include(console_urls.segment_patterns)),
+    path("contacts/", include(console_urls.contact_patterns)),
     path("admin/", admin.site.urls),
     path("api/v1/organisation/", OrganisationView.as_view(), name="api-organisation"),
     path("api/v1/", include(router.urls)),

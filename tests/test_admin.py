@@ -27,7 +27,6 @@ def staff(db) -> Client:
 
 def test_every_model_of_ours_is_registered():
     from django.apps import apps
-
     from django.db.models import CompositePrimaryKey
 
     ours = {

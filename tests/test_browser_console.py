@@ -68,6 +68,16 @@ def page(browser, live_server, teammate):
 
 
 def test_create_a_campaign_with_inline_errors_then_schedule_it(page, teammate):
+    from audiences.contacts import contacts_upsert_rows
+    from audiences.services import segment_create
+
+    contacts_upsert_rows(
+        organisation=teammate.organisation,
+        rows=[{"external_id": f"u{i}", "attributes": {"plan": "pro" if i % 4 == 0 else "free"}} for i in range(40)],
+    )
+    segment = segment_create(
+        actor=teammate.actor, data={"name": "Pro", "rules": {"field": "attributes.plan", "op": "eq", "value": "pro"}}
+    )
     page.click('[data-testid="new-campaign"]')
     page.wait_for_url("**/campaigns/new/")
     page.fill("#id_description", "Autumn offers for loyal customers")
@@ -79,11 +89,19 @@ def test_create_a_campaign_with_inline_errors_then_schedule_it(page, teammate):
     page.fill("#id_name", "Autumn offers")
     page.check("input[name=channels][value=email]")
     page.check("input[name=channels][value=sms]")
+    # The audience size updates live as the audience changes.
+    page.select_option("#id_include_segments", [str(segment.pk)])
+    page.wait_for_function("document.querySelector('[data-testid=estimate-count]')?.textContent.trim() === '10'")
+    page.fill("#id_holdout_percent", "10")
+    page.dispatch_event("#id_holdout_percent", "change")
+    page.wait_for_selector("text=9 receive it, 1 held out")
     page.click("button[type=submit]")
     page.wait_for_selector("text=Draft “Autumn offers” created.")
     campaign = Campaign.objects.get(name="Autumn offers")
     assert campaign.status == "draft"
     assert campaign.channels == ["email", "sms"]
+    assert list(campaign.audience_segments.all()) == [segment]
+    assert str(campaign.holdout_percent) == "10.00"
 
     local = timezone.localtime(timezone.now() + timedelta(days=3), teammate.organisation.timezone)
     page.fill("#schedule-at", local.strftime("%Y-%m-%dT%H:%M"))

@@ -12,8 +12,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from audiences.access import Actor, system_actor
 from audiences import services as audience_services
+from audiences.access import Actor, system_actor
 from audiences.models import ApiKey, Contact, Organisation, Role, Segment
 from audiences.services import api_key_create, membership_set, organisation_create, user_get_or_create
 from campaigns import services
