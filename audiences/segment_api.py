@@ -259,11 +259,12 @@ class SegmentViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def members(self, request: Request, pk: str) -> Response:
         """Upload the external ids of a static segment (replace, add or remove). Unknown ids are listed."""
+        segment = self.get_object()  # another organisation's segment is a 404 before anything else
         payload = MembersSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         result = services.segment_set_members(
             actor=request.actor,
-            segment=self.get_object(),
+            segment=segment,
             external_ids=payload.validated_data["external_ids"],
             mode=payload.validated_data["mode"],
         )
