@@ -6,6 +6,7 @@ import csv
 import hashlib
 import hmac
 import io
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from config.errors import Conflict
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "cs_"
 # Recording "last used" on every request would turn each API read into a write; a minute's precision is plenty.
@@ -528,13 +531,10 @@ def contact_import_run(import_id: object) -> ContactImport | None:
             text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
             total = sum(1 for _ in csv.reader(text)) - 1
             ContactImport.objects.filter(pk=job.pk).update(total_rows=max(total, 0))
-            handle.seek(0)
-            text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+            text.seek(0)
             reader = csv.DictReader(text)
             chunk: list[tuple[int, dict[str, object]]] = []
-            row_number = 1  # the header
-            for row in reader:
-                row_number += 1
+            for row_number, row in enumerate(reader, start=2):  # line 1 is the header
                 if row_number - 1 <= job.processed_rows:
                     continue  # done before an interruption
                 chunk.append((row_number, csv_row_to_contact(row)))
@@ -543,9 +543,12 @@ def contact_import_run(import_id: object) -> ContactImport | None:
                     chunk = []
             if chunk:
                 _import_chunk(job, chunk)
-    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+            text.detach()  # the file object closes the handle, not the wrapper
+    except Exception as exc:
+        # Whatever went wrong, the import must not stay "running" forever: say so on the import page.
+        logger.exception("contact import %s failed", job.pk)
         ContactImport.objects.filter(pk=job.pk).update(
-            status=ContactImport.Status.FAILED, error=str(exc)[:2000], finished_at=Now()
+            status=ContactImport.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=Now()
         )
         return ContactImport.objects.get(pk=job.pk)
     ContactImport.objects.filter(pk=job.pk).update(status=ContactImport.Status.COMPLETED, finished_at=Now())

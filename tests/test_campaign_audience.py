@@ -23,19 +23,28 @@ N = 2000
 @pytest.fixture
 def crowd(organisation):
     rows = [
-        {"external_id": f"p{i}", "attributes": {"plan": "pro" if i % 2 == 0 else "free",
-                                                "country": "GB" if i % 3 == 0 else "FR", "churned": i % 5 == 0}}
+        {
+            "external_id": f"p{i}",
+            "attributes": {
+                "plan": "pro" if i % 2 == 0 else "free",
+                "country": "GB" if i % 3 == 0 else "FR",
+                "churned": i % 5 == 0,
+            },
+        }
         for i in range(N)
     ]
     for start in range(0, N, 1000):
-        contacts_upsert_rows(organisation=organisation, rows=rows[start:start + 1000])
+        contacts_upsert_rows(organisation=organisation, rows=rows[start : start + 1000])
     ids = {c.external_id: c.pk for c in Contact.objects.filter(organisation=organisation)}
-    pro = Segment.objects.create(organisation=organisation, name="Pro",
-                                 rules={"field": "attributes.plan", "op": "eq", "value": "pro"})
-    uk = Segment.objects.create(organisation=organisation, name="UK",
-                                rules={"field": "attributes.country", "op": "eq", "value": "GB"})
-    churned = Segment.objects.create(organisation=organisation, name="Churned",
-                                     rules={"field": "attributes.churned", "op": "eq", "value": True})
+    pro = Segment.objects.create(
+        organisation=organisation, name="Pro", rules={"field": "attributes.plan", "op": "eq", "value": "pro"}
+    )
+    uk = Segment.objects.create(
+        organisation=organisation, name="UK", rules={"field": "attributes.country", "op": "eq", "value": "GB"}
+    )
+    churned = Segment.objects.create(
+        organisation=organisation, name="Churned", rules={"field": "attributes.churned", "op": "eq", "value": True}
+    )
     return ids, pro, uk, churned
 
 
@@ -47,7 +56,8 @@ def resolved(campaign: Campaign) -> dict[str, bool]:
     select = audience.audience_resolution_select(campaign)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT c.external_id, r.is_holdout FROM ({select.sql}) AS r JOIN audiences_contact c ON c.id = r.contact_id",
+            f"SELECT c.external_id, r.is_holdout FROM ({select.sql}) AS r"
+            " JOIN audiences_contact c ON c.id = r.contact_id",
             select.params,
         )
         return dict(cursor.fetchall())
@@ -67,12 +77,18 @@ def make(teammate, **spec) -> Campaign:
         (lambda pro, uk, ch: {"include": [pro, uk], "combine": "or"}, lambda i: i % 2 == 0 or i % 3 == 0),
         (lambda pro, uk, ch: {"include": [pro, uk], "combine": "and"}, lambda i: i % 6 == 0),
         (lambda pro, uk, ch: {"include": [pro], "exclude": [ch]}, lambda i: i % 2 == 0 and i % 5 != 0),
-        (lambda pro, uk, ch: {"include": [pro, uk], "combine": "or", "exclude": [ch]},
-         lambda i: (i % 2 == 0 or i % 3 == 0) and i % 5 != 0),
-        (lambda pro, uk, ch: {"include": [uk], "rules": {"field": "attributes.plan", "op": "eq", "value": "free"}},
-         lambda i: i % 3 == 0 and i % 2 == 1),
-        (lambda pro, uk, ch: {"rules": {"field": "attributes.churned", "op": "eq", "value": False}, "exclude": [uk]},
-         lambda i: i % 5 != 0 and i % 3 != 0),
+        (
+            lambda pro, uk, ch: {"include": [pro, uk], "combine": "or", "exclude": [ch]},
+            lambda i: (i % 2 == 0 or i % 3 == 0) and i % 5 != 0,
+        ),
+        (
+            lambda pro, uk, ch: {"include": [uk], "rules": {"field": "attributes.plan", "op": "eq", "value": "free"}},
+            lambda i: i % 3 == 0 and i % 2 == 1,
+        ),
+        (
+            lambda pro, uk, ch: {"rules": {"field": "attributes.churned", "op": "eq", "value": False}, "exclude": [uk]},
+            lambda i: i % 5 != 0 and i % 3 != 0,
+        ),
     ],
 )
 def test_include_exclude_arithmetic(teammate, crowd, spec, predicate):
@@ -149,7 +165,8 @@ def test_bad_audiences_are_400(teammate, crowd, audience_spec, field):
 def test_including_and_excluding_the_same_segment_is_400(teammate, crowd):
     _, pro, _, _ = crowd
     response = teammate.api.post(
-        "/api/v1/campaigns/", {"name": "Both", "audience": {"include": [str(pro.pk)], "exclude": [str(pro.pk)]}},
+        "/api/v1/campaigns/",
+        {"name": "Both", "audience": {"include": [str(pro.pk)], "exclude": [str(pro.pk)]}},
         format="json",
     )
     assert response.status_code == 400
@@ -158,23 +175,35 @@ def test_including_and_excluding_the_same_segment_is_400(teammate, crowd):
 
 def test_another_organisations_segment_cannot_be_an_audience(teammate, outsider, crowd):
     _, pro, _, _ = crowd
-    response = outsider.api.post("/api/v1/campaigns/", {"name": "Steal", "audience": {"include": [str(pro.pk)]}},
-                                 format="json")
+    response = outsider.api.post(
+        "/api/v1/campaigns/", {"name": "Steal", "audience": {"include": [str(pro.pk)]}}, format="json"
+    )
     assert response.status_code == 400
     assert "audience.include" in response.data
 
 
 def test_audience_round_trips_and_is_cloned(teammate, crowd):
     _, pro, uk, churned = crowd
-    campaign = make(teammate, include=[str(pro.pk), str(uk.pk)], combine="and", exclude=[str(churned.pk)],
-                    holdout_percent=5, rules={"field": "email", "op": "not_exists"})
+    campaign = make(
+        teammate,
+        include=[str(pro.pk), str(uk.pk)],
+        combine="and",
+        exclude=[str(churned.pk)],
+        holdout_percent=5,
+        rules={"field": "email", "op": "not_exists"},
+    )
     data = teammate.api.get(f"/api/v1/campaigns/{campaign.pk}/").data["audience"]
-    assert data == {"include": sorted([str(pro.pk), str(uk.pk)], key=[str(pro.pk), str(uk.pk)].index),
-                    "combine": "and", "exclude": [str(churned.pk)], "rules": {"field": "email", "op": "not_exists"},
-                    "holdout_percent": "5.00"}
+    assert data == {
+        "include": sorted([str(pro.pk), str(uk.pk)], key=[str(pro.pk), str(uk.pk)].index),
+        "combine": "and",
+        "exclude": [str(churned.pk)],
+        "rules": {"field": "email", "op": "not_exists"},
+        "holdout_percent": "5.00",
+    }
     clone = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/clone/").data
     assert {**clone["audience"], "include": sorted(clone["audience"]["include"])} == {
-        **data, "include": sorted(data["include"])
+        **data,
+        "include": sorted(data["include"]),
     }
     assert set(resolved(Campaign.objects.get(pk=clone["id"]))) == set(resolved(campaign))
 

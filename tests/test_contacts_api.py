@@ -13,19 +13,38 @@ BULK = "/api/v1/contacts/bulk/"
 
 
 def test_bulk_creates_then_updates_and_merges_attributes(teammate):
-    first = teammate.api.post(BULK, {"contacts": [
-        {"external_id": "u1", "email": "U1@Example.com", "phone": "+44 7700 900123", "first_name": "Una",
-         "timezone": "Europe/London", "locale": "en_GB", "attributes": {"plan": "pro", "score": 3, "old": "x"}},
-        {"external_id": 42, "attributes": {"plan": "free"}},
-    ]}, format="json")
+    first = teammate.api.post(
+        BULK,
+        {
+            "contacts": [
+                {
+                    "external_id": "u1",
+                    "email": "U1@Example.com",
+                    "phone": "+44 7700 900123",
+                    "first_name": "Una",
+                    "timezone": "Europe/London",
+                    "locale": "en_GB",
+                    "attributes": {"plan": "pro", "score": 3, "old": "x"},
+                },
+                {"external_id": 42, "attributes": {"plan": "free"}},
+            ]
+        },
+        format="json",
+    )
     assert first.status_code == 200, first.data
     assert first.data == {"created": 2, "updated": 0, "rejected": []}
     contact = Contact.objects.get(organisation=teammate.organisation, external_id="u1")
     assert (contact.email, contact.phone, contact.locale) == ("u1@example.com", "+447700900123", "en-GB")
 
-    second = teammate.api.post(BULK, {"contacts": [
-        {"external_id": "u1", "last_name": "Lee", "attributes": {"score": 4, "old": None, "new": True}},
-    ]}, format="json")
+    second = teammate.api.post(
+        BULK,
+        {
+            "contacts": [
+                {"external_id": "u1", "last_name": "Lee", "attributes": {"score": 4, "old": None, "new": True}},
+            ]
+        },
+        format="json",
+    )
     assert second.data == {"created": 0, "updated": 1, "rejected": []}
     contact.refresh_from_db()
     # Fields left out are kept, given ones replaced, attributes merged and null removes one.
@@ -69,9 +88,16 @@ def test_bad_rows_are_reported_by_index_and_good_rows_saved(teammate, contact, f
 
 
 def test_a_repeated_external_id_uses_the_last_row_and_reports_the_earlier(teammate):
-    response = teammate.api.post(BULK, {"contacts": [
-        {"external_id": "dup", "first_name": "First"}, {"external_id": "dup", "first_name": "Second"},
-    ]}, format="json")
+    response = teammate.api.post(
+        BULK,
+        {
+            "contacts": [
+                {"external_id": "dup", "first_name": "First"},
+                {"external_id": "dup", "first_name": "Second"},
+            ]
+        },
+        format="json",
+    )
     assert response.data["created"] == 1
     assert response.data["rejected"][0]["index"] == 0
     assert Contact.objects.get(external_id="dup").first_name == "Second"
@@ -95,15 +121,30 @@ def test_ten_thousand_contacts_in_one_call(teammate):
 
 
 def test_the_attribute_catalogue_infers_types_and_examples(teammate):
-    teammate.api.post(BULK, {"contacts": [
-        {"external_id": "1", "attributes": {"plan": "pro", "ltv": 10.5, "vip": True, "joined": "2026-01-02",
-                                            "tags": ["a"]}},
-        {"external_id": "2", "attributes": {"plan": "free", "ltv": 3, "vip": False, "joined": "2025-05-05T10:00:00Z"}},
-        {"external_id": "3", "attributes": {"plan": "pro", "ltv": "n/a"}},
-    ]}, format="json")
+    teammate.api.post(
+        BULK,
+        {
+            "contacts": [
+                {
+                    "external_id": "1",
+                    "attributes": {"plan": "pro", "ltv": 10.5, "vip": True, "joined": "2026-01-02", "tags": ["a"]},
+                },
+                {
+                    "external_id": "2",
+                    "attributes": {"plan": "free", "ltv": 3, "vip": False, "joined": "2025-05-05T10:00:00Z"},
+                },
+                {"external_id": "3", "attributes": {"plan": "pro", "ltv": "n/a"}},
+            ]
+        },
+        format="json",
+    )
     catalogue = {row["name"]: row for row in teammate.api.get("/api/v1/contacts/attributes/").data}
     assert {name: row["type"] for name, row in catalogue.items()} == {
-        "plan": "string", "ltv": "number", "vip": "boolean", "joined": "date", "tags": "list",
+        "plan": "string",
+        "ltv": "number",
+        "vip": "boolean",
+        "joined": "date",
+        "tags": "list",
     }
     assert sorted(catalogue["plan"]["examples"]) == ["free", "pro"]
     assert len(catalogue["ltv"]["examples"]) <= 5
@@ -114,8 +155,11 @@ def test_the_attribute_catalogue_infers_types_and_examples(teammate):
 
 
 def test_single_contact_crud(teammate):
-    created = teammate.api.post("/api/v1/contacts/", {"external_id": "solo", "email": "Solo@Example.com",
-                                                      "attributes": {"plan": "pro"}}, format="json")
+    created = teammate.api.post(
+        "/api/v1/contacts/",
+        {"external_id": "solo", "email": "Solo@Example.com", "attributes": {"plan": "pro"}},
+        format="json",
+    )
     assert created.status_code == 201, created.data
     assert created.data["email"] == "solo@example.com"
     url = f"/api/v1/contacts/{created.data['id']}/"

@@ -20,23 +20,60 @@ pytestmark = pytest.mark.django_db
 def people(organisation):
     recent = (timezone.now() - timedelta(days=5)).date().isoformat()
     rows = [
-        {"external_id": "a1", "email": "ada@example.com", "phone": "+447700900001", "first_name": "Ada",
-         "timezone": "Europe/London", "locale": "en-GB",
-         "attributes": {"plan": "pro", "age": 36, "vip": True, "signed_up": "2026-01-15", "tags": ["shoes", "sale"],
-                        "city": "London"}},
-        {"external_id": "a2", "email": "bob@test.org", "first_name": "Bob", "timezone": "America/New_York",
-         "locale": "en-US",
-         "attributes": {"plan": "free", "age": 17, "vip": False, "signed_up": "2025-06-01", "tags": ["bags"],
-                        "city": "New York"}},
-        {"external_id": "a3", "email": "cy@example.com", "phone": "+33612345678", "first_name": "Cy",
-         "timezone": "Europe/Paris", "locale": "fr-FR",
-         "attributes": {"plan": "enterprise", "age": 52.5, "signed_up": recent}},
-        {"external_id": "a4", "phone": "+12025550123", "first_name": "Dee",
-         # Values of the wrong type for their attribute: they must simply not match, never break the query.
-         "attributes": {"plan": "pro", "age": "unknown", "tags": "not-a-list", "city": "london"}},
+        {
+            "external_id": "a1",
+            "email": "ada@example.com",
+            "phone": "+447700900001",
+            "first_name": "Ada",
+            "timezone": "Europe/London",
+            "locale": "en-GB",
+            "attributes": {
+                "plan": "pro",
+                "age": 36,
+                "vip": True,
+                "signed_up": "2026-01-15",
+                "tags": ["shoes", "sale"],
+                "city": "London",
+            },
+        },
+        {
+            "external_id": "a2",
+            "email": "bob@test.org",
+            "first_name": "Bob",
+            "timezone": "America/New_York",
+            "locale": "en-US",
+            "attributes": {
+                "plan": "free",
+                "age": 17,
+                "vip": False,
+                "signed_up": "2025-06-01",
+                "tags": ["bags"],
+                "city": "New York",
+            },
+        },
+        {
+            "external_id": "a3",
+            "email": "cy@example.com",
+            "phone": "+33612345678",
+            "first_name": "Cy",
+            "timezone": "Europe/Paris",
+            "locale": "fr-FR",
+            "attributes": {"plan": "enterprise", "age": 52.5, "signed_up": recent},
+        },
+        {
+            "external_id": "a4",
+            "phone": "+12025550123",
+            "first_name": "Dee",
+            # Values of the wrong type for their attribute: they must simply not match, never break the query.
+            "attributes": {"plan": "pro", "age": "unknown", "tags": "not-a-list", "city": "london"},
+        },
         {"external_id": "a5", "email": "eve@example.com"},
-        {"external_id": "a6", "email": "fay@example.com", "first_name": "Fay",
-         "attributes": {"age": 0, "vip": True, "signed_up": "2026-99-99", "plan": None}},
+        {
+            "external_id": "a6",
+            "email": "fay@example.com",
+            "first_name": "Fay",
+            "attributes": {"age": 0, "vip": True, "signed_up": "2026-99-99", "plan": None},
+        },
     ]
     result = contacts_upsert_rows(organisation=organisation, rows=rows)
     assert (result.created, result.rejected) == (6, [])
@@ -128,14 +165,18 @@ CASES = [
     ({"not": cond("attributes.plan", "eq", "pro")}, {"a2", "a3", "a5", "a6"}),
     ({"not": cond("attributes.age", "gt", 20)}, {"a2", "a4", "a5", "a6"}),  # NOT is an exact complement
     (
-        {"and": [
-            {"or": [cond("attributes.plan", "eq", "pro"), cond("attributes.plan", "eq", "enterprise")]},
-            {"not": cond("attributes.age", "gt", 50)},
-        ]},
+        {
+            "and": [
+                {"or": [cond("attributes.plan", "eq", "pro"), cond("attributes.plan", "eq", "enterprise")]},
+                {"not": cond("attributes.age", "gt", 50)},
+            ]
+        },
         {"a1", "a4"},
     ),
-    ({"or": [{"and": [cond("email", "exists"), cond("phone", "exists")]}, cond("external_id", "eq", "a5")]},
-     {"a1", "a3", "a5"}),
+    (
+        {"or": [{"and": [cond("email", "exists"), cond("phone", "exists")]}, cond("external_id", "eq", "a5")]},
+        {"a1", "a3", "a5"},
+    ),
     ({"not": {"or": [cond("email", "exists"), cond("phone", "exists")]}}, set()),
     ({"and": [cond("email", "exists")]}, {"a1", "a2", "a3", "a5", "a6"}),
 ]
@@ -160,7 +201,10 @@ def test_segment_references_and_static_lists(organisation, people, teammate):
     assert matches(organisation, {"and": [{"segment": str(pros.pk)}, cond("phone", "exists")]}) == {"a1", "a4"}
     assert matches(organisation, {"segment": str(listed.pk)}) == {"a2", "a5"}
     assert matches(organisation, {"or": [{"segment": str(listed.pk)}, {"segment": str(pros.pk)}]}) == {
-        "a1", "a2", "a4", "a5"
+        "a1",
+        "a2",
+        "a4",
+        "a5",
     }
     assert matches(organisation, {"not": {"segment": str(listed.pk)}}) == {"a1", "a3", "a4", "a6"}
 

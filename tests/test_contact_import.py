@@ -1,0 +1,128 @@
+"""CSV import from the console: background task, progress, typed attributes, and the rejected-rows report."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from audiences.models import Contact, ContactImport
+from audiences.services import contact_import_run
+from audiences.tasks import contacts_import_task
+
+pytestmark = pytest.mark.django_db
+
+CSV = (
+    "external_id,email,phone,first_name,timezone,plan,ltv,vip,signed_up\n"
+    "u1,ONE@example.com,+447700900001,One,Europe/London,pro,12.5,true,2026-01-02\n"
+    "u2,bad-email,,Two,,free,3,false,\n"
+    ",missing@example.com,,,,,,,\n"
+    "u4,four@example.com,12345,Four,Mars/Base,pro,,,\n"
+    "=cmd|' /C calc'!A0,evil@example.com,,,Nowhere/Land,,,,\n"
+    "u6,six@example.com,,Six,,team,7,,\n"
+)
+
+
+def browser(persona) -> Client:
+    client = Client()
+    client.force_login(persona.membership.user)
+    return client
+
+
+def upload(client: Client, content: str = CSV, name: str = "people.csv"):
+    return client.post("/contacts/import/", {"file": SimpleUploadedFile(name, content.encode(), "text/csv")})
+
+
+def test_import_runs_in_the_background_and_reports_progress(teammate, django_capture_on_commit_callbacks):
+    client = browser(teammate)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = upload(client)
+    job = ContactImport.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/contacts/imports/{job.pk}/"
+    assert len(callbacks) == 1  # the task is queued only once the upload is committed
+    assert job.status == "pending"
+    page = client.get(f"/contacts/imports/{job.pk}/").content.decode()
+    assert 'hx-trigger="every 1s"' in page  # the page polls while the import runs
+
+    contacts_import_task.apply(args=[str(job.pk)])
+
+    job.refresh_from_db()
+    assert (job.status, job.total_rows, job.processed_rows) == ("completed", 6, 6)
+    assert (job.created_count, job.updated_count, job.rejected_count) == (2, 0, 4)
+    one = Contact.objects.get(external_id="u1")
+    assert (one.email, one.phone, one.first_name) == ("one@example.com", "+447700900001", "One")
+    assert one.attributes == {"plan": "pro", "ltv": 12.5, "vip": True, "signed_up": "2026-01-02"}
+    assert Contact.objects.get(external_id="u6").attributes == {"plan": "team", "ltv": 7}
+    progress = client.get(f"/contacts/imports/{job.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'hx-trigger="every 1s"' not in progress  # finished: polling stops
+    assert "100%" in progress
+
+
+def test_rejected_rows_report_names_rows_and_reasons_safely(teammate, django_capture_on_commit_callbacks):
+    client = browser(teammate)
+    with django_capture_on_commit_callbacks(execute=False):
+        upload(client)
+    job = ContactImport.objects.get()
+    contact_import_run(job.pk)
+    response = client.get(f"/contacts/imports/{job.pk}/rejected.csv")
+    assert response["Content-Type"] == "text/csv"
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0] == ["row", "external_id", "reasons"]
+    by_row = {row[0]: row for row in rows[1:]}
+    assert set(by_row) == {"3", "4", "5", "6"}
+    assert "email" in by_row["3"][2]
+    assert "external_id" in by_row["4"][2]
+    assert "phone" in by_row["5"][2] and "timezone" in by_row["5"][2]
+    # A formula-looking external id is reported, but cannot run in a spreadsheet.
+    assert by_row["6"][1] == "=cmd|' /C calc'!A0" or by_row["6"][1].startswith("'")
+    assert not any(cell.startswith("=") for row in rows[1:] for cell in row[2:])
+
+
+def test_a_rerun_after_an_interruption_resumes(teammate, django_capture_on_commit_callbacks):
+    client = browser(teammate)
+    with django_capture_on_commit_callbacks(execute=False):
+        upload(client)
+    job = ContactImport.objects.get()
+    ContactImport.objects.filter(pk=job.pk).update(status="running", processed_rows=3)  # died after 3 rows
+    contact_import_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == "completed"
+    assert job.processed_rows == 6
+    assert set(Contact.objects.values_list("external_id", flat=True)) == {"u6"}  # rows 1-3 were already done
+    assert contact_import_run(job.pk) is None  # a duplicate delivery finds nothing to do
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        ("email\nx@example.com\n", "people.csv", "external_id column"),
+        ("external_id\nu1\n", "people.xlsx", "Upload a .csv file."),
+        (b"\xff\xfe\x00bad".decode("latin-1"), "people.csv", "external_id column"),
+    ],
+)
+def test_bad_files_are_refused_with_a_message(teammate, content, name, message):
+    client = browser(teammate)
+    response = client.post(
+        "/contacts/import/", {"file": SimpleUploadedFile(name, content.encode(), "text/csv")}, follow=True
+    )
+    assert response.redirect_chain[-1][0] == "/contacts/"
+    assert message in response.content.decode()
+    assert not ContactImport.objects.exists()
+
+
+def test_analysts_cannot_import(analyst):
+    response = upload(browser(analyst))
+    assert response.status_code == 403
+    assert not ContactImport.objects.exists()
+
+
+def test_another_organisations_import_is_404(teammate, outsider, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        upload(browser(teammate))
+    job = ContactImport.objects.get()
+    assert browser(outsider).get(f"/contacts/imports/{job.pk}/").status_code == 404
+    assert browser(outsider).get(f"/contacts/imports/{job.pk}/rejected.csv").status_code == 404
