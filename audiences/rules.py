@@ -67,7 +67,8 @@ MAX_CHILDREN = 50
 MAX_DEPTH = 10
 MAX_CONDITIONS = 200
 MAX_IN_VALUES = 1000
-ISO_DATE_PREFIX = r"^\d{4}-\d{2}-\d{2}"
+# A plausible calendar date at the start of a string: month 01-12, day 01-31.
+ISO_DATE = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
 
 COMPARISONS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "before": "<", "after": ">"}
 
@@ -305,7 +306,7 @@ class RuleCompiler:
     def _standard(self, name: str, kind: str, op: str, value: Any) -> Compiled:
         column = f'{TABLE}."{name}"'
         if kind == "date":
-            return _date_condition(column, op, value, nullable=False)
+            return _date_condition(column, op, value)
         if name == "email" and isinstance(value, str):
             value = value.lower()  # emails are stored lowercased
         elif name == "email" and isinstance(value, list):
@@ -355,32 +356,51 @@ class RuleCompiler:
                 return Compiled(f"COALESCE({number} = ANY(%s::numeric[]), FALSE)", [name, name, value])
             return Compiled(f"(NOT COALESCE({number} = ANY(%s::numeric[]), FALSE))", [name, name, value])
         if kind == "date":
-            moment = (
-                f"(CASE WHEN jsonb_typeof({ATTRS} -> %s) = 'string' AND ({ATTRS} ->> %s) ~ '{ISO_DATE_PREFIX}'"
-                f" THEN cs_try_timestamptz({ATTRS} ->> %s) END)"
+            # Date attributes are ISO 8601 text; they compare by calendar date (their first ten characters),
+            # which needs no cast that could fail on a malformed value and keeps the query parallel-safe.
+            day = (
+                f"(CASE WHEN jsonb_typeof({ATTRS} -> %s) = 'string' AND ({ATTRS} ->> %s) ~ '{ISO_DATE}'"
+                f" THEN left({ATTRS} ->> %s, 10) END)"
             )
-            compiled = _date_condition(moment, op, value, nullable=True)
+            compiled = _calendar_condition(day, op, value)
             return Compiled(compiled.sql, [name, name, name, *compiled.params])
         # list: contains an element
         array = f"(jsonb_typeof({ATTRS} -> %s) = 'array' AND {ATTRS} -> %s @> %s::jsonb)"
         return Compiled(f"COALESCE{array}", [name, name, json.dumps([value])])
 
 
-def _date_condition(expression: str, op: str, value: Any, *, nullable: bool) -> Compiled:
-    """A condition on a timestamptz expression, which appears exactly once (before any value placeholder)."""
-    wrap = (lambda sql: f"COALESCE({sql}, FALSE)") if nullable else (lambda sql: f"({sql})")
+def _calendar_condition(day: str, op: str, value: Any) -> Compiled:
+    """A condition on an expression yielding 'YYYY-MM-DD' text (or NULL); ISO dates order as text."""
+
+    def iso(moment: Any) -> str:
+        return moment.astimezone(UTC).date().isoformat()
+
     if op in COMPARISONS:
-        return Compiled(wrap(f"{expression} {COMPARISONS[op]} %s"), [value])
+        return Compiled(f"COALESCE({day} {COMPARISONS[op]} %s, FALSE)", [iso(value)])
     if op == "eq":
-        # The same calendar day (UTC) as the given date.
-        return Compiled(wrap(f"({expression} AT TIME ZONE 'UTC')::date = (%s AT TIME ZONE 'UTC')::date"), [value])
+        return Compiled(f"COALESCE({day} = %s, FALSE)", [iso(value)])
     if op == "between":
-        return Compiled(wrap(f"{expression} BETWEEN %s AND %s"), list(value))
+        return Compiled(f"COALESCE({day} BETWEEN %s AND %s, FALSE)", [iso(value[0]), iso(value[1])])
     if op == "within_last_days":
-        return Compiled(wrap(f"{expression} BETWEEN now() - make_interval(days => %s) AND now()"), [value])
-    if op == "exists":
-        return Compiled(f"({expression} IS NOT NULL)") if nullable else Compiled("TRUE")
-    return Compiled(f"({expression} IS NULL)") if nullable else Compiled("FALSE")  # not_exists
+        return Compiled(
+            f"COALESCE({day} BETWEEN to_char(CURRENT_DATE - %s::int, 'YYYY-MM-DD')"
+            " AND to_char(CURRENT_DATE, 'YYYY-MM-DD'), FALSE)",
+            [value],
+        )
+    raise AssertionError(f"unhandled date operator {op}")  # exists/not_exists are handled before
+
+
+def _date_condition(column: str, op: str, value: Any) -> Compiled:
+    """A condition on a NOT NULL timestamptz column (created_at, updated_at)."""
+    if op in COMPARISONS:
+        return Compiled(f"({column} {COMPARISONS[op]} %s)", [value])
+    if op == "eq":  # the same calendar day (UTC) as the given date
+        return Compiled(f"(({column} AT TIME ZONE 'UTC')::date = (%s AT TIME ZONE 'UTC')::date)", [value])
+    if op == "between":
+        return Compiled(f"({column} BETWEEN %s AND %s)", list(value))
+    if op == "within_last_days":
+        return Compiled(f"({column} BETWEEN now() - make_interval(days => %s) AND now())", [value])
+    return Compiled("TRUE" if op == "exists" else "FALSE")
 
 
 def _json_scalar(value: Any) -> Any:

@@ -209,8 +209,10 @@ class SegmentViewSet(viewsets.ModelViewSet):
             return Segment.objects.none()
         from django.db.models import Count
 
-        return Segment.objects.filter(organisation=self.request.actor.organisation).annotate(
-            member_total=Count("members")
+        return (
+            Segment.objects.filter(organisation=self.request.actor.organisation)
+            .annotate(member_total=Count("members"))
+            .order_by("name", "id")
         )
 
     @extend_schema(request=SegmentWriteSerializer, responses={201: SegmentSerializer})

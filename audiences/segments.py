@@ -146,13 +146,13 @@ class Estimate:
 
 def estimate(organisation: Organisation, condition: Compiled, *, exact: bool = False) -> Estimate:
     """Audience size. Large organisations get a fast estimate from a fixed 1 % sample of contacts (those whose id
-    is divisible by 100), with a 95 % Wilson interval; small ones, or `exact=True`, get an exact count."""
+    hashes to 0 mod 100), with a 95 % Wilson interval; small ones, or `exact=True`, get an exact count."""
     started = time.perf_counter()
     if not exact:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*), count(*) FILTER (WHERE " + condition.sql + ") FROM audiences_contact"
-                ' WHERE "audiences_contact".organisation_id = %s AND MOD("audiences_contact".id, 100) = 0',
+                ' WHERE "audiences_contact".organisation_id = %s AND MOD(hashint8("audiences_contact".id), 100) = 0',
                 [*condition.params, organisation.pk],
             )
             sampled, matched = cursor.fetchone()

@@ -9,6 +9,7 @@ import io
 import logging
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from django.utils import timezone
 from audiences.access import Actor, require_organisation_admin, system_actor
 from audiences.adapters import segment_query_provider
 from audiences.contacts import STANDARD as STANDARD_CONTACT_FIELDS
-from audiences.contacts import UpsertResult, contacts_upsert_rows, validate_contact
+from audiences.contacts import UpsertResult, contacts_upsert_rows, contacts_upsert_stream, validate_contact
 from audiences.models import (
     ApiKey,
     Contact,
@@ -533,16 +534,11 @@ def contact_import_run(import_id: object) -> ContactImport | None:
             ContactImport.objects.filter(pk=job.pk).update(total_rows=max(total, 0))
             text.seek(0)
             reader = csv.DictReader(text)
-            chunk: list[tuple[int, dict[str, object]]] = []
-            for row_number, row in enumerate(reader, start=2):  # line 1 is the header
-                if row_number - 1 <= job.processed_rows:
-                    continue  # done before an interruption
-                chunk.append((row_number, csv_row_to_contact(row)))
-                if len(chunk) >= IMPORT_CHUNK:
-                    _import_chunk(job, chunk)
-                    chunk = []
-            if chunk:
-                _import_chunk(job, chunk)
+            contacts_upsert_stream(
+                organisation=job.organisation,
+                batches=_import_batches(reader, skip=job.processed_rows),
+                on_batch=lambda line_numbers, result: _import_progress(job, line_numbers, result),
+            )
             text.detach()  # the file object closes the handle, not the wrapper
     except Exception as exc:
         # Whatever went wrong, the import must not stay "running" forever: say so on the import page.
@@ -555,22 +551,35 @@ def contact_import_run(import_id: object) -> ContactImport | None:
     return ContactImport.objects.get(pk=job.pk)
 
 
-def _import_chunk(job: ContactImport, chunk: list[tuple[int, dict[str, object]]]) -> None:
-    result = contacts_upsert_rows(organisation=job.organisation, rows=[contact for _, contact in chunk])
+def _import_batches(reader: csv.DictReader, *, skip: int) -> Iterator[tuple[list[int], list[dict[str, object]]]]:
+    """(line numbers, contacts) chunks of the CSV, after the `skip` rows an interrupted run already did."""
+    lines: list[int] = []
+    rows: list[dict[str, object]] = []
+    for line_number, row in enumerate(reader, start=2):  # line 1 is the header
+        if line_number - 1 <= skip:
+            continue
+        lines.append(line_number)
+        rows.append(csv_row_to_contact(row))
+        if len(rows) >= IMPORT_CHUNK:
+            yield lines, rows
+            lines, rows = [], []
+    if rows:
+        yield lines, rows
+
+
+def _import_progress(job: ContactImport, line_numbers: list[int], result: UpsertResult) -> None:
     report = io.StringIO()
     writer = csv.writer(report)
     for rejected in result.rejected:
-        line, _ = chunk[rejected["index"]]
         reasons = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in rejected["errors"].items())
-        writer.writerow([line, rejected["external_id"] or "", _csv_safe(reasons)])
+        writer.writerow([line_numbers[rejected["index"]], _csv_safe(rejected["external_id"] or ""), _csv_safe(reasons)])
     ContactImport.objects.filter(pk=job.pk).update(
-        processed_rows=F("processed_rows") + len(chunk),
+        processed_rows=F("processed_rows") + len(line_numbers),
         created_count=F("created_count") + result.created,
         updated_count=F("updated_count") + result.updated,
         rejected_count=F("rejected_count") + len(result.rejected),
         rejected_report=Concat("rejected_report", Value(report.getvalue())),
     )
-    job.processed_rows += len(chunk)
 
 
 def _csv_safe(text: str) -> str:

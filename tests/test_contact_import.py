@@ -126,3 +126,22 @@ def test_another_organisations_import_is_404(teammate, outsider, django_capture_
     job = ContactImport.objects.get()
     assert browser(outsider).get(f"/contacts/imports/{job.pk}/").status_code == 404
     assert browser(outsider).get(f"/contacts/imports/{job.pk}/rejected.csv").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_import_overlaps_validation_and_writes(organisation, teammate, monkeypatch):
+    """Several chunks take the pipelined path: the next chunk is validated while a second connection writes."""
+    import audiences.services as services_module
+    from audiences.services import contact_import_start
+
+    monkeypatch.setattr(services_module, "IMPORT_CHUNK", 7)
+    lines = ["external_id,plan,score"] + [f"big{i},{'pro' if i % 2 else 'free'},{i}" for i in range(50)]
+    lines.insert(10, ",pro,1")  # line 11 of the file has no external_id: rejected
+    upload_file = SimpleUploadedFile("big.csv", ("\n".join(lines) + "\n").encode(), "text/csv")
+    job = contact_import_start(actor=teammate.actor, upload=upload_file)
+    job = contact_import_run(job.pk)
+    assert (job.status, job.total_rows, job.processed_rows) == ("completed", 51, 51)
+    assert (job.created_count, job.rejected_count) == (50, 1)
+    assert Contact.objects.filter(organisation=organisation).count() == 50
+    assert Contact.objects.get(external_id="big7").attributes == {"plan": "pro", "score": 7}
+    assert job.rejected_report.startswith("11,")
