@@ -201,3 +201,41 @@ def test_analysts_cannot_write_contacts(analyst):
 def test_contacts_need_authentication(anonymous):
     assert anonymous.get("/api/v1/contacts/").status_code == 401
     assert anonymous.post(BULK, {"contacts": [{"external_id": "x"}]}, format="json").status_code == 401
+
+
+def test_awkward_text_round_trips_exactly(teammate):
+    awkward = 'tab\there, new\nline, back\\slash, "quotes", \\N, émoji 🎉, \u2028'
+    response = teammate.api.post(
+        BULK,
+        {
+            "contacts": [
+                {
+                    "external_id": "weird\\id\t1",
+                    "first_name": awkward,
+                    "attributes": {"note": awkward, "list": [awkward]},
+                },
+            ]
+        },
+        format="json",
+    )
+    assert response.data["created"] == 1, response.data
+    contact = Contact.objects.get(organisation=teammate.organisation)
+    assert contact.external_id == "weird\\id\t1"
+    assert contact.first_name == awkward.strip()
+    assert contact.attributes == {"note": awkward, "list": [awkward]}
+
+
+@pytest.mark.parametrize(
+    "contact",
+    [
+        {"external_id": "nul\x00"},
+        {"external_id": "n", "first_name": "a\x00b"},
+        {"external_id": "n", "attributes": {"x": "a\x00b"}},
+        {"external_id": "n", "attributes": {"x": ["a\x00b"]}},
+    ],
+)
+def test_nul_characters_are_rejected_not_a_500(teammate, contact):
+    response = teammate.api.post(BULK, {"contacts": [contact]}, format="json")
+    assert response.status_code == 200
+    assert response.data["created"] == 0
+    assert len(response.data["rejected"]) == 1
