@@ -1,0 +1,212 @@
+"""Marketer-written templates, rendered in Jinja2's immutable sandbox with bounded size and time.
+
+- No attribute escapes: the sandbox refuses `__class__`, `__mro__`, `__globals__`… and anything unsafe; the
+  immutable variant also refuses to mutate lists and dicts.
+- No file or network access: no loader, no imports, no includes; the only globals are `range` (capped) and a few
+  harmless helpers.
+- Bounded: source ≤ 100 KB, loops nest at most 3 deep, `range()` yields at most 1,000 items, output ≤ 512 KB, and
+  a render deadline (250 ms) checked on every call, attribute and item lookup.
+- Email HTML autoescapes variables; SMS, WhatsApp and text bodies do not (they are not HTML).
+
+Templates compile once (cached by source) and render many times: `compiled(source, html=…).render(context)`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, Undefined, meta, nodes
+from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_SOURCE = 100_000
+MAX_OUTPUT = 512_000
+MAX_RANGE = 1_000
+MAX_LOOP_DEPTH = 3
+RENDER_SECONDS = 0.25
+
+KNOWN_VARIABLES = {"contact", "campaign", "organisation", "unsubscribe_url", "preferences_url", "message_id"}
+CONTACT_FIELDS = {
+    "external_id",
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "timezone",
+    "locale",
+    "attributes",
+    "created_at",
+}
+
+
+class TemplateProblem(ValueError):
+    """A template that cannot be used: bad syntax, or a render that broke a limit or the sandbox."""
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+    def __str__(self) -> str:
+        where = f"line {self.line}, column {self.column}: " if self.line else ""
+        return f"{where}{self.message}"
+
+
+class _Deadline:
+    def __init__(self) -> None:
+        self.until = float("inf")
+
+
+class BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, plus a wall-clock deadline checked on every call, attribute and item lookup."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.deadline = _Deadline()
+        self.globals = {"range": self._bounded_range}
+
+    def _check(self) -> None:
+        if time.monotonic() > self.deadline.until:
+            raise TemplateProblem("The template took too long to render.")
+
+    @staticmethod
+    def _bounded_range(*args: int) -> range:
+        produced = range(*args)
+        if len(produced) > MAX_RANGE:
+            raise TemplateProblem(f"range() may produce at most {MAX_RANGE} items.")
+        return produced
+
+    def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        return super().call(context, obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        self._check()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        self._check()
+        return super().getitem(obj, argument)
+
+
+_HTML = BoundedEnvironment(autoescape=True, undefined=Undefined)
+_TEXT = BoundedEnvironment(autoescape=False, undefined=Undefined)
+
+
+def _column(source: str, line: int | None, message: str) -> int:
+    """Jinja reports lines only; point at the quoted token of the message on that line, or its first tag."""
+    if not line:
+        return 1
+    lines = source.splitlines() or [""]
+    text = lines[min(line, len(lines)) - 1]
+    quoted = re.search(r"'([^']+)'", message)
+    if quoted and quoted.group(1) in text:
+        return text.index(quoted.group(1)) + 1
+    tag = re.search(r"\{[{%#]", text)
+    return tag.start() + 1 if tag else 1
+
+
+def _loop_depth(node: nodes.Node, depth: int = 0) -> int:
+    deepest = depth
+    for child in node.iter_child_nodes():
+        deepest = max(deepest, _loop_depth(child, depth + isinstance(child, nodes.For)))
+    return deepest
+
+
+@dataclass
+class CompiledTemplate:
+    source: str
+    html: bool
+    template: Any
+    variables: set[str] = field(default_factory=set)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        environment = _HTML if self.html else _TEXT
+        environment.deadline.until = time.monotonic() + RENDER_SECONDS
+        size = 0
+        parts: list[str] = []
+        try:
+            for chunk in self.template.generate(dict(context)):
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    raise TemplateProblem(f"The rendered text is over {MAX_OUTPUT // 1000} KB.")
+                parts.append(chunk)
+        except SecurityError as exc:
+            raise TemplateProblem(f"Not allowed in a template: {exc}") from exc
+        except (TemplateError, TypeError, ValueError, ArithmeticError, UndefinedError) as exc:
+            if isinstance(exc, TemplateProblem):
+                raise
+            raise TemplateProblem(f"The template failed to render: {exc}") from exc
+        finally:
+            environment.deadline.until = float("inf")
+        return "".join(parts)
+
+
+@lru_cache(maxsize=2048)
+def compiled(source: str, *, html: bool) -> CompiledTemplate:
+    """Parse and compile once; raises TemplateProblem (with line and column) for unusable templates."""
+    if len(source) > MAX_SOURCE:
+        raise TemplateProblem(f"A template is at most {MAX_SOURCE // 1000} KB.")
+    environment = _HTML if html else _TEXT
+    try:
+        tree = environment.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(
+            exc.message or "Syntax error", line=exc.lineno, column=_column(source, exc.lineno, exc.message or "")
+        ) from exc
+    for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        raise TemplateProblem("Templates cannot include, import or extend other templates.", line=node.lineno, column=1)
+    if _loop_depth(tree) > MAX_LOOP_DEPTH:
+        raise TemplateProblem(f"Loops nest at most {MAX_LOOP_DEPTH} deep.")
+    return CompiledTemplate(
+        source=source, html=html, template=environment.from_string(tree), variables=meta.find_undeclared_variables(tree)
+    )
+
+
+def template_warnings(
+    source: str, *, html: bool, attribute_names: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """Variables the template uses that no message will provide (they render empty): worth a look, not an error."""
+    template = compiled(source, html=html)
+    environment = _HTML if html else _TEXT
+    tree = environment.parse(source)
+    warnings = [f"Unknown variable {name!r}." for name in sorted(template.variables - KNOWN_VARIABLES)]
+    for node in tree.find_all(nodes.Getattr):
+        chain = _attribute_chain(node)
+        if not chain or chain[0] != "contact":
+            continue
+        if len(chain) >= 2 and chain[1] not in CONTACT_FIELDS:
+            warnings.append(f"Unknown contact field {'.'.join(chain[:2])!r}.")
+        elif len(chain) >= 3 and chain[1] == "attributes" and chain[2] not in attribute_names:
+            warnings.append(f"No contact has the attribute {chain[2]!r} yet.")
+    return sorted(set(warnings))
+
+
+def _attribute_chain(node: nodes.Getattr) -> list[str]:
+    names: list[str] = []
+    current: Any = node
+    while isinstance(current, nodes.Getattr):
+        names.append(current.attr)
+        current = current.node
+    if isinstance(current, nodes.Name):
+        return [current.name, *reversed(names)]
+    return []
+
+
+def render(source: str, context: Mapping[str, Any], *, html: bool) -> str:
+    return compiled(source, html=html).render(context)
+
+
+def iter_problems(sources: Mapping[str, tuple[str, bool]]) -> Iterator[tuple[str, TemplateProblem]]:
+    """(field, problem) for each field whose template does not compile."""
+    for name, (source, html) in sources.items():
+        try:
+            compiled(source, html=html)
+        except TemplateProblem as exc:
+            yield name, exc
