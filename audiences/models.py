@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Lower, Mod
@@ -46,6 +47,9 @@ class Organisation(models.Model):
     sender_name = models.CharField(max_length=200, blank=True)
     sender_email = models.EmailField(blank=True)
     reply_to_email = models.EmailField(blank=True)
+    verified_senders = ArrayField(
+        models.EmailField(), default=list, blank=True, help_text="Other From addresses campaigns may use."
+    )
     sms_sender_id = models.CharField(max_length=20, blank=True)
     postal_address = models.TextField(blank=True, help_text="Printed in the footer of every marketing email.")
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from audiences.access import Actor, require_campaign_write
 from campaigns.audience import campaign_audience_spec, validate_audience
+from campaigns.content.channels import content_problems
 from campaigns.models import Campaign, CampaignSegment, CampaignStatus, CampaignType, Channel, SegmentRole, Variant
 from campaigns.selectors import campaign_get_for_update
 from compliance.audit import audit_record
@@ -108,7 +109,17 @@ def _validate_channels(channels: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(channels))
 
 
-def _validate_variants(variants: Sequence[Mapping[str, Any]], channels: Sequence[str]) -> None:
+def allowed_senders(organisation: Any) -> list[str]:
+    return [address for address in [organisation.sender_email, *organisation.verified_senders] if address]
+
+
+def _validate_variants(
+    variants: Sequence[Mapping[str, Any]],
+    channels: Sequence[str],
+    *,
+    organisation: Any = None,
+    for_launch: bool = False,
+) -> None:
     errors: list[str] = []
     if not 1 <= len(variants) <= MAX_VARIANTS:
         errors.append(f"A campaign has between 1 and {MAX_VARIANTS} variants.")
@@ -137,6 +148,16 @@ def _validate_variants(variants: Sequence[Mapping[str, Any]], channels: Sequence
         for channel, channel_content in content.items():
             if not isinstance(channel_content, Mapping):
                 errors.append(f"Variant {name}: {channel} content must be an object.")
+            elif channel in channels:
+                senders = allowed_senders(organisation) if organisation is not None else []
+                for problem in content_problems(
+                    channel, channel_content, allowed_senders=senders, for_launch=for_launch
+                ):
+                    errors.append(f"Variant {name}: {channel}.{problem}.")
+        if for_launch and not variant.get("is_control"):
+            for channel in channels:
+                if channel not in content:
+                    errors.append(f"Variant {name}: no {channel} content yet.")
     if errors:
         raise ValidationError({"variants": errors})
 
@@ -245,6 +266,13 @@ def _set_audience_segments(campaign: Campaign, audience: Mapping[str, Any], *, a
             link.save()
 
 
+def _variant_dicts(campaign: Campaign) -> list[dict[str, Any]]:
+    return [
+        {"name": v.name, "allocation_percent": v.allocation_percent, "is_control": v.is_control, "content": v.content}
+        for v in campaign.variants.all()
+    ]
+
+
 DEFAULT_VARIANTS: list[dict[str, Any]] = [{"name": "A", "allocation_percent": 100, "is_control": False, "content": {}}]
 
 UPDATABLE_FIELDS = (
@@ -280,7 +308,7 @@ def campaign_create(
     name = name.strip()
     channels = _validate_channels(channels)
     variants = list(variants) if variants else copy.deepcopy(DEFAULT_VARIANTS)
-    _validate_variants(variants, channels)
+    _validate_variants(variants, channels, organisation=actor.organisation)
     clean_audience = validate_audience(actor.organisation, audience or {})
     if name and _name_taken(actor.organisation.pk, name):
         raise ValidationError({"name": ["A campaign with this name already exists."]})
@@ -350,7 +378,9 @@ def campaign_update(
         }
         for v in campaign.variants.all()
     ]
-    _validate_variants(variants if variants is not None else current_variants, campaign.channels)
+    _validate_variants(
+        variants if variants is not None else current_variants, campaign.channels, organisation=campaign.organisation
+    )
     if audience is not None:
         # A partial audience keeps the parts not given.
         clean_audience = validate_audience(campaign.organisation, {**campaign_audience_spec(campaign), **audience})
@@ -403,6 +433,9 @@ def campaign_transition(
         spec = campaign_audience_spec(campaign)
         if not spec["include"] and not spec["rules"]:
             raise ValidationError({"audience": ["Choose who receives it (segments or rules) before launching."]})
+        _validate_variants(
+            _variant_dicts(campaign), campaign.channels, organisation=campaign.organisation, for_launch=True
+        )
     if action == "schedule":
         if scheduled_at is not None:
             campaign.scheduled_at = scheduled_at

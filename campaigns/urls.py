@@ -1,6 +1,6 @@
 from django.urls import path
 
-from campaigns import views
+from campaigns import content_views, views
 
 app_name = "campaigns"
 
@@ -11,6 +11,7 @@ urlpatterns = [
     path("audience/estimate/", views.audience_estimate_view, name="audience-estimate"),
     path("<uuid:campaign_id>/", views.campaign_detail_view, name="detail"),
     path("<uuid:campaign_id>/edit/", views.campaign_edit_view, name="edit"),
+    path("<uuid:campaign_id>/content/", content_views.campaign_content_view, name="content"),
     path("<uuid:campaign_id>/clone/", views.campaign_clone_view, name="clone"),
     path("<uuid:campaign_id>/delete/", views.campaign_delete_view, name="delete"),
     path("<uuid:campaign_id>/restore/", views.campaign_restore_view, name="restore"),

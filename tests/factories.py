@@ -35,6 +35,19 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     role = Role.MARKETER
 
 
+# The least each channel needs before a campaign can launch.
+MINIMAL_CONTENT = {
+    "email": {"subject": "Hello {{ contact.first_name }}", "html": "<p>Hi {{ contact.first_name }}</p>"},
+    "sms": {"body": "Hi {{ contact.first_name }}"},
+    "whatsapp": {"body": "Hi {{ contact.first_name }}"},
+    "in_app": {"title": "Hi", "body": "News for you"},
+    "webhook": {
+        "url": "https://hooks.example.com/campaigns",
+        "payload_template": '{"id": "{{ contact.external_id }}"}',
+    },
+}
+
+
 class CampaignFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Campaign
@@ -50,7 +63,8 @@ class CampaignFactory(factory.django.DjangoModelFactory):
     @factory.post_generation
     def variants(obj, create, extracted, **kwargs):
         if create and extracted is not False:
-            Variant.objects.create(campaign=obj, name="A", allocation_percent=100)
+            content = {channel: MINIMAL_CONTENT[channel] for channel in obj.channels}
+            Variant.objects.create(campaign=obj, name="A", allocation_percent=100, content=content)
 
 
 def actor_for(membership: Membership) -> Actor:

@@ -103,6 +103,15 @@ def test_create_a_campaign_with_inline_errors_then_schedule_it(page, teammate):
     assert list(campaign.audience_segments.all()) == [segment]
     assert str(campaign.holdout_percent) == "10.00"
 
+    # Content, written in the console editor.
+    page.click('[data-testid="edit-content"]')
+    page.fill("#v-0-email-subject", "Autumn offers for {{ contact.first_name }}")
+    page.fill("#v-0-email-html", "<p>Hi {{ contact.first_name | default('there') }}</p>")
+    page.fill("#v-0-sms-body", "Autumn offers are here")
+    page.click('[data-testid="save-content"]')
+    page.wait_for_selector("text=Content saved.")
+    page.click(f'a[href="/campaigns/{campaign.pk}/"] >> nth=0')
+
     local = timezone.localtime(timezone.now() + timedelta(days=3), teammate.organisation.timezone)
     page.fill("#schedule-at", local.strftime("%Y-%m-%dT%H:%M"))
     page.once("dialog", lambda dialog: dialog.accept())

@@ -159,11 +159,16 @@ def test_edit_saves_and_refuses_when_live(teammate, campaign):
     client = browser(teammate)
     assert client.get(f"/campaigns/{campaign.pk}/edit/").status_code == 200
     response = client.post(
-        f"/campaigns/{campaign.pk}/edit/", {"name": "Renamed", "type": "scheduled", "channels": ["email"]}
+        f"/campaigns/{campaign.pk}/edit/", {"name": "Renamed", "type": "scheduled", "channels": ["sms", "email"]}
     )
     assert response.status_code == 302
     campaign.refresh_from_db()
-    assert (campaign.name, campaign.channels) == ("Renamed", ["email"])
+    assert (campaign.name, campaign.channels) == ("Renamed", ["sms", "email"])
+    dropped = client.post(
+        f"/campaigns/{campaign.pk}/edit/", {"name": "Renamed", "type": "scheduled", "channels": ["email"]}
+    )
+    assert dropped.status_code == 400  # the variant still has SMS content: say so rather than drop it silently
+    assert "channel(s) the campaign does not use: sms" in dropped.content.decode()
     Campaign.objects.filter(pk=campaign.pk).update(status="running")
     response = client.post(f"/campaigns/{campaign.pk}/edit/", {"name": "Again", "type": "scheduled"}, follow=True)
     assert "cannot be changed" in response.content.decode()

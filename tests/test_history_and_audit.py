@@ -63,7 +63,12 @@ def test_variant_changes_appear_in_the_campaign_history(teammate):
 def test_audit_log_records_each_operation_with_actor(teammate):
     created = teammate.api.post(
         "/api/v1/campaigns/",
-        {"name": "Audit", "channels": ["email"], "audience": {"rules": {"field": "email", "op": "exists"}}},
+        {
+            "name": "Audit",
+            "channels": ["email"],
+            "audience": {"rules": {"field": "email", "op": "exists"}},
+            "variants": [{"name": "A", "allocation_percent": 100, "content": {"email": {"subject": "S", "html": "H"}}}],
+        },
         format="json",
     ).data
     campaign_id = created["id"]

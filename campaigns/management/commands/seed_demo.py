@@ -44,6 +44,42 @@ DEMO_CAMPAIGNS: list[dict[str, Any]] = [
 ]
 
 
+DEMO_CONTENT: dict[str, dict[str, Any]] = {
+    "email": {
+        "subject": "{{ contact.first_name | default('Hello') }}, our spring sale starts now",
+        "preheader": "Up to 40% off everything you love",
+        "html": (
+            "<h1>Hi {{ contact.first_name | default('there') }}!</h1>"
+            "<p>Our spring sale is on. As a {{ contact.attributes.plan }} member you get early access.</p>"
+            '<p><a href="https://demo-retail.example/sale">Shop the sale</a></p>'
+        ),
+        "from_name": "Demo Retail",
+        "from_email": "news@demo-retail.example",
+    },
+    "sms": {
+        "body": "Demo Retail: spring sale, up to 40% off. Shop: https://demo-retail.example/s Reply STOP to opt out"
+    },
+    "whatsapp": {"body": "Hi {{ contact.first_name }}, our spring sale is on: https://demo-retail.example/sale"},
+    "in_app": {
+        "title": "Spring sale",
+        "body": "Up to 40% off, today only",
+        "action_url": "https://demo-retail.example/sale",
+    },
+    "webhook": {
+        "url": "https://hooks.demo-retail.example/campaigns",
+        "method": "POST",
+        "payload_template": '{"user": "{{ contact.external_id }}", "event": "spring_sale"}',
+    },
+}
+
+
+def _variant_b(content: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    variant = {channel: dict(fields) for channel, fields in content.items()}
+    if "email" in variant:
+        variant["email"]["subject"] = "Spring sale: 40% off for {{ contact.first_name | default('you') }}"
+    return variant
+
+
 class Command(BaseCommand):
     help = "Create (or keep) the demo organisation, its admin login, an API key and sample campaigns."
 
@@ -183,8 +219,13 @@ class Command(BaseCommand):
             {"include": [segments["VIP list"]]},
         ]
         for index, spec in enumerate(DEMO_CAMPAIGNS):
+            content = {channel: DEMO_CONTENT[channel] for channel in spec["channels"]}
             campaign = services.campaign_create(
                 actor=actor,
+                variants=[
+                    {"name": "A", "allocation_percent": 50, "content": content},
+                    {"name": "B", "allocation_percent": 50, "content": _variant_b(content)},
+                ],
                 audience=audiences[index % len(audiences)],
                 name=spec["name"],
                 description=f"Demo campaign #{index + 1}",

@@ -1,0 +1,203 @@
+"""Per-channel content: what each channel's content holds, and the checks it must pass.
+
+Drafts may be incomplete; syntax, limits and unsafe values are refused on every save, and required parts are
+checked when the campaign is launched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
+
+from campaigns.content.sms import MAX_PARTS, sms_length
+from campaigns.content.templates import TemplateProblem, compiled, template_warnings
+from campaigns.content.urls_check import UnsafeUrl, check_url_shape
+
+WHATSAPP_MAX = 1600
+HTTP_METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
+FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "x-campaign-signature"}
+TEMPLATE_NAME = re.compile(r"^[a-z0-9_]{1,512}$")
+LANGUAGE = re.compile(r"^[a-z]{2,3}(?:_[A-Z]{2})?$")
+
+# field -> (max length, is a template, rendered as HTML)
+FIELDS: dict[str, dict[str, tuple[int, bool, bool]]] = {
+    "email": {
+        "subject": (998, True, False),
+        "preheader": (255, True, False),
+        "html": (500_000, True, True),
+        "text": (200_000, True, False),
+        "from_name": (200, False, False),
+        "from_email": (254, False, False),
+        "reply_to": (254, False, False),
+    },
+    "sms": {"body": (1600, True, False), "allow_multipart": (0, False, False)},
+    "whatsapp": {
+        "body": (4096, True, False),
+        "template_name": (512, False, False),
+        "template_language": (10, False, False),
+    },
+    "in_app": {
+        "title": (200, True, False),
+        "body": (2000, True, False),
+        "action_url": (2048, True, False),
+        "icon_url": (2048, False, False),
+    },
+    "webhook": {
+        "url": (2048, False, False),
+        "method": (10, False, False),
+        "headers": (0, False, False),
+        "payload_template": (100_000, True, False),
+    },
+}
+REQUIRED = {
+    "email": ("subject", "html"),
+    "sms": ("body",),
+    "whatsapp": (),  # body, or an approved template name
+    "in_app": ("title", "body"),
+    "webhook": ("url",),
+}
+
+
+def content_problems(
+    channel: str,
+    content: Mapping[str, Any],
+    *,
+    allowed_senders: Iterable[str] = (),
+    for_launch: bool = False,
+) -> list[str]:
+    """Everything wrong with one channel's content, as "<field>: <problem>" strings."""
+    problems: list[str] = []
+    spec = FIELDS[channel]
+    unknown = sorted(set(content) - set(spec))
+    if unknown:
+        problems.append(f"unknown field(s) {', '.join(unknown)}; {channel} takes {', '.join(spec)}")
+    for name, (limit, is_template, html) in spec.items():
+        value = content.get(name)
+        if value in (None, ""):
+            continue
+        if name in ("headers", "allow_multipart"):
+            continue
+        if not isinstance(value, str):
+            problems.append(f"{name}: must be text")
+            continue
+        if len(value) > limit:
+            problems.append(f"{name}: at most {limit:,} characters")
+        if is_template:
+            try:
+                compiled(value, html=html)
+            except TemplateProblem as exc:
+                problems.append(f"{name}: {exc}")
+    problems.extend(_channel_rules(channel, content, allowed_senders))
+    if for_launch:
+        missing = [name for name in REQUIRED[channel] if not content.get(name)]
+        if channel == "whatsapp" and not (content.get("body") or content.get("template_name")):
+            missing.append("body (or template_name)")
+        problems.extend(f"{name}: required before launch" for name in missing)
+    return problems
+
+
+def _channel_rules(channel: str, content: Mapping[str, Any], allowed_senders: Iterable[str]) -> list[str]:
+    problems: list[str] = []
+    if channel == "email":
+        for name in ("from_email", "reply_to"):
+            value = content.get(name)
+            if value:
+                try:
+                    validate_email(value)
+                except DjangoValidationError:
+                    problems.append(f"{name}: not an email address")
+        sender = (content.get("from_email") or "").lower()
+        senders = {s.lower() for s in allowed_senders if s}
+        if sender and sender not in senders:
+            problems.append(
+                f"from_email: {sender} is not one of the organisation's verified senders"
+                + (f" ({', '.join(sorted(senders))})" if senders else "")
+            )
+    elif channel == "sms":
+        body = content.get("body") or ""
+        multipart = content.get("allow_multipart", False)
+        if not isinstance(multipart, bool):
+            problems.append("allow_multipart: true or false")
+        length = sms_length(body)
+        if length.segments > 1 and not multipart:
+            problems.append(
+                f"body: {length.units} {length.encoding} units is more than one SMS (160 GSM-7 or 70 UCS-2);"
+                " shorten it or allow multi-part messages"
+            )
+        elif length.segments > MAX_PARTS:
+            problems.append(f"body: {length.segments} parts; at most {MAX_PARTS}")
+    elif channel == "whatsapp":
+        body = content.get("body") or ""
+        if len(body) > WHATSAPP_MAX:
+            problems.append(f"body: {len(body)} characters; WhatsApp allows {WHATSAPP_MAX}")
+        name, language = content.get("template_name"), content.get("template_language")
+        if name and not TEMPLATE_NAME.match(name):
+            problems.append("template_name: lowercase letters, digits and underscores")
+        if name and not language:
+            problems.append("template_language: required with a template, e.g. en or pt_BR")
+        if language and not LANGUAGE.match(language):
+            problems.append("template_language: a language code like en or pt_BR")
+    elif channel == "in_app":
+        for name in ("action_url", "icon_url"):
+            value = content.get(name)
+            if value and "{" not in value:
+                try:
+                    check_url_shape(value, schemes=("https", "http") if name == "action_url" else ("https",))
+                except UnsafeUrl as exc:
+                    problems.append(f"{name}: {exc}")
+    elif channel == "webhook":
+        problems.extend(_webhook_rules(content))
+    return problems
+
+
+def _webhook_rules(content: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    url = content.get("url")
+    if url:
+        try:
+            check_url_shape(url)
+        except UnsafeUrl as exc:
+            problems.append(f"url: {exc}")
+    method = content.get("method") or "POST"
+    if method not in HTTP_METHODS:
+        problems.append(f"method: one of {', '.join(HTTP_METHODS)}")
+    headers = content.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        problems.append("headers: an object of header names to text values")
+    else:
+        for name, value in headers.items():
+            if name.lower() in FORBIDDEN_HEADERS or not re.match(r"^[A-Za-z0-9-]{1,100}$", name):
+                problems.append(f"headers: {name!r} cannot be set")
+            if "\n" in value or "\r" in value or len(value) > 4000:
+                problems.append(f"headers: {name!r} has an invalid value")
+    return problems
+
+
+def content_warnings(channel: str, content: Mapping[str, Any], *, attribute_names: frozenset[str]) -> list[str]:
+    warnings: list[str] = []
+    for name, (_, is_template, html) in FIELDS[channel].items():
+        value = content.get(name)
+        if is_template and isinstance(value, str) and value:
+            try:
+                warnings.extend(
+                    f"{channel}.{name}: {w}"
+                    for w in template_warnings(value, html=html, attribute_names=attribute_names)
+                )
+            except TemplateProblem:
+                continue  # reported as a problem elsewhere
+    return warnings
+
+
+def payload_is_json(rendered: str) -> str | None:
+    try:
+        json.loads(rendered)
+    except ValueError as exc:
+        return f"the rendered payload is not JSON: {exc}"
+    return None

@@ -1,0 +1,67 @@
+"""User-given URLs: shape checks at save time and SSRF checks against where they actually point."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+BLOCKED_HOSTNAMES = {"localhost", "metadata", "metadata.google.internal", "instance-data"}
+BLOCKED_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
+
+
+class UnsafeUrl(ValueError):
+    pass
+
+
+def _blocked_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or (isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network("100.64.0.0/10"))
+    )
+
+
+def check_url_shape(url: str, *, schemes: tuple[str, ...] = ("https", "http")) -> str:
+    """A well-formed absolute URL with an allowed scheme, no credentials, and no literal private address."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise UnsafeUrl("A URL of at most 2,048 characters.")
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in schemes:
+        raise UnsafeUrl(f"The URL must start with {' or '.join(s + '://' for s in schemes)}.")
+    if not parts.hostname:
+        raise UnsafeUrl("The URL has no host.")
+    if parts.username or parts.password:
+        raise UnsafeUrl("URLs with credentials in them are not allowed.")
+    host = parts.hostname.lower().rstrip(".")
+    if host in BLOCKED_HOSTNAMES or host.endswith(BLOCKED_SUFFIXES):
+        raise UnsafeUrl("The URL points at an internal host.")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None and _blocked_ip(literal):
+        raise UnsafeUrl("The URL points at a private, loopback or link-local address.")
+    return url.strip()
+
+
+def check_url_target(url: str) -> list[str]:
+    """Resolve the host and refuse if any address is private, loopback, link-local or otherwise internal (the
+    check to repeat right before connecting, since DNS can change). Returns the addresses."""
+    check_url_shape(url)
+    parts = urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as exc:
+        raise UnsafeUrl(f"The host {parts.hostname!r} does not resolve.") from exc
+    addresses = sorted({info[4][0] for info in infos})
+    for address in addresses:
+        if _blocked_ip(ipaddress.ip_address(address.split("%")[0])):
+            raise UnsafeUrl(f"The host {parts.hostname!r} resolves to an internal address ({address}).")
+    return addresses

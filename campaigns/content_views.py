@@ -1,0 +1,137 @@
+"""Console editor for a campaign's variants and their per-channel content."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from audiences.access import can_write_campaigns
+from audiences.decorators import member_required
+from campaigns import selectors, services
+from campaigns.content.channels import FIELDS
+from campaigns.content.sms import sms_length
+from campaigns.models import Campaign, Channel
+from config.errors import Conflict
+
+LONG_FIELDS = {"html", "text", "body", "payload_template", "headers"}
+MAX_VARIANTS = services.MAX_VARIANTS
+
+
+def _variants_from_post(campaign: Campaign, data: Any) -> list[dict[str, Any]]:
+    variants = []
+    for index in range(MAX_VARIANTS + 1):
+        prefix = f"v-{index}-"
+        if f"{prefix}name" not in data or data.get(f"{prefix}delete"):
+            continue
+        try:
+            allocation = int(data.get(f"{prefix}allocation") or 0)
+        except ValueError:
+            allocation = -1
+        content: dict[str, dict[str, Any]] = {}
+        for channel in campaign.channels:
+            fields: dict[str, Any] = {}
+            for name in FIELDS[channel]:
+                key = f"{prefix}{channel}-{name}"
+                if name == "allow_multipart":
+                    fields[name] = bool(data.get(key))
+                elif name == "headers":
+                    raw = (data.get(key) or "").strip()
+                    try:
+                        fields[name] = json.loads(raw) if raw else {}
+                    except ValueError:
+                        fields[name] = raw  # reported by validation as "an object of header names…"
+                elif data.get(key):
+                    fields[name] = data[key]
+            if any(value not in ("", {}, False) for value in fields.values()):
+                content[channel] = fields
+        variants.append(
+            {
+                "name": (data.get(f"{prefix}name") or "").strip(),
+                "allocation_percent": allocation,
+                "is_control": bool(data.get(f"{prefix}control")),
+                "content": content,
+            }
+        )
+        if data.get(f"{prefix}clone") and len(variants) < MAX_VARIANTS:
+            copy = json.loads(json.dumps(variants[-1]))
+            copy["name"] = f"{copy['name']} copy"
+            copy["allocation_percent"] = 0
+            copy["is_control"] = False
+            variants.append(copy)
+    if data.get("add_variant") and len(variants) < MAX_VARIANTS:
+        variants.append(
+            {"name": f"Variant {len(variants) + 1}", "allocation_percent": 0, "is_control": False, "content": {}}
+        )
+    return variants
+
+
+def _editor_rows(campaign: Campaign, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for index, variant in enumerate(variants):
+        channels = []
+        for channel in campaign.channels:
+            content = variant["content"].get(channel, {})
+            fields = []
+            for name, (limit, is_template, _html) in FIELDS[channel].items():
+                value = content.get(name, "")
+                if name == "headers":
+                    value = json.dumps(value) if value else ""
+                fields.append(
+                    {
+                        "name": name,
+                        "key": f"v-{index}-{channel}-{name}",
+                        "value": value,
+                        "long": name in LONG_FIELDS,
+                        "checkbox": name == "allow_multipart",
+                        "template": is_template,
+                        "limit": limit,
+                    }
+                )
+            extra = {}
+            if channel == Channel.SMS:
+                extra["sms"] = sms_length(content.get("body", ""))
+            if channel == Channel.WHATSAPP:
+                extra["characters"] = len(content.get("body", ""))
+            channels.append({"channel": channel, "label": Channel(channel).label, "fields": fields, **extra})
+        rows.append({"index": index, **variant, "channels": channels})
+    return rows
+
+
+@member_required
+def campaign_content_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    try:
+        campaign = selectors.campaign_get(request.actor, campaign_id)
+    except Campaign.DoesNotExist as exc:
+        raise Http404("No such campaign") from exc
+    if not can_write_campaigns(request.actor):
+        raise PermissionDenied
+    problems: list[str] = []
+    variants = services._variant_dicts(campaign)
+    status = 200
+    if request.method == "POST":
+        variants = _variants_from_post(campaign, request.POST)
+        if request.POST.get("save"):
+            try:
+                services.campaign_update(actor=request.actor, campaign_id=campaign.pk, changes={}, variants=variants)
+            except ValidationError as exc:
+                problems = [m for messages_ in exc.message_dict.values() for m in messages_]
+                status = 400
+            except Conflict as exc:
+                problems = [exc.message]
+                status = 409
+            else:
+                messages.success(request, "Content saved.")
+                return redirect("campaigns:content", campaign_id=campaign.pk)
+    context = {
+        "campaign": campaign,
+        "variants": _editor_rows(campaign, variants),
+        "problems": problems,
+        "can_add": len(variants) < MAX_VARIANTS,
+        "editable": campaign.status in services.EDITABLE_STATUSES,
+    }
+    return render(request, "campaigns/content.html", context, status=status)

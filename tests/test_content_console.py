@@ -1,0 +1,91 @@
+"""The console content editor: variants, per-channel fields, counters, validation shown inline."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from campaigns.models import Campaign
+from tests.factories import CampaignFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def browser(persona) -> Client:
+    client = Client()
+    client.force_login(persona.membership.user)
+    return client
+
+
+@pytest.fixture
+def campaign(organisation):
+    return CampaignFactory(organisation=organisation, channels=["email", "sms"], variants=False)
+
+
+def base_form(**extra):
+    data = {
+        "v-0-name": "A",
+        "v-0-allocation": "100",
+        "v-0-email-subject": "Hi {{ contact.first_name }}",
+        "v-0-email-html": "<p>Hello</p>",
+        "v-0-sms-body": "Short and sweet",
+    }
+    data.update(extra)
+    return data
+
+
+def test_saving_content(teammate, campaign):
+    response = browser(teammate).post(f"/campaigns/{campaign.pk}/content/", base_form(save="1"))
+    assert response.status_code == 302
+    variant = Campaign.objects.get(pk=campaign.pk).variants.get()
+    assert variant.content == {
+        "email": {"subject": "Hi {{ contact.first_name }}", "html": "<p>Hello</p>"},
+        "sms": {"body": "Short and sweet", "allow_multipart": False},
+    }
+
+
+def test_problems_are_shown_and_nothing_is_saved(teammate, campaign):
+    response = browser(teammate).post(
+        f"/campaigns/{campaign.pk}/content/",
+        base_form(save="1", **{"v-0-email-subject": "Hi {{ contact.first_name }", "v-0-sms-body": "ç" * 71}),
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "email.subject: line 1" in page
+    assert "more than one SMS" in page
+    assert not Campaign.objects.get(pk=campaign.pk).variants.exists()
+
+
+def test_add_and_clone_variants_then_split_allocation(teammate, campaign):
+    client = browser(teammate)
+    added = client.post(f"/campaigns/{campaign.pk}/content/", base_form(add_variant="1"))
+    assert 'data-testid="variant-1"' in added.content.decode()
+    cloned = client.post(f"/campaigns/{campaign.pk}/content/", base_form(**{"v-0-clone": "1"}))
+    page = cloned.content.decode()
+    assert 'value="A copy"' in page
+    saved = client.post(
+        f"/campaigns/{campaign.pk}/content/",
+        base_form(
+            save="1",
+            **{
+                "v-0-allocation": "50",
+                "v-1-name": "B",
+                "v-1-allocation": "50",
+                "v-1-email-subject": "Other",
+                "v-1-email-html": "<p>B</p>",
+                "v-1-sms-body": "B",
+            },
+        ),
+    )
+    assert saved.status_code == 302
+    assert [v.name for v in Campaign.objects.get(pk=campaign.pk).variants.all()] == ["A", "B"]
+
+
+def test_sms_counter_is_shown(teammate, campaign):
+    page = browser(teammate).post(f"/campaigns/{campaign.pk}/content/", base_form(**{"v-0-sms-body": "€" * 81}))
+    assert "81 characters · GSM-7 · 2 SMS" in page.content.decode()
+
+
+def test_another_organisations_campaign_is_404_and_analysts_403(outsider, analyst, campaign):
+    assert browser(outsider).get(f"/campaigns/{campaign.pk}/content/").status_code == 404
+    assert browser(analyst).get(f"/campaigns/{campaign.pk}/content/").status_code == 403
