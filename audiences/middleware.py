@@ -24,7 +24,7 @@ class CurrentOrganisationMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path.startswith(("/api/", "/static/", "/admin/")):
+        if request.path.startswith(("/api/", "/static/", "/admin/", "/t/")):
             request.actor = None  # type: ignore[attr-defined]
         else:
             request.actor = console_actor(request)  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ Organisations live in `audiences` because it is the base app every other one bui
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 from django.conf import settings
@@ -24,6 +25,10 @@ class Role(models.TextChoices):
     MARKETER = "marketer", "Marketer"
     ANALYST = "analyst", "Analyst"
     COMPLIANCE = "compliance", "Compliance officer"
+
+
+def new_webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
 
 
 slug_validator = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$", "Use lowercase letters, digits and hyphens.")
@@ -52,6 +57,8 @@ class Organisation(models.Model):
     )
     sms_sender_id = models.CharField(max_length=20, blank=True)
     postal_address = models.TextField(blank=True, help_text="Printed in the footer of every marketing email.")
+    # Signs webhook requests (HMAC-SHA256 of the body) so receivers can verify they come from us.
+    webhook_secret = models.CharField(max_length=64, default=new_webhook_secret, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

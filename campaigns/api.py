@@ -10,13 +10,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from campaigns import audience, selectors, services
+from campaigns.content.preview import campaign_preview, campaign_test_send
 from campaigns.filters import CampaignFilter
 from campaigns.models import Campaign
 from campaigns.serializers import (
     CampaignSerializer,
     CampaignWriteSerializer,
     HistoryEntrySerializer,
+    PreviewRequestSerializer,
     ScheduleSerializer,
+    TestSendSerializer,
 )
 
 UUID_PATTERN = r"[0-9a-fA-F-]{36}"
@@ -136,6 +139,25 @@ class CampaignViewSet(
         campaign = self.get_object()
         exact = request.query_params.get("exact", "").lower() in ("1", "true", "yes")
         return Response(audience.audience_estimate(campaign, exact=exact))
+
+    @extend_schema(request=PreviewRequestSerializer, responses=serializers.DictField())
+    @action(detail=True, methods=["post"])
+    def preview(self, request: Request, pk: str) -> Response:
+        """Render a variant for one channel exactly as it would be sent, for a given contact (contact_id) or the
+        first contact of the audience, with template warnings (unknown variables)."""
+        self.get_object()
+        payload = PreviewRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        return Response(campaign_preview(actor=request.actor, campaign_id=pk, **payload.validated_data))
+
+    @extend_schema(request=TestSendSerializer, responses=serializers.DictField())
+    @action(detail=True, methods=["post"], url_path="test-send")
+    def test_send(self, request: Request, pk: str) -> Response:
+        """Send a variant's email now to seed addresses (or the campaign's seed list)."""
+        self.get_object()
+        payload = TestSendSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        return Response(campaign_test_send(actor=request.actor, campaign_id=pk, **payload.validated_data))
 
     def _transition(self, request: Request, pk: str, action_name: str, **kwargs: Any) -> Response:
         campaign = services.campaign_transition(actor=request.actor, campaign_id=pk, action=action_name, **kwargs)

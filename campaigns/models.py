@@ -78,6 +78,12 @@ class Campaign(models.Model):
         validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("20"))],
     )
 
+    # Open and click tracking (links rewritten, pixel added); off for privacy-sensitive campaigns.
+    tracking_enabled = models.BooleanField(default=True)
+    # Test sends go to these addresses; with seed_copy_every_send they also get a copy of every real send.
+    seed_emails = ArrayField(models.EmailField(), default=list, blank=True)
+    seed_copy_every_send = models.BooleanField(default=False)
+
     # Per-campaign throttle; empty inherits the organisation's default.
     messages_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     messages_per_hour = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])

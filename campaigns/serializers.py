@@ -76,6 +76,9 @@ class CampaignSerializer(serializers.ModelSerializer):
             "scheduled_at",
             "messages_per_minute",
             "messages_per_hour",
+            "tracking_enabled",
+            "seed_emails",
+            "seed_copy_every_send",
             "audience",
             "variants",
             "allowed_actions",
@@ -132,6 +135,9 @@ class CampaignWriteSerializer(serializers.Serializer):
     messages_per_hour = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
     variants = VariantSerializer(many=True, required=False, max_length=MAX_VARIANTS, min_length=1)
     audience = AudienceSerializer(required=False)
+    tracking_enabled = serializers.BooleanField(required=False, default=True)
+    seed_emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list, max_length=20)
+    seed_copy_every_send = serializers.BooleanField(required=False, default=False)
 
     def validate_name(self, value: str) -> str:
         value = value.strip()
@@ -152,3 +158,15 @@ class HistoryEntrySerializer(serializers.Serializer):
     actor = serializers.CharField()
     action = serializers.CharField()
     changes = serializers.DictField()
+
+
+class PreviewRequestSerializer(serializers.Serializer):
+    channel = serializers.ChoiceField(choices=Channel.choices)
+    variant = serializers.CharField(required=False, allow_blank=True, help_text="Name or id; default the first.")
+    contact_id = serializers.IntegerField(required=False, help_text="Default: the first contact of the audience.")
+
+
+class TestSendSerializer(serializers.Serializer):
+    recipients = serializers.ListField(child=serializers.CharField(max_length=254), required=False, max_length=20)
+    variant = serializers.CharField(required=False, allow_blank=True)
+    contact_id = serializers.IntegerField(required=False)

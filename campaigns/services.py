@@ -276,6 +276,9 @@ def _variant_dicts(campaign: Campaign) -> list[dict[str, Any]]:
 DEFAULT_VARIANTS: list[dict[str, Any]] = [{"name": "A", "allocation_percent": 100, "is_control": False, "content": {}}]
 
 UPDATABLE_FIELDS = (
+    "tracking_enabled",
+    "seed_emails",
+    "seed_copy_every_send",
     "name",
     "description",
     "type",
@@ -302,6 +305,9 @@ def campaign_create(
     messages_per_hour: int | None = None,
     variants: Sequence[Mapping[str, Any]] | None = None,
     audience: Mapping[str, Any] | None = None,
+    tracking_enabled: bool = True,
+    seed_emails: Sequence[str] = (),
+    seed_copy_every_send: bool = False,
 ) -> Campaign:
     """A new draft. Nothing is sent until it is explicitly scheduled or activated."""
     require_campaign_write(actor)
@@ -323,6 +329,9 @@ def campaign_create(
         scheduled_at=scheduled_at,
         messages_per_minute=messages_per_minute,
         messages_per_hour=messages_per_hour,
+        tracking_enabled=tracking_enabled,
+        seed_emails=list(seed_emails),
+        seed_copy_every_send=seed_copy_every_send,
         status_changed_at=timezone.now(),
     )
     _set_audience_fields(campaign, clean_audience)
@@ -480,6 +489,9 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         audience_combine=origin.audience_combine,
         audience_rules=copy.deepcopy(origin.audience_rules),
         holdout_percent=origin.holdout_percent,
+        tracking_enabled=origin.tracking_enabled,
+        seed_emails=list(origin.seed_emails),
+        seed_copy_every_send=origin.seed_copy_every_send,
         status_changed_at=timezone.now(),
     )
     actor.stamp(clone, f"cloned from campaign {origin.pk} ({origin.name})")

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from analytics import views as tracking
 from audiences import console_urls
 from audiences.api import ApiKeyViewSet, OrganisationView
 from audiences.segment_api import ContactViewSet, SegmentViewSet
@@ -26,6 +27,8 @@ urlpatterns = [
     path("segments/", include(console_urls.segment_patterns)),
     path("contacts/", include(console_urls.contact_patterns)),
     path("admin/", admin.site.urls),
+    path("t/c/<str:token>", tracking.click_redirect_view, name="track-click"),
+    path("t/o/<str:token>.gif", tracking.open_pixel_view, name="track-open"),
     path("api/v1/organisation/", OrganisationView.as_view(), name="api-organisation"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -1,0 +1,205 @@
+"""Preview and test send over the API; the test send goes through a real SMTP server (aiosmtpd) in the test."""
+
+from __future__ import annotations
+
+import email
+import socket
+from collections import Counter
+from email import policy
+
+import pytest
+from aiosmtpd.controller import Controller
+from scipy import stats
+
+from audiences.contacts import contacts_upsert_rows
+from audiences.models import Contact
+from campaigns.content.assignment import assign_variant, variant_bucket
+from campaigns.models import Variant
+from compliance.models import AuditLogEntry
+from tests.factories import CampaignFactory
+
+pytestmark = pytest.mark.django_db
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp(settings):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+    yield inbox
+    controller.stop()
+
+
+@pytest.fixture
+def campaign(organisation):
+    organisation.postal_address = "Acme Ltd, 1 Main Street, London"
+    organisation.sender_email = "news@acme.example"
+    organisation.sender_name = "Acme"
+    organisation.save()
+    contacts_upsert_rows(
+        organisation=organisation,
+        rows=[
+            {"external_id": "c1", "first_name": "Ada", "email": "ada@example.com", "attributes": {"plan": "pro"}},
+        ],
+    )
+    campaign = CampaignFactory(organisation=organisation, channels=["email", "sms", "webhook"], variants=False)
+    Variant.objects.create(
+        campaign=campaign,
+        name="A",
+        allocation_percent=90,
+        content={
+            "email": {
+                "subject": "Hi {{ contact.first_name }}",
+                "html": "<p>Plan {{ contact.attributes.plan }} "
+                '{{ contact.nickname }}</p><a href="https://shop.example/">Shop</a>',
+            },
+            "sms": {"body": "Hi {{ contact.first_name }}"},
+            "webhook": {"url": "https://hooks.example/x", "payload_template": '{"u": "{{ contact.external_id }}"}'},
+        },
+    )
+    Variant.objects.create(campaign=campaign, name="Control", allocation_percent=10, is_control=True)
+    return campaign
+
+
+def test_preview_each_channel(teammate, campaign):
+    url = f"/api/v1/campaigns/{campaign.pk}/preview/"
+    ada = Contact.objects.get(external_id="c1")
+    mail = teammate.api.post(url, {"channel": "email", "contact_id": ada.pk}, format="json")
+    assert mail.status_code == 200, mail.data
+    assert mail.data["rendered"]["subject"] == "Hi Ada"
+    assert "Plan pro" in mail.data["rendered"]["html"]
+    assert "Acme Ltd, 1 Main Street, London" in mail.data["rendered"]["html"]
+    assert mail.data["warnings"] == ["email.html: Unknown contact field 'contact.nickname'."]
+    sms = teammate.api.post(url, {"channel": "sms"}, format="json").data  # first contact of the audience
+    assert sms["rendered"]["body"] == "Hi Ada"
+    hook = teammate.api.post(url, {"channel": "webhook", "variant": "A"}, format="json").data
+    assert hook["rendered"]["body"] == '{"u": "c1"}'
+    assert hook["rendered"]["headers"]["X-Campaign-Signature"].startswith("sha256=")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"channel": "whatsapp"}, "channel"),
+        ({"channel": "fax"}, "channel"),
+        ({"channel": "email", "variant": "Z"}, "variant"),
+        ({"channel": "email", "variant": "Control"}, "variant"),
+        ({"channel": "email", "contact_id": 999999}, "contact_id"),
+    ],
+)
+def test_preview_errors_are_400(teammate, campaign, body, field):
+    response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/preview/", body, format="json")
+    assert response.status_code == 400
+    assert field in response.data
+
+
+def test_preview_cannot_use_another_organisations_contact_or_campaign(teammate, outsider, campaign):
+    contacts_upsert_rows(organisation=outsider.organisation, rows=[{"external_id": "theirs"}])
+    theirs = Contact.objects.get(external_id="theirs")
+    response = teammate.api.post(
+        f"/api/v1/campaigns/{campaign.pk}/preview/", {"channel": "email", "contact_id": theirs.pk}, format="json"
+    )
+    assert response.status_code == 400
+    assert (
+        outsider.api.post(f"/api/v1/campaigns/{campaign.pk}/preview/", {"channel": "email"}, format="json").status_code
+        == 404
+    )
+    assert (
+        outsider.api.post(
+            f"/api/v1/campaigns/{campaign.pk}/test-send/", {"recipients": ["x@example.com"]}, format="json"
+        ).status_code
+        == 404
+    )
+
+
+def test_test_send_arrives_with_rfc8058_headers(teammate, campaign, smtp):
+    response = teammate.api.post(
+        f"/api/v1/campaigns/{campaign.pk}/test-send/",
+        {"recipients": ["seed@example.com", "qa@example.com"]},
+        format="json",
+    )
+    assert response.status_code == 200, response.data
+    assert response.data["sent_to"] == ["seed@example.com", "qa@example.com"]
+    [(mail_from, rcpt_tos, raw)] = smtp.messages
+    assert mail_from == "news@acme.example"
+    assert rcpt_tos == ["seed@example.com", "qa@example.com"]
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"] == "[Test] Hi Ada"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    parts = [part.strip() for part in message["List-Unsubscribe"].split(",")]
+    assert parts[0].startswith("<http") and "/u/" in parts[0] and parts[0].endswith(">")
+    assert parts[1].startswith("<mailto:unsubscribe@acme.example?subject=")
+    assert message.get_content_type() == "multipart/alternative"
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert "Acme Ltd, 1 Main Street, London" in html and "Acme Ltd, 1 Main Street, London" in text
+    assert "/t/c/" in html  # the shop link is click-tracked
+    assert AuditLogEntry.objects.filter(action="campaign.test_send", target_id=str(campaign.pk)).exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"recipients": ["not-an-address"]}, "recipients"),
+        ({}, "recipients"),
+        ({"recipients": [f"r{i}@example.com" for i in range(21)]}, "recipients"),
+    ],
+)
+def test_test_send_validation(teammate, campaign, smtp, body, field):
+    response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/test-send/", body, format="json")
+    assert response.status_code == 400
+    assert field in response.data
+    assert smtp.messages == []
+
+
+def test_analysts_cannot_test_send(analyst, campaign, smtp):
+    response = analyst.api.post(
+        f"/api/v1/campaigns/{campaign.pk}/test-send/", {"recipients": ["a@example.com"]}, format="json"
+    )
+    assert response.status_code == 403
+    assert smtp.messages == []
+
+
+def test_variant_assignment_is_deterministic_and_follows_the_allocation():
+    allocations = [("A", 50), ("B", 30), ("C", 20)]
+    first = [assign_variant("campaign-1", contact_id, allocations) for contact_id in range(20_000)]
+    again = [assign_variant("campaign-1", contact_id, allocations) for contact_id in range(20_000)]
+    assert first == again
+    counts = Counter(first)
+    expected = [20_000 * share / 100 for _, share in allocations]
+    assert stats.chisquare([counts[k] for k, _ in allocations], expected).pvalue > 0.001
+    other = [assign_variant("campaign-2", contact_id, allocations) for contact_id in range(1000)]
+    assert other != first[:1000]  # another campaign draws independently
+    assert variant_bucket("campaign-1", 7) == variant_bucket("campaign-1", 7)
+
+
+def test_the_from_address_must_be_a_verified_sender(teammate, campaign):
+    response = teammate.api.patch(
+        f"/api/v1/campaigns/{campaign.pk}/",
+        {
+            "variants": [
+                {
+                    "name": "A",
+                    "allocation_percent": 100,
+                    "content": {"email": {"subject": "s", "html": "h", "from_email": "ceo@elsewhere.example"}},
+                },
+            ]
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "verified senders" in " ".join(response.data["variants"])

@@ -1,0 +1,175 @@
+"""Rendering per channel: personalisation, compliance in every marketing email, signed links, webhook signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from urllib.parse import unquote
+
+import pytest
+from django.test import Client
+
+from campaigns.content import links
+from campaigns.content.render import MessageContext, html_to_text, render_message
+
+CTX = MessageContext(
+    message_id="m-123",
+    contact={"first_name": "Ada", "email": "ada@example.com", "attributes": {"plan": "pro"}},
+    contact_id="42",
+    organisation_id="org-1",
+    organisation_name="Acme Ltd",
+    postal_address="1 Main Street, London",
+    sender_name="Acme",
+    sender_email="news@acme.example",
+    campaign_name="Spring",
+    webhook_secret="whsec",
+)
+
+EMAIL = {
+    "subject": "Hi {{ contact.first_name }}",
+    "preheader": "Deals for {{ contact.attributes.plan }}",
+    "html": '<html><body><p>Hello {{ contact.first_name }}</p><a href="https://shop.example/sale?a=1&amp;b=2">Sale</a>'
+    '<a href="mailto:help@acme.example">Help</a><a href="#top">Top</a></body></html>',
+}
+
+
+def test_email_is_personalised_and_compliant():
+    email = render_message("email", EMAIL, CTX)
+    assert email["subject"] == "Hi Ada"
+    assert email["from"] == "Acme <news@acme.example>"
+    assert "Hello Ada" in email["html"]
+    assert "Deals for pro" in email["html"]  # hidden preheader
+    assert "1 Main Street, London" in email["html"] and "1 Main Street, London" in email["text"]
+    assert ">Unsubscribe</a>" in email["html"]
+    unsubscribe_link = re.search(r'href="([^"]+/u/[^"]+)"', email["html"]).group(1)
+    assert unsubscribe_link in email["text"]
+    assert "Deals for pro" not in email["text"]  # the hidden preheader is not part of the text body
+    headers = email["headers"]
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    https, mailto = [part.strip("<> ") for part in headers["List-Unsubscribe"].split(",")]
+    assert https.startswith("https://") or https.startswith("http://")
+    assert mailto.startswith("mailto:unsubscribe@acme.example?subject=")
+    assert links.read_unsubscribe(https.rsplit("/", 1)[1]) == ("org-1", "42", "m-123")
+    assert headers["Message-ID"] == "<m-123@acme.example>"
+
+
+def test_links_are_rewritten_and_signed_except_ours_and_non_web():
+    email = render_message("email", EMAIL, CTX)
+    hrefs = re.findall(r'href="([^"]+)"', email["html"])
+    tracked = [h for h in hrefs if "/t/c/" in h]
+    assert len(tracked) == 1
+    token = tracked[0].replace("&amp;", "&").rsplit("/", 1)[1]
+    assert links.read_click(token) == ("m-123", "https://shop.example/sale?a=1&b=2")
+    assert "mailto:help@acme.example" in hrefs and "#top" in hrefs
+    assert any("/u/" in h for h in hrefs)  # the unsubscribe link is not click-tracked
+    assert re.search(r'<img src="[^"]+/t/o/[^"]+\.gif"', email["html"])
+
+
+def test_tracking_can_be_switched_off():
+    from dataclasses import replace
+
+    email = render_message("email", EMAIL, replace(CTX, tracking=False))
+    assert "/t/c/" not in email["html"] and "/t/o/" not in email["html"]
+    assert 'href="https://shop.example/sale?a=1&amp;b=2"' in email["html"]
+
+
+def test_the_template_unsubscribe_link_is_used_and_not_duplicated():
+    content = {
+        "subject": "s",
+        "html": '<p>Bye: <a href="{{ unsubscribe_url }}">leave</a></p><p>{{ organisation.postal_address }}</p>',
+    }
+    email = render_message("email", content, CTX)
+    assert email["html"].count("/u/") == 1
+
+
+def test_text_part_is_generated_from_html():
+    assert (
+        html_to_text(
+            "<h1>Title</h1><p>Hello <b>you</b></p><ul><li>One</li></ul><a href='https://x.example'>Go</a>"
+            "<style>p{}</style>"
+        )
+        == "Title\n\nHello you\n\n- One\n\nGo (https://x.example)"
+    )
+
+
+def test_sms_whatsapp_in_app():
+    sms = render_message("sms", {"body": "Hi {{ contact.first_name }} <3 €"}, CTX)
+    assert sms["body"] == "Hi Ada <3 €"  # not HTML-escaped
+    assert (sms["length"]["encoding"], sms["length"]["units"]) == ("GSM-7", 12)
+    whatsapp = render_message(
+        "whatsapp", {"body": "Hola {{ contact.first_name }}", "template_name": "promo", "template_language": "es"}, CTX
+    )
+    assert (whatsapp["body"], whatsapp["template_name"]) == ("Hola Ada", "promo")
+    in_app = render_message(
+        "in_app",
+        {
+            "title": "Hi {{ contact.first_name }}",
+            "body": "b",
+            "action_url": "https://app.example/{{ contact.attributes.plan }}",
+        },
+        CTX,
+    )
+    assert (in_app["title"], in_app["action_url"]) == ("Hi Ada", "https://app.example/pro")
+
+
+def test_webhook_is_signed_with_the_organisation_secret():
+    hook = render_message(
+        "webhook",
+        {
+            "url": "https://hooks.example/x",
+            "payload_template": '{"user": "{{ contact.first_name }}", "plan": "{{ contact.attributes.plan }}"}',
+            "headers": {"X-Team": "growth"},
+        },
+        CTX,
+    )
+    assert json.loads(hook["body"]) == {"user": "Ada", "plan": "pro"}
+    expected = "sha256=" + hmac.new(b"whsec", hook["body"].encode(), hashlib.sha256).hexdigest()
+    assert hook["headers"]["X-Campaign-Signature"] == expected
+    assert hook["headers"]["X-Team"] == "growth"
+    broken = render_message("webhook", {"url": "https://hooks.example/x", "payload_template": "{oops"}, CTX)
+    assert broken["problems"]
+
+
+def test_tampered_tokens_are_refused():
+    token = links.sign("click", "m-1", "https://good.example/")
+    payload, signature = token.split(".")
+    forged_payload = links._b64(b"m-1\nhttps://evil.example/")
+    for bad in [
+        f"{forged_payload}.{signature}",
+        f"{payload}.{signature[:-2]}AA",
+        f"{payload}x.{signature}",
+        "garbage",
+        "",
+        f"{payload}",
+    ]:
+        with pytest.raises(links.BadToken):
+            links.read_click(bad)
+    open_token = links.sign("open", "m-1")
+    with pytest.raises(links.BadToken):
+        links.read_click(open_token)  # a token for another purpose
+
+
+def test_unsubscribe_tokens_expire_after_90_days():
+    token = links.unsubscribe_token("o", "c", "m")
+    issued = int(links.unsign("unsubscribe", token, count=4)[3])
+    assert links.read_unsubscribe(token, now=issued + 89 * 86400) == ("o", "c", "m")
+    with pytest.raises(links.BadToken):
+        links.read_unsubscribe(token, now=issued + 91 * 86400)
+
+
+@pytest.mark.django_db
+def test_click_endpoint_redirects_only_to_the_signed_target():
+    client = Client()
+    url = links.click_url("m-9", "https://shop.example/a?b=c")
+    response = client.get(unquote(url.split("://", 1)[1].split("/", 1)[1]).join(["/", ""]))
+    assert response.status_code == 302
+    assert response["Location"] == "https://shop.example/a?b=c"
+    token = url.rsplit("/", 1)[1]
+    payload, signature = token.split(".")
+    forged = links._b64(b"m-9\nhttps://evil.example/")
+    assert client.get(f"/t/c/{forged}.{signature}").status_code == 404
+    assert client.get("/t/c/nonsense?next=https://evil.example").status_code == 404
+    pixel = client.get(f"/t/o/{links.sign('open', 'm-9')}.gif")
+    assert (pixel.status_code, pixel["Content-Type"]) == (200, "image/gif")
