@@ -12,9 +12,13 @@ from django.shortcuts import redirect, render
 
 from audiences.access import can_write_campaigns
 from audiences.decorators import member_required
+from audiences.models import Contact
 from campaigns import selectors, services
-from campaigns.content.channels import FIELDS
+from campaigns.content.channels import FIELDS, content_problems
+from campaigns.content.preview import message_context, preview_contact
+from campaigns.content.render import render_message
 from campaigns.content.sms import sms_length
+from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Channel
 from config.errors import Conflict
 
@@ -135,3 +139,49 @@ def campaign_content_view(request: HttpRequest, campaign_id: Any) -> HttpRespons
         "editable": campaign.status in services.EDITABLE_STATUSES,
     }
     return render(request, "campaigns/content.html", context, status=status)
+
+
+@member_required
+def campaign_content_preview_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    """Live preview of the content being edited (htmx): the unsaved form rendered for a real or sample contact."""
+    try:
+        campaign = selectors.campaign_get(request.actor, campaign_id)
+    except Campaign.DoesNotExist as exc:
+        raise Http404("No such campaign") from exc
+    variants = _variants_from_post(campaign, request.POST)
+    try:
+        index = int(request.POST.get("preview_variant") or 0)
+    except ValueError:
+        index = 0
+    channel = request.POST.get("preview_channel") or (campaign.channels[0] if campaign.channels else "")
+    context: dict[str, Any] = {"channel": channel, "problems": []}
+    if not variants or channel not in campaign.channels:
+        context["problems"] = ["Nothing to preview yet."]
+        return render(request, "campaigns/_preview.html", context)
+    variant = variants[min(max(index, 0), len(variants) - 1)]
+    content = variant["content"].get(channel, {})
+    problems = content_problems(channel, content, allowed_senders=services.allowed_senders(campaign.organisation))
+    contact_id = None
+    external_id = (request.POST.get("preview_contact") or "").strip()
+    if external_id:
+        contact = Contact.objects.filter(organisation=campaign.organisation, external_id=external_id).first()
+        if contact is None:
+            problems.append(f"No contact with external id {external_id!r}; showing a sample contact.")
+        else:
+            contact_id = contact.pk
+    try:
+        profile, key = preview_contact(campaign, contact_id)
+        rendered = render_message(channel, content, message_context(campaign, profile, key, "preview"))
+    except (TemplateProblem, ValidationError) as exc:
+        problems.append(str(exc))
+        rendered = None
+    context.update(
+        {
+            "variant": variant["name"],
+            "rendered": rendered,
+            "problems": problems,
+            "contact": profile if rendered else None,
+            "is_control": variant["is_control"],
+        }
+    )
+    return render(request, "campaigns/_preview.html", context)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("<uuid:campaign_id>/", views.campaign_detail_view, name="detail"),
     path("<uuid:campaign_id>/edit/", views.campaign_edit_view, name="edit"),
     path("<uuid:campaign_id>/content/", content_views.campaign_content_view, name="content"),
+    path("<uuid:campaign_id>/content/preview/", content_views.campaign_content_preview_view, name="content-preview"),
     path("<uuid:campaign_id>/clone/", views.campaign_clone_view, name="clone"),
     path("<uuid:campaign_id>/delete/", views.campaign_delete_view, name="delete"),
     path("<uuid:campaign_id>/restore/", views.campaign_restore_view, name="restore"),

@@ -152,3 +152,19 @@ def test_delete_and_restore_through_the_deleted_view(page, teammate):
     page.click("text=Restore")
     page.wait_for_selector("text=Restored “Short lived”.")
     assert Campaign.objects.get(pk=campaign.pk).deleted_at is None
+
+
+def test_content_preview_updates_as_the_marketer_types(page, teammate):
+    campaign = CampaignFactory(organisation=teammate.organisation, channels=["email", "sms"])
+    page.goto(f"/campaigns/{campaign.pk}/content/")
+    page.fill("#v-0-email-subject", "Hello {{ contact.first_name }}")
+    page.fill("#v-0-email-html", "")
+    page.type("#v-0-email-html", "<h1>Big news, {{ contact.first_name }}</h1>")
+    frame = page.frame_locator('[data-testid="email-frame"]')
+    frame.locator("h1").wait_for()
+    assert frame.locator("h1").inner_text() == "Big news, Alex"
+    assert "Hello Alex" in page.locator('[data-testid="content-preview"]').inner_text()
+    page.select_option('[data-testid="preview-channel"]', "sms")
+    page.fill("#v-0-sms-body", "Sale on now 🎉")
+    page.wait_for_selector('[data-testid="bubble"] >> text=Sale on now')
+    assert "UCS-2" in page.locator('[data-testid="bubble-counter"]').inner_text()

@@ -89,3 +89,19 @@ def test_sms_counter_is_shown(teammate, campaign):
 def test_another_organisations_campaign_is_404_and_analysts_403(outsider, analyst, campaign):
     assert browser(outsider).get(f"/campaigns/{campaign.pk}/content/").status_code == 404
     assert browser(analyst).get(f"/campaigns/{campaign.pk}/content/").status_code == 403
+
+
+def test_preview_renders_the_unsaved_form(teammate, campaign):
+    client = browser(teammate)
+    url = f"/campaigns/{campaign.pk}/content/preview/"
+    mail = client.post(
+        url, base_form(preview_channel="email", **{"v-0-email-subject": "Fresh {{ contact.first_name }}"})
+    )
+    page = mail.content.decode()
+    assert "Fresh Alex" in page  # nobody in the audience yet: the sample contact
+    assert 'sandbox title="Email preview"' in page
+    sms = client.post(url, base_form(preview_channel="sms", **{"v-0-sms-body": "€uro deal"})).content.decode()
+    assert "€uro deal" in sms and "9 characters · GSM-7 · 1 SMS · 150 left in this part" in sms  # € counts twice
+    broken = client.post(url, base_form(preview_channel="email", **{"v-0-email-subject": "{{ oops"})).content.decode()
+    assert "subject: line 1" in broken
+    assert browser(teammate).post(url, {"preview_channel": "fax"}).status_code == 200

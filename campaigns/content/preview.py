@@ -46,7 +46,8 @@ def _variant(campaign: Campaign, variant: str | None) -> Variant:
     )
 
 
-def _contact(campaign: Campaign, contact_id: int | None) -> tuple[dict[str, Any], str]:
+def preview_contact(campaign: Campaign, contact_id: int | None) -> tuple[dict[str, Any], str]:
+    """The profile to preview with: the given contact, else the first of the audience, else a sample."""
     if contact_id is not None:
         contact = Contact.objects.filter(organisation=campaign.organisation, pk=contact_id).first()
         if contact is None:
@@ -88,7 +89,7 @@ def campaign_preview(
     if chosen.is_control:
         raise ValidationError({"variant": ["The control variant sends nothing."]})
     content = chosen.content.get(channel, {})
-    profile, contact_key = _contact(campaign, contact_id)
+    profile, contact_key = preview_contact(campaign, contact_id)
     context = message_context(campaign, profile, contact_key, f"preview-{uuid.uuid4().hex}")
     try:
         rendered = render_message(channel, content, context)
