@@ -88,6 +88,7 @@ def _editor_rows(campaign: Campaign, variants: list[dict[str, Any]]) -> list[dic
                 fields.append(
                     {
                         "name": name,
+                        "label": name.replace("_", " ").capitalize(),
                         "key": f"v-{index}-{channel}-{name}",
                         "value": value,
                         "long": name in LONG_FIELDS,
