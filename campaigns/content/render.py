@@ -106,7 +106,8 @@ def _footer_html(unsubscribe: str, postal_address: str, organisation_name: str) 
 
 
 def render_email(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, Any]:
-    unsubscribe = links.unsubscribe_url(ctx.organisation_id, ctx.contact_id, ctx.message_id)
+    token = links.unsubscribe_token(ctx.organisation_id, ctx.contact_id, ctx.message_id)
+    unsubscribe = links.unsubscribe_url(ctx.organisation_id, ctx.contact_id, ctx.message_id, token=token)
     preferences = links.preferences_url(ctx.organisation_id, ctx.contact_id)
     variables = ctx.template_context(unsubscribe, preferences)
     subject = compiled(content.get("subject", ""), html=False).render(variables).strip()
@@ -134,7 +135,6 @@ def render_email(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, A
     from_name = content.get("from_name") or ctx.sender_name
     from_email = content.get("from_email") or ctx.sender_email
     domain = (from_email.rsplit("@", 1)[-1] if "@" in from_email else "localhost").lower()
-    token = links.unsubscribe_token(ctx.organisation_id, ctx.contact_id, ctx.message_id)
     headers = {
         # RFC 2369 + RFC 8058: one-click unsubscribe from the mail client, by HTTPS POST or by mail.
         "List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{domain}?subject=unsubscribe%20{token}>",
