@@ -23,6 +23,19 @@ class CampaignForm(forms.Form):
     messages_per_minute = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
     messages_per_hour = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
 
+    tracking_enabled = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Track opens and clicks",
+        help_text="Off: links are not rewritten and no open pixel is added (privacy-sensitive campaigns).",
+    )
+    seed_emails = forms.CharField(
+        required=False,
+        label="Seed list",
+        help_text="Addresses that receive test sends, comma or newline separated (at most 20).",
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+
     include_segments = forms.MultipleChoiceField(
         required=False, label="Send to members of", widget=forms.SelectMultiple(attrs={"size": 5})
     )
@@ -66,6 +79,22 @@ class CampaignForm(forms.Form):
             if isinstance(field.widget, (forms.TextInput, forms.Textarea, forms.NumberInput, forms.DateTimeInput)):
                 field.widget.attrs.setdefault("class", "input")
             field.widget.attrs.setdefault("aria-describedby", f"{name}-help")
+
+    def clean_seed_emails(self) -> list[str]:
+        raw = self.cleaned_data.get("seed_emails") or ""
+        addresses = [a.strip() for a in raw.replace(",", "\n").splitlines() if a.strip()]
+        if len(addresses) > 20:
+            raise forms.ValidationError("At most 20 addresses.")
+        field = forms.EmailField()
+        bad = []
+        for address in addresses:
+            try:
+                field.clean(address)
+            except forms.ValidationError:
+                bad.append(address)
+        if bad:
+            raise forms.ValidationError(f"Not email addresses: {', '.join(bad)}.")
+        return addresses
 
     def campaign_data(self) -> dict[str, Any]:
         """cleaned_data split into the campaign fields and its audience, as the services take them."""

@@ -74,6 +74,8 @@ def campaign_deleted_view(request: HttpRequest) -> HttpResponse:
 def _form_initial(campaign: Campaign) -> dict[str, Any]:
     links = list(campaign.segment_links.all())
     return {
+        "tracking_enabled": campaign.tracking_enabled,
+        "seed_emails": "\n".join(campaign.seed_emails),
         "include_segments": [str(link.segment_id) for link in links if link.role == "include"],
         "exclude_segments": [str(link.segment_id) for link in links if link.role == "exclude"],
         "audience_combine": campaign.audience_combine,

@@ -274,3 +274,21 @@ def test_a_user_without_organisation_sees_an_explanation(db):
     response = client.get("/campaigns/")
     assert response.status_code == 403
     assert b"not in an organisation" in response.content
+
+
+def test_tracking_switch_and_seed_list(teammate, campaign):
+    client = browser(teammate)
+    bad = client.post(
+        f"/campaigns/{campaign.pk}/edit/",
+        {"name": "S", "type": "scheduled", "channels": ["email", "sms"], "seed_emails": "a@x.com, nope"},
+    )
+    assert bad.status_code == 400
+    assert "Not email addresses: nope." in bad.content.decode()
+    ok = client.post(
+        f"/campaigns/{campaign.pk}/edit/",
+        {"name": "S", "type": "scheduled", "channels": ["email", "sms"], "seed_emails": "a@example.com\nb@example.com"},
+    )
+    assert ok.status_code == 302
+    campaign.refresh_from_db()
+    assert campaign.seed_emails == ["a@example.com", "b@example.com"]
+    assert campaign.tracking_enabled is False  # the box was not ticked
