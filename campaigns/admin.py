@@ -8,7 +8,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from audiences.access import Actor
 from audiences.models import Role
 from campaigns import services
-from campaigns.models import Campaign, CampaignSegment, Variant
+from campaigns.models import Campaign, CampaignSegment, ContentTemplate, Variant
 from config.errors import Conflict
 
 
@@ -96,3 +96,11 @@ class CampaignSegmentAdmin(SimpleHistoryAdmin):
     list_filter = ["role"]
     search_fields = ["campaign__name", "segment__name"]
     list_select_related = ["campaign", "segment"]
+
+
+@admin.register(ContentTemplate)
+class ContentTemplateAdmin(SimpleHistoryAdmin):
+    list_display = ["name", "channel", "organisation", "updated_at"]
+    list_filter = ["channel", "organisation"]
+    search_fields = ["name", "description"]
+    list_select_related = ["organisation"]

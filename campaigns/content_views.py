@@ -15,6 +15,7 @@ from audiences.decorators import member_required
 from audiences.models import Contact
 from campaigns import selectors, services
 from campaigns.content.channels import FIELDS, content_problems
+from campaigns.content.library import template_library
 from campaigns.content.preview import message_context, preview_contact
 from campaigns.content.render import render_message
 from campaigns.content.sms import sms_length
@@ -67,6 +68,13 @@ def _variants_from_post(campaign: Campaign, data: Any) -> list[dict[str, Any]]:
             copy["allocation_percent"] = 0
             copy["is_control"] = False
             variants.append(copy)
+    use = data.get("use_template", "")
+    if ":" in use:
+        index_text, channel = use.split(":", 1)
+        template_id = data.get(f"v-{index_text}-{channel}-template", "")
+        found = template_library().get(campaign.organisation, template_id) if template_id else None
+        if found and found["channel"] == channel and index_text.isdigit() and int(index_text) < len(variants):
+            variants[int(index_text)]["content"][channel] = dict(found["content"])
     if data.get("add_variant") and len(variants) < MAX_VARIANTS:
         variants.append(
             {"name": f"Variant {len(variants) + 1}", "allocation_percent": 0, "is_control": False, "content": {}}
@@ -75,6 +83,10 @@ def _variants_from_post(campaign: Campaign, data: Any) -> list[dict[str, Any]]:
 
 
 def _editor_rows(campaign: Campaign, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    library = template_library().list(campaign.organisation)
+    templates: dict[str, list[dict[str, Any]]] = {}
+    for item in library:
+        templates.setdefault(item["channel"], []).append(item)
     rows = []
     for index, variant in enumerate(variants):
         channels = []
@@ -102,7 +114,15 @@ def _editor_rows(campaign: Campaign, variants: list[dict[str, Any]]) -> list[dic
                 extra["sms"] = sms_length(content.get("body", ""))
             if channel == Channel.WHATSAPP:
                 extra["characters"] = len(content.get("body", ""))
-            channels.append({"channel": channel, "label": Channel(channel).label, "fields": fields, **extra})
+            channels.append(
+                {
+                    "channel": channel,
+                    "label": Channel(channel).label,
+                    "fields": fields,
+                    "templates": templates.get(channel, []),
+                    **extra,
+                }
+            )
         rows.append({"index": index, **variant, "channels": channels})
     return rows
 

@@ -206,3 +206,32 @@ class Variant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} / {self.name}"
+
+
+class ContentTemplate(models.Model):
+    """A reusable piece of channel content ("start from template"), the embedded isA_Creative library."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="content_templates")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="", max_length=2000)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    content = models.JSONField(default=dict)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords(bases=[HistoryActorMixin])
+
+    class Meta:
+        ordering = ["channel", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                models.F("organisation"), models.F("channel"), Lower("name"), name="content_template_unique_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.channel})"

@@ -182,6 +182,8 @@ USER_360_URL = envstr("USER_360_URL", "")
 USER_360_TOKEN = envstr("USER_360_TOKEN", "")
 INTELLIGENT_QUERY_URL = envstr("INTELLIGENT_QUERY_URL", "")
 INTELLIGENT_QUERY_TOKEN = envstr("INTELLIGENT_QUERY_TOKEN", "")
+ISA_CREATIVE_URL = envstr("ISA_CREATIVE_URL", "")
+ISA_CREATIVE_TOKEN = envstr("ISA_CREATIVE_TOKEN", "")
 EXTERNAL_HTTP_TIMEOUT = float(envstr("EXTERNAL_HTTP_TIMEOUT", "10"))
 # External segments are re-resolved when their members are older than this when a campaign needs them.
 EXTERNAL_SEGMENT_MAX_AGE_SECONDS = envint("EXTERNAL_SEGMENT_MAX_AGE_SECONDS", 300)

@@ -9,6 +9,7 @@ from audiences import console_urls
 from audiences.api import ApiKeyViewSet, OrganisationView
 from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
+from campaigns.template_api import ContentTemplateViewSet
 from config import views as config_views
 
 router = DefaultRouter(trailing_slash=True)
@@ -16,6 +17,7 @@ router.register("campaigns", CampaignViewSet, basename="campaign")
 router.register("api-keys", ApiKeyViewSet, basename="api-key")
 router.register("contacts", ContactViewSet, basename="contact")
 router.register("segments", SegmentViewSet, basename="segment")
+router.register("content-templates", ContentTemplateViewSet, basename="content-template")
 
 urlpatterns = [
     path("", config_views.home, name="home"),
