@@ -20,6 +20,7 @@ from campaigns.serializers import (
     PreviewRequestSerializer,
     ScheduleSerializer,
     TestSendSerializer,
+    VariantCloneSerializer,
 )
 
 UUID_PATTERN = r"[0-9a-fA-F-]{36}"
@@ -149,6 +150,16 @@ class CampaignViewSet(
         payload = PreviewRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         return Response(campaign_preview(actor=request.actor, campaign_id=pk, **payload.validated_data))
+
+    @extend_schema(request=VariantCloneSerializer, responses={201: CampaignSerializer})
+    @action(detail=True, methods=["post"], url_path="variants/clone")
+    def clone_variant(self, request: Request, pk: str) -> Response:
+        """Copy a variant (its content; allocation 0 %) to iterate on it."""
+        self.get_object()
+        payload = VariantCloneSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        services.campaign_variant_clone(actor=request.actor, campaign_id=pk, **payload.validated_data)
+        return self._respond(selectors.campaign_get(request.actor, pk), status.HTTP_201_CREATED)
 
     @extend_schema(request=TestSendSerializer, responses=serializers.DictField())
     @action(detail=True, methods=["post"], url_path="test-send")

@@ -170,3 +170,8 @@ class TestSendSerializer(serializers.Serializer):
     recipients = serializers.ListField(child=serializers.CharField(max_length=254), required=False, max_length=20)
     variant = serializers.CharField(required=False, allow_blank=True)
     contact_id = serializers.IntegerField(required=False)
+
+
+class VariantCloneSerializer(serializers.Serializer):
+    variant = serializers.CharField(help_text="Name or id of the variant to copy.")
+    name = serializers.CharField(required=False, allow_blank=True, max_length=100)

@@ -623,3 +623,44 @@ def campaigns_purge_deleted(*, now: datetime | None = None, batch_size: int = PU
                 for pk, organisation_id, name in batch
             )
             purged += len(batch)
+
+
+@transaction.atomic
+def campaign_variant_clone(*, actor: Actor, campaign_id: Any, variant: str, name: str = "") -> Variant:
+    """A copy of a variant's content for quick iteration. It starts at 0 % so the allocations still add up; give
+    it a share when you are ready."""
+    require_campaign_write(actor)
+    campaign = campaign_get_for_update(actor, campaign_id)
+    if campaign.status not in EDITABLE_STATUSES:
+        raise Conflict(
+            f"A {campaign.status} campaign cannot be changed; only draft and paused campaigns can.",
+            code="not_editable",
+            status=campaign.status,
+        )
+    variants = list(campaign.variants.all())
+    origin = next((v for v in variants if variant in (v.name, str(v.pk))), None)
+    if origin is None:
+        raise ValidationError({"variant": [f"No variant {variant!r}."]})
+    if len(variants) >= MAX_VARIANTS:
+        raise ValidationError({"variant": [f"A campaign has at most {MAX_VARIANTS} variants."]})
+    taken = {v.name for v in variants}
+    new_name = name.strip() or f"{origin.name} copy"
+    if new_name in taken:
+        counter = 2
+        while f"{new_name} {counter}" in taken:
+            counter += 1
+        new_name = f"{new_name} {counter}"
+    clone = Variant(
+        campaign=campaign,
+        name=new_name[:100],
+        position=max(v.position for v in variants) + 1,
+        allocation_percent=0,
+        is_control=False,
+        content=copy.deepcopy(origin.content),
+    )
+    actor.stamp(clone, f"cloned from variant {origin.name}")
+    clone.save()
+    audit_record(
+        actor=actor, action="campaign.variant_clone", target=campaign, details={"from": origin.name, "to": clone.name}
+    )
+    return clone

@@ -31,6 +31,10 @@ CAMPAIGN_ENDPOINTS = [
     ("post", "/api/v1/campaigns/{id}/resume/", None),
     ("post", "/api/v1/campaigns/{id}/complete/", None),
     ("post", "/api/v1/campaigns/{id}/cancel/", None),
+    ("get", "/api/v1/campaigns/{id}/audience-estimate/", None),
+    ("post", "/api/v1/campaigns/{id}/preview/", {"channel": "email"}),
+    ("post", "/api/v1/campaigns/{id}/test-send/", {"recipients": ["a@example.com"]}),
+    ("post", "/api/v1/campaigns/{id}/variants/clone/", {"variant": "A"}),
 ]
 COLLECTION_ENDPOINTS = [
     ("get", "/api/v1/campaigns/", None),
@@ -40,8 +44,12 @@ COLLECTION_ENDPOINTS = [
     ("get", "/api/v1/api-keys/", None),
     ("post", "/api/v1/api-keys/", {"name": "k"}),
     ("get", "/api/schema/", None),
+    ("get", "/api/v1/contacts/", None),
+    ("get", "/api/v1/segments/", None),
+    ("get", "/api/v1/content-templates/", None),
 ]
-WRITES = [e for e in CAMPAIGN_ENDPOINTS if e[0] != "get"]
+READ_ONLY_POSTS = {"/api/v1/campaigns/{id}/preview/"}
+WRITES = [e for e in CAMPAIGN_ENDPOINTS if e[0] != "get" and e[1] not in READ_ONLY_POSTS]
 
 
 def _call(client, method, path, body):

@@ -203,3 +203,17 @@ def test_the_from_address_must_be_a_verified_sender(teammate, campaign):
     )
     assert response.status_code == 400
     assert "verified senders" in " ".join(response.data["variants"])
+
+
+def test_clone_a_variant(teammate, campaign):
+    url = f"/api/v1/campaigns/{campaign.pk}/variants/clone/"
+    response = teammate.api.post(url, {"variant": "A"}, format="json")
+    assert response.status_code == 201, response.data
+    variants = {v["name"]: v for v in response.data["variants"]}
+    assert variants["A copy"]["allocation_percent"] == 0
+    assert variants["A copy"]["content"] == variants["A"]["content"]
+    again = teammate.api.post(url, {"variant": "A"}, format="json").data
+    assert "A copy 2" in {v["name"] for v in again["variants"]}
+    assert teammate.api.post(url, {"variant": "Nope"}, format="json").status_code == 400
+    teammate.api.post(url, {"variant": "A"}, format="json")
+    assert teammate.api.post(url, {"variant": "A"}, format="json").status_code == 400  # five is the maximum
