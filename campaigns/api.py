@@ -6,10 +6,13 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from audiences.access import require_campaign_write
 from campaigns import audience, selectors, services
+from campaigns.content.media import store_icon
 from campaigns.content.preview import campaign_preview, campaign_test_send
 from campaigns.filters import CampaignFilter
 from campaigns.models import Campaign
@@ -160,6 +163,23 @@ class CampaignViewSet(
         payload.is_valid(raise_exception=True)
         services.campaign_variant_clone(actor=request.actor, campaign_id=pk, **payload.validated_data)
         return self._respond(selectors.campaign_get(request.actor, pk), status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request={
+            "multipart/form-data": {"type": "object", "properties": {"icon": {"type": "string", "format": "binary"}}}
+        },
+        responses={201: serializers.DictField()},
+    )
+    @action(detail=True, methods=["post"], url_path="in-app-icon", parser_classes=[MultiPartParser])
+    def in_app_icon(self, request: Request, pk: str) -> Response:
+        """Upload an in-app icon (PNG, JPEG, GIF or WebP, at most 256 KB); use the returned URL as icon_url."""
+        campaign = self.get_object()
+        require_campaign_write(request.actor)
+        upload = request.FILES.get("icon")
+        if upload is None:
+            raise serializers.ValidationError({"icon": ["Attach the image as 'icon'."]})
+        url = store_icon(organisation_id=campaign.organisation_id, upload=upload)
+        return Response({"icon_url": url}, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=TestSendSerializer, responses=serializers.DictField())
     @action(detail=True, methods=["post"], url_path="test-send")

@@ -16,6 +16,7 @@ from audiences.models import Contact
 from campaigns import selectors, services
 from campaigns.content.channels import FIELDS, content_problems
 from campaigns.content.library import template_library
+from campaigns.content.media import store_icon
 from campaigns.content.preview import message_context, preview_contact
 from campaigns.content.render import render_message
 from campaigns.content.sms import sms_length
@@ -142,6 +143,11 @@ def campaign_content_view(request: HttpRequest, campaign_id: Any) -> HttpRespons
         variants = _variants_from_post(campaign, request.POST)
         if request.POST.get("save"):
             try:
+                for index, variant in enumerate(variants):
+                    upload = request.FILES.get(f"v-{index}-in_app-icon_file")
+                    if upload is not None and Channel.IN_APP in campaign.channels:
+                        url = store_icon(organisation_id=campaign.organisation_id, upload=upload)
+                        variant["content"].setdefault(Channel.IN_APP, {})["icon_url"] = url
                 services.campaign_update(actor=request.actor, campaign_id=campaign.pk, changes={}, variants=variants)
             except ValidationError as exc:
                 problems = [m for messages_ in exc.message_dict.values() for m in messages_]

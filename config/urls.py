@@ -1,3 +1,5 @@
+from django.conf import settings
+from django.conf.urls.static import static
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -36,3 +38,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+
+if settings.DEBUG:
+    # Development only: uploaded media served by Django. Production serves MEDIA_ROOT (or a bucket) directly.
+    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

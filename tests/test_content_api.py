@@ -217,3 +217,49 @@ def test_clone_a_variant(teammate, campaign):
     assert teammate.api.post(url, {"variant": "Nope"}, format="json").status_code == 400
     teammate.api.post(url, {"variant": "A"}, format="json")
     assert teammate.api.post(url, {"variant": "A"}, format="json").status_code == 400  # five is the maximum
+
+
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+    b"\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00\x00\x00IEND\xaeB`\x82"
+)
+
+
+def test_in_app_icon_upload(teammate, outsider, organisation, settings, tmp_path):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    campaign = CampaignFactory(organisation=organisation, channels=["in_app"])
+    url = f"/api/v1/campaigns/{campaign.pk}/in-app-icon/"
+    ok = teammate.api.post(url, {"icon": SimpleUploadedFile("i.png", PNG, "image/png")}, format="multipart")
+    assert ok.status_code == 201, ok.data
+    assert ok.data["icon_url"].endswith(".png") and "/media/icons/" in ok.data["icon_url"]
+    stored = list(tmp_path.rglob("*.png"))
+    assert len(stored) == 1 and stored[0].read_bytes() == PNG
+    # The returned URL is accepted as icon_url.
+    patched = teammate.api.patch(
+        f"/api/v1/campaigns/{campaign.pk}/",
+        {
+            "variants": [
+                {
+                    "name": "A",
+                    "allocation_percent": 100,
+                    "content": {"in_app": {"title": "t", "body": "b", "icon_url": ok.data["icon_url"]}},
+                }
+            ]
+        },
+        format="json",
+    )
+    assert patched.status_code == 200, patched.data
+    fake = teammate.api.post(
+        url, {"icon": SimpleUploadedFile("x.png", b"<svg onload=alert(1)>", "image/png")}, format="multipart"
+    )
+    assert fake.status_code == 400 and "icon" in fake.data
+    huge = teammate.api.post(
+        url, {"icon": SimpleUploadedFile("h.png", PNG + b"0" * 300_000, "image/png")}, format="multipart"
+    )
+    assert huge.status_code == 400
+    assert (
+        outsider.api.post(url, {"icon": SimpleUploadedFile("i.png", PNG, "image/png")}, format="multipart").status_code
+        == 404
+    )

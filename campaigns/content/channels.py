@@ -14,6 +14,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 
+from campaigns.content.media import is_own_media_url
 from campaigns.content.sms import MAX_PARTS, sms_length
 from campaigns.content.templates import TemplateProblem, compiled, template_warnings
 from campaigns.content.urls_check import UnsafeUrl, check_url_shape
@@ -145,7 +146,7 @@ def _channel_rules(channel: str, content: Mapping[str, Any], allowed_senders: It
     elif channel == "in_app":
         for name in ("action_url", "icon_url"):
             value = content.get(name)
-            if value and "{" not in value:
+            if value and "{" not in value and not (name == "icon_url" and is_own_media_url(value)):
                 try:
                     check_url_shape(value, schemes=("https", "http") if name == "action_url" else ("https",))
                 except UnsafeUrl as exc:
