@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audiences import services
-from audiences.access import require_organisation_admin
+from audiences.access import ORGANISATION_ADMINS, require_organisation_admin
 from audiences.models import ApiKey
 from audiences.serializers import (
     ApiKeyCreateSerializer,
@@ -25,7 +25,11 @@ class OrganisationView(APIView):
 
     @extend_schema(responses=OrganisationSerializer)
     def get(self, request: Request) -> Response:
-        return Response(OrganisationSerializer(request.actor.organisation).data)
+        data = OrganisationSerializer(request.actor.organisation).data
+        if request.actor.role in ORGANISATION_ADMINS:
+            # Receivers verify webhook signatures with this; only admins see it.
+            data["webhook_secret"] = request.actor.organisation.webhook_secret
+        return Response(data)
 
     @extend_schema(request=OrganisationUpdateSerializer, responses=OrganisationSerializer)
     def patch(self, request: Request) -> Response:
@@ -33,6 +37,15 @@ class OrganisationView(APIView):
         payload.is_valid(raise_exception=True)
         organisation = services.organisation_update(actor=request.actor, changes=dict(payload.validated_data))
         return Response(OrganisationSerializer(organisation).data)
+
+
+class WebhookSecretRotateView(APIView):
+    """A new webhook signing secret (admins). Requests signed with the old one stop verifying at once."""
+
+    @extend_schema(request=None, responses={200: OrganisationSerializer})
+    def post(self, request: Request) -> Response:
+        organisation = services.organisation_rotate_webhook_secret(actor=request.actor)
+        return Response({"webhook_secret": organisation.webhook_secret})
 
 
 class ApiKeyViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):

@@ -39,6 +39,7 @@ from audiences.models import (
     Segment,
     SegmentKind,
     SegmentMember,
+    new_webhook_secret,
 )
 from audiences.rules import RuleError
 from audiences.segments import compiler_for, parse_external_query
@@ -215,6 +216,17 @@ def organisation_update(*, actor: Actor, changes: dict[str, object]) -> Organisa
         target=organisation,
         details={field: {"from": before[field], "to": str(getattr(organisation, field))} for field in changes},
     )
+    return organisation
+
+
+@transaction.atomic
+def organisation_rotate_webhook_secret(*, actor: Actor) -> Organisation:
+    require_organisation_admin(actor)
+    organisation = Organisation.objects.select_for_update().get(pk=actor.organisation.pk)
+    organisation.webhook_secret = new_webhook_secret()
+    actor.stamp(organisation, "webhook secret rotated")
+    organisation.save(update_fields=["webhook_secret", "updated_at"])
+    audit_record(actor=actor, action="organisation.rotate_webhook_secret", target=organisation)
     return organisation
 
 

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audiences.access import require_campaign_write
+from audiences.models import ContactAttribute
 from campaigns import audience, selectors, services
 from campaigns.content.media import store_icon
 from campaigns.content.preview import campaign_preview, campaign_test_send
@@ -78,9 +79,18 @@ class CampaignViewSet(
             deleted = "include"  # a deleted campaign can still be looked at (and restored) within its window
         return selectors.campaign_list(self.request.actor, deleted=deleted)
 
+    def _single_context(self) -> dict[str, Any]:
+        names = ContactAttribute.objects.filter(organisation=self.request.actor.organisation).values_list(
+            "name", flat=True
+        )
+        return {"with_warnings": True, "attribute_names": frozenset(names)}
+
     def _respond(self, campaign: Campaign, code: int = status.HTTP_200_OK) -> Response:
         fresh = selectors.campaign_get(self.request.actor, campaign.pk, include_deleted=True)
-        return Response(CampaignSerializer(fresh).data, status=code)
+        return Response(CampaignSerializer(fresh, context=self._single_context()).data, status=code)
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response(CampaignSerializer(self.get_object(), context=self._single_context()).data)
 
     def create(self, request: Request) -> Response:
         payload = CampaignWriteSerializer(data=request.data)

@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from campaigns.content.channels import content_warnings
 from campaigns.models import Campaign, CampaignType, Channel, Variant
 from campaigns.services import MAX_VARIANTS, allowed_transitions, campaign_restore_deadline
 
@@ -62,6 +63,7 @@ class CampaignSerializer(serializers.ModelSerializer):
     variants = VariantSerializer(many=True, read_only=True)
     allowed_actions = serializers.SerializerMethodField()
     restore_deadline = serializers.SerializerMethodField()
+    content_warnings = serializers.SerializerMethodField()
 
     class Meta:
         model = Campaign
@@ -90,11 +92,28 @@ class CampaignSerializer(serializers.ModelSerializer):
             "deleted_at",
             "deleted_by",
             "restore_deadline",
+            "content_warnings",
         ]
         read_only_fields = fields
 
     def get_owner(self, campaign: Campaign) -> str | None:
         return campaign.owner.get_username() if campaign.owner else None
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_content_warnings(self, campaign: Campaign) -> list[str]:
+        """Template variables no message will provide (they render empty). Only on single-campaign responses."""
+        if not self.context.get("with_warnings"):
+            return []
+        attributes = self.context.get("attribute_names", frozenset())
+        warnings = []
+        for variant in campaign.variants.all():
+            for channel, content in variant.content.items():
+                if channel in campaign.channels and isinstance(content, dict):
+                    warnings.extend(
+                        f"Variant {variant.name}: {w}"
+                        for w in content_warnings(channel, content, attribute_names=attributes)
+                    )
+        return warnings
 
     @extend_schema_field(AudienceSerializer)
     def get_audience(self, campaign: Campaign) -> dict[str, Any]:

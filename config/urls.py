@@ -8,7 +8,7 @@ from rest_framework.routers import DefaultRouter
 
 from analytics import views as tracking
 from audiences import console_urls
-from audiences.api import ApiKeyViewSet, OrganisationView
+from audiences.api import ApiKeyViewSet, OrganisationView, WebhookSecretRotateView
 from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
@@ -34,6 +34,7 @@ urlpatterns = [
     path("t/c/<str:token>", tracking.click_redirect_view, name="track-click"),
     path("t/o/<str:token>.gif", tracking.open_pixel_view, name="track-open"),
     path("api/v1/organisation/", OrganisationView.as_view(), name="api-organisation"),
+    path("api/v1/organisation/webhook-secret/rotate/", WebhookSecretRotateView.as_view(), name="api-webhook-rotate"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -263,3 +263,9 @@ def test_in_app_icon_upload(teammate, outsider, organisation, settings, tmp_path
         outsider.api.post(url, {"icon": SimpleUploadedFile("i.png", PNG, "image/png")}, format="multipart").status_code
         == 404
     )
+
+
+def test_saving_returns_template_warnings(teammate, campaign):
+    response = teammate.api.get(f"/api/v1/campaigns/{campaign.pk}/")
+    assert response.data["content_warnings"] == ["Variant A: email.html: Unknown contact field 'contact.nickname'."]
+    assert teammate.api.get("/api/v1/campaigns/").data["results"][0]["content_warnings"] == []  # lists stay cheap

@@ -49,3 +49,14 @@ def test_bad_settings_are_400_with_field_errors(owner, payload, field):
     assert response.status_code == 400
     assert field in response.data, response.data
     assert not AuditLogEntry.objects.filter(action="organisation.update").exists()
+
+
+def test_admins_see_and_rotate_the_webhook_secret(owner, teammate):
+    secret = owner.api.get("/api/v1/organisation/").data["webhook_secret"]
+    assert len(secret) >= 32
+    assert "webhook_secret" not in teammate.api.get("/api/v1/organisation/").data
+    assert teammate.api.post("/api/v1/organisation/webhook-secret/rotate/").status_code == 403
+    rotated = owner.api.post("/api/v1/organisation/webhook-secret/rotate/").data["webhook_secret"]
+    assert rotated != secret
+    assert owner.api.get("/api/v1/organisation/").data["webhook_secret"] == rotated
+    assert AuditLogEntry.objects.filter(action="organisation.rotate_webhook_secret").count() == 1
