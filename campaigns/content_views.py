@@ -7,13 +7,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from audiences.access import can_write_campaigns
 from audiences.decorators import member_required
 from audiences.models import Contact
-from campaigns import selectors, services
+from campaigns import services
 from campaigns.content.channels import FIELDS, content_problems
 from campaigns.content.library import template_library
 from campaigns.content.media import store_icon
@@ -22,6 +22,7 @@ from campaigns.content.render import render_message
 from campaigns.content.sms import sms_length
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Channel
+from campaigns.views import get_campaign_or_404
 from config.errors import Conflict
 
 LONG_FIELDS = {"html", "text", "body", "payload_template", "headers"}
@@ -130,10 +131,7 @@ def _editor_rows(campaign: Campaign, variants: list[dict[str, Any]]) -> list[dic
 
 @member_required
 def campaign_content_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
-    try:
-        campaign = selectors.campaign_get(request.actor, campaign_id)
-    except Campaign.DoesNotExist as exc:
-        raise Http404("No such campaign") from exc
+    campaign = get_campaign_or_404(request, campaign_id)
     if not can_write_campaigns(request.actor):
         raise PermissionDenied
     problems: list[str] = []
@@ -171,10 +169,7 @@ def campaign_content_view(request: HttpRequest, campaign_id: Any) -> HttpRespons
 @member_required
 def campaign_content_preview_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     """Live preview of the content being edited (htmx): the unsaved form rendered for a real or sample contact."""
-    try:
-        campaign = selectors.campaign_get(request.actor, campaign_id)
-    except Campaign.DoesNotExist as exc:
-        raise Http404("No such campaign") from exc
+    campaign = get_campaign_or_404(request, campaign_id)
     variants = _variants_from_post(campaign, request.POST)
     try:
         index = int(request.POST.get("preview_variant") or 0)

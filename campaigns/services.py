@@ -266,6 +266,17 @@ def _set_audience_segments(campaign: Campaign, audience: Mapping[str, Any], *, a
             link.save()
 
 
+def _require_editable(campaign: Campaign) -> None:
+    if campaign.status not in EDITABLE_STATUSES:
+        raise Conflict(
+            f"A {campaign.status} campaign cannot be changed; only draft and paused campaigns can.",
+            code="not_editable",
+            status=campaign.status,
+            editable_statuses=sorted(EDITABLE_STATUSES),
+            allowed_actions=[t["action"] for t in allowed_transitions(campaign)],
+        )
+
+
 def _variant_dicts(campaign: Campaign) -> list[dict[str, Any]]:
     return [
         {"name": v.name, "allocation_percent": v.allocation_percent, "is_control": v.is_control, "content": v.content}
@@ -356,14 +367,7 @@ def campaign_update(
     """Change a draft or paused campaign. Anything else is refused: a live campaign must be paused first."""
     require_campaign_write(actor)
     campaign = campaign_get_for_update(actor, campaign_id)
-    if campaign.status not in EDITABLE_STATUSES:
-        raise Conflict(
-            f"A {campaign.status} campaign cannot be changed; only draft and paused campaigns can.",
-            code="not_editable",
-            status=campaign.status,
-            editable_statuses=sorted(EDITABLE_STATUSES),
-            allowed_actions=[t["action"] for t in allowed_transitions(campaign)],
-        )
+    _require_editable(campaign)
     unknown = set(changes) - set(UPDATABLE_FIELDS)
     if unknown:
         raise ValidationError({field: ["This field cannot be changed."] for field in sorted(unknown)})
@@ -631,12 +635,7 @@ def campaign_variant_clone(*, actor: Actor, campaign_id: Any, variant: str, name
     it a share when you are ready."""
     require_campaign_write(actor)
     campaign = campaign_get_for_update(actor, campaign_id)
-    if campaign.status not in EDITABLE_STATUSES:
-        raise Conflict(
-            f"A {campaign.status} campaign cannot be changed; only draft and paused campaigns can.",
-            code="not_editable",
-            status=campaign.status,
-        )
+    _require_editable(campaign)
     variants = list(campaign.variants.all())
     origin = next((v for v in variants if variant in (v.name, str(v.pk))), None)
     if origin is None:

@@ -24,7 +24,7 @@ from config.errors import Conflict
 PAGE_SIZES = (20, 50, 100)
 
 
-def _get_campaign(request: HttpRequest, campaign_id: Any, *, include_deleted: bool = False) -> Campaign:
+def get_campaign_or_404(request: HttpRequest, campaign_id: Any, *, include_deleted: bool = False) -> Campaign:
     try:
         return selectors.campaign_get(request.actor, campaign_id, include_deleted=include_deleted)
     except Campaign.DoesNotExist as exc:
@@ -109,7 +109,7 @@ def campaign_create_view(request: HttpRequest) -> HttpResponse:
 
 @member_required
 def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
-    campaign = _get_campaign(request, campaign_id)
+    campaign = get_campaign_or_404(request, campaign_id)
     if not can_write_campaigns(request.actor):
         raise PermissionDenied
     form = CampaignForm(request.POST or None, initial=_form_initial(campaign), organisation=request.actor.organisation)
@@ -136,7 +136,7 @@ def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
 
 @member_required
 def campaign_detail_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
-    campaign = _get_campaign(request, campaign_id, include_deleted=True)
+    campaign = get_campaign_or_404(request, campaign_id, include_deleted=True)
     context = {
         "campaign": campaign,
         "variants": list(campaign.variants.all()),

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import factory
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from audiences.access import Actor
 from audiences.models import Membership, Organisation, Role
@@ -74,3 +75,10 @@ def actor_for(membership: Membership) -> Actor:
 def issue_key(organisation: Organisation, role: str = Role.MARKETER, name: str = "test key") -> str:
     actor = Actor(organisation=organisation, role=Role.ADMIN, system="tests")
     return api_key_create(actor=actor, name=name, role=role).secret
+
+
+def console_client(persona: object) -> Client:
+    """A browser-like client signed in as the persona's user, for console pages (form posts, HTML)."""
+    client = Client()
+    client.force_login(persona.membership.user)  # type: ignore[attr-defined]
+    return client

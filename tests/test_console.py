@@ -10,15 +10,9 @@ from django.utils import timezone
 
 from audiences.models import ApiKey, Role
 from campaigns.models import Campaign
-from tests.factories import CampaignFactory, MembershipFactory
+from tests.factories import CampaignFactory, MembershipFactory, console_client
 
 pytestmark = pytest.mark.django_db
-
-
-def browser(persona) -> Client:
-    client = Client()
-    client.force_login(persona.membership.user)
-    return client
 
 
 @pytest.fixture
@@ -50,7 +44,7 @@ def test_every_page_redirects_to_login_when_signed_out(campaign, method, path):
 
 
 def test_root_goes_to_the_campaign_list(teammate):
-    response = browser(teammate).get("/")
+    response = console_client(teammate).get("/")
     assert response.status_code == 302
     assert response["Location"] == "/campaigns/"
 
@@ -60,7 +54,7 @@ OBJECT_PAGES = [p for p in PAGES if "{id}" in p[1]]
 
 @pytest.mark.parametrize(("method", "path"), OBJECT_PAGES)
 def test_another_organisations_campaign_pages_are_404(outsider, campaign, method, path):
-    response = getattr(browser(outsider), method)(path.format(id=campaign.pk))
+    response = getattr(console_client(outsider), method)(path.format(id=campaign.pk))
     assert response.status_code == 404
     campaign.refresh_from_db()
     assert (campaign.status, campaign.deleted_at) == ("draft", None)
@@ -86,7 +80,7 @@ def test_login_with_a_wrong_password_shows_an_error(teammate):
 
 def test_list_shows_campaigns_with_filters(teammate, campaign):
     CampaignFactory(organisation=teammate.organisation, name="Other one", type="triggered", channels=["in_app"])
-    client = browser(teammate)
+    client = console_client(teammate)
     page = client.get("/campaigns/").content.decode()
     assert "Console campaign" in page and "Other one" in page
     filtered = client.get("/campaigns/?type=triggered").content.decode()
@@ -96,7 +90,7 @@ def test_list_shows_campaigns_with_filters(teammate, campaign):
 
 
 def test_list_shows_filter_errors_inline_rather_than_failing(teammate, campaign):
-    response = browser(teammate).get("/campaigns/?created_after=yesterday&status=sent")
+    response = console_client(teammate).get("/campaigns/?created_after=yesterday&status=sent")
     assert response.status_code == 200
     page = response.content.decode()
     assert 'data-testid="filter-errors"' in page
@@ -104,7 +98,7 @@ def test_list_shows_filter_errors_inline_rather_than_failing(teammate, campaign)
 
 
 def test_htmx_requests_get_just_the_results(teammate, campaign):
-    response = browser(teammate).get(
+    response = console_client(teammate).get(
         "/campaigns/?search=Con", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="campaign-results"
     )
     page = response.content.decode()
@@ -113,7 +107,7 @@ def test_htmx_requests_get_just_the_results(teammate, campaign):
 
 
 def test_create_shows_inline_errors_and_keeps_input(teammate, campaign):
-    client = browser(teammate)
+    client = console_client(teammate)
     response = client.post("/campaigns/new/", {"name": "", "type": "scheduled", "description": "kept text"})
     assert response.status_code == 400
     page = response.content.decode()
@@ -126,7 +120,7 @@ def test_create_shows_inline_errors_and_keeps_input(teammate, campaign):
 
 
 def test_create_makes_a_draft_and_goes_to_it(teammate):
-    response = browser(teammate).post(
+    response = console_client(teammate).post(
         "/campaigns/new/",
         {
             "name": "From console",
@@ -148,7 +142,7 @@ def test_create_makes_a_draft_and_goes_to_it(teammate):
 
 def test_scheduled_at_is_read_in_the_organisations_timezone(teammate):
     # Acme is in Europe/London: 2099-07-01 10:00 local is 09:00 UTC (BST).
-    browser(teammate).post(
+    console_client(teammate).post(
         "/campaigns/new/", {"name": "Local time", "type": "scheduled", "scheduled_at": "2099-07-01T10:00"}
     )
     campaign = Campaign.objects.get(name="Local time")
@@ -156,7 +150,7 @@ def test_scheduled_at_is_read_in_the_organisations_timezone(teammate):
 
 
 def test_edit_saves_and_refuses_when_live(teammate, campaign):
-    client = browser(teammate)
+    client = console_client(teammate)
     assert client.get(f"/campaigns/{campaign.pk}/edit/").status_code == 200
     response = client.post(
         f"/campaigns/{campaign.pk}/edit/", {"name": "Renamed", "type": "scheduled", "channels": ["sms", "email"]}
@@ -177,7 +171,7 @@ def test_edit_saves_and_refuses_when_live(teammate, campaign):
 
 
 def test_detail_page_shows_configuration_actions_and_history(teammate, campaign):
-    page = browser(teammate).get(f"/campaigns/{campaign.pk}/").content.decode()
+    page = console_client(teammate).get(f"/campaigns/{campaign.pk}/").content.decode()
     assert "Console campaign" in page
     assert 'data-testid="action-schedule"' in page
     assert 'data-testid="history"' in page
@@ -185,7 +179,7 @@ def test_detail_page_shows_configuration_actions_and_history(teammate, campaign)
 
 
 def test_schedule_from_the_console(teammate, campaign):
-    client = browser(teammate)
+    client = console_client(teammate)
     at = timezone.localtime(timezone.now() + timedelta(days=2), timezone=teammate.organisation.timezone)
     response = client.post(
         f"/campaigns/{campaign.pk}/schedule/", {"scheduled_at": at.strftime("%Y-%m-%dT%H:%M")}, follow=True
@@ -196,18 +190,18 @@ def test_schedule_from_the_console(teammate, campaign):
 
 
 def test_illegal_action_from_the_console_shows_why(teammate, campaign):
-    response = browser(teammate).post(f"/campaigns/{campaign.pk}/pause/", follow=True)
+    response = console_client(teammate).post(f"/campaigns/{campaign.pk}/pause/", follow=True)
     assert "Cannot pause a scheduled campaign that is draft." in response.content.decode()
     campaign.refresh_from_db()
     assert campaign.status == "draft"
 
 
 def test_unknown_action_is_404(teammate, campaign):
-    assert browser(teammate).post(f"/campaigns/{campaign.pk}/explode/").status_code == 404
+    assert console_client(teammate).post(f"/campaigns/{campaign.pk}/explode/").status_code == 404
 
 
 def test_clone_delete_and_restore_from_the_console(teammate, campaign):
-    client = browser(teammate)
+    client = console_client(teammate)
     response = client.post(f"/campaigns/{campaign.pk}/clone/")
     clone = Campaign.objects.get(name="Copy of Console campaign")
     assert response["Location"] == f"/campaigns/{clone.pk}/"
@@ -220,7 +214,7 @@ def test_clone_delete_and_restore_from_the_console(teammate, campaign):
 
 
 def test_analysts_see_no_write_controls_and_cannot_post(analyst, campaign):
-    client = browser(analyst)
+    client = console_client(analyst)
     list_page = client.get("/campaigns/").content.decode()
     assert 'data-testid="new-campaign"' not in list_page
     detail = client.get(f"/campaigns/{campaign.pk}/").content.decode()
@@ -236,7 +230,7 @@ def test_organisation_switcher(teammate, other_organisation):
     MembershipFactory(user=teammate.membership.user, organisation=other_organisation, role=Role.MARKETER)
     CampaignFactory(organisation=teammate.organisation, name="In Acme")
     CampaignFactory(organisation=other_organisation, name="In Globex")
-    client = browser(teammate)
+    client = console_client(teammate)
     page = client.get("/campaigns/").content.decode()
     assert "In Acme" in page and "In Globex" not in page
     assert 'data-testid="org-switcher"' in page
@@ -246,13 +240,13 @@ def test_organisation_switcher(teammate, other_organisation):
 
 
 def test_switching_to_a_foreign_organisation_is_404(teammate, other_organisation):
-    client = browser(teammate)
+    client = console_client(teammate)
     assert client.post("/organisation/switch/", {"organisation_id": str(other_organisation.pk)}).status_code == 404
     assert client.post("/organisation/switch/", {"organisation_id": "garbage"}).status_code == 404
 
 
 def test_api_key_page_issues_a_key_once_and_revokes(owner, teammate):
-    client = browser(owner)
+    client = console_client(owner)
     response = client.post("/settings/api-keys/", {"name": "Console key", "role": "analyst"})
     page = response.content.decode()
     key = ApiKey.objects.get(name="Console key")
@@ -263,7 +257,7 @@ def test_api_key_page_issues_a_key_once_and_revokes(owner, teammate):
     client.post(f"/settings/api-keys/{key.pk}/revoke/")
     key.refresh_from_db()
     assert key.revoked_at is not None
-    assert browser(teammate).get("/settings/api-keys/").status_code == 403
+    assert console_client(teammate).get("/settings/api-keys/").status_code == 403
 
 
 def test_a_user_without_organisation_sees_an_explanation(db):
@@ -277,7 +271,7 @@ def test_a_user_without_organisation_sees_an_explanation(db):
 
 
 def test_tracking_switch_and_seed_list(teammate, campaign):
-    client = browser(teammate)
+    client = console_client(teammate)
     bad = client.post(
         f"/campaigns/{campaign.pk}/edit/",
         {"name": "S", "type": "scheduled", "channels": ["email", "sms"], "seed_emails": "a@x.com, nope"},

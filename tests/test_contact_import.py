@@ -12,6 +12,7 @@ from django.test import Client
 from audiences.models import Contact, ContactImport
 from audiences.services import contact_import_run
 from audiences.tasks import contacts_import_task
+from tests.factories import console_client
 
 pytestmark = pytest.mark.django_db
 
@@ -26,18 +27,12 @@ CSV = (
 )
 
 
-def browser(persona) -> Client:
-    client = Client()
-    client.force_login(persona.membership.user)
-    return client
-
-
 def upload(client: Client, content: str = CSV, name: str = "people.csv"):
     return client.post("/contacts/import/", {"file": SimpleUploadedFile(name, content.encode(), "text/csv")})
 
 
 def test_import_runs_in_the_background_and_reports_progress(teammate, django_capture_on_commit_callbacks):
-    client = browser(teammate)
+    client = console_client(teammate)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = upload(client)
     job = ContactImport.objects.get()
@@ -63,7 +58,7 @@ def test_import_runs_in_the_background_and_reports_progress(teammate, django_cap
 
 
 def test_rejected_rows_report_names_rows_and_reasons_safely(teammate, django_capture_on_commit_callbacks):
-    client = browser(teammate)
+    client = console_client(teammate)
     with django_capture_on_commit_callbacks(execute=False):
         upload(client)
     job = ContactImport.objects.get()
@@ -83,7 +78,7 @@ def test_rejected_rows_report_names_rows_and_reasons_safely(teammate, django_cap
 
 
 def test_a_rerun_after_an_interruption_resumes(teammate, django_capture_on_commit_callbacks):
-    client = browser(teammate)
+    client = console_client(teammate)
     with django_capture_on_commit_callbacks(execute=False):
         upload(client)
     job = ContactImport.objects.get()
@@ -105,7 +100,7 @@ def test_a_rerun_after_an_interruption_resumes(teammate, django_capture_on_commi
     ],
 )
 def test_bad_files_are_refused_with_a_message(teammate, content, name, message):
-    client = browser(teammate)
+    client = console_client(teammate)
     response = client.post(
         "/contacts/import/", {"file": SimpleUploadedFile(name, content.encode(), "text/csv")}, follow=True
     )
@@ -115,17 +110,17 @@ def test_bad_files_are_refused_with_a_message(teammate, content, name, message):
 
 
 def test_analysts_cannot_import(analyst):
-    response = upload(browser(analyst))
+    response = upload(console_client(analyst))
     assert response.status_code == 403
     assert not ContactImport.objects.exists()
 
 
 def test_another_organisations_import_is_404(teammate, outsider, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False):
-        upload(browser(teammate))
+        upload(console_client(teammate))
     job = ContactImport.objects.get()
-    assert browser(outsider).get(f"/contacts/imports/{job.pk}/").status_code == 404
-    assert browser(outsider).get(f"/contacts/imports/{job.pk}/rejected.csv").status_code == 404
+    assert console_client(outsider).get(f"/contacts/imports/{job.pk}/").status_code == 404
+    assert console_client(outsider).get(f"/contacts/imports/{job.pk}/rejected.csv").status_code == 404
 
 
 @pytest.mark.django_db(transaction=True)

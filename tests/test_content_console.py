@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from campaigns.models import Campaign
-from tests.factories import CampaignFactory
+from tests.factories import CampaignFactory, console_client
 
 pytestmark = pytest.mark.django_db
-
-
-def browser(persona) -> Client:
-    client = Client()
-    client.force_login(persona.membership.user)
-    return client
 
 
 @pytest.fixture
@@ -35,7 +28,7 @@ def base_form(**extra):
 
 
 def test_saving_content(teammate, campaign):
-    response = browser(teammate).post(f"/campaigns/{campaign.pk}/content/", base_form(save="1"))
+    response = console_client(teammate).post(f"/campaigns/{campaign.pk}/content/", base_form(save="1"))
     assert response.status_code == 302
     variant = Campaign.objects.get(pk=campaign.pk).variants.get()
     assert variant.content == {
@@ -45,7 +38,7 @@ def test_saving_content(teammate, campaign):
 
 
 def test_problems_are_shown_and_nothing_is_saved(teammate, campaign):
-    response = browser(teammate).post(
+    response = console_client(teammate).post(
         f"/campaigns/{campaign.pk}/content/",
         base_form(save="1", **{"v-0-email-subject": "Hi {{ contact.first_name }", "v-0-sms-body": "ç" * 71}),
     )
@@ -57,7 +50,7 @@ def test_problems_are_shown_and_nothing_is_saved(teammate, campaign):
 
 
 def test_add_and_clone_variants_then_split_allocation(teammate, campaign):
-    client = browser(teammate)
+    client = console_client(teammate)
     added = client.post(f"/campaigns/{campaign.pk}/content/", base_form(add_variant="1"))
     assert 'data-testid="variant-1"' in added.content.decode()
     cloned = client.post(f"/campaigns/{campaign.pk}/content/", base_form(**{"v-0-clone": "1"}))
@@ -82,17 +75,17 @@ def test_add_and_clone_variants_then_split_allocation(teammate, campaign):
 
 
 def test_sms_counter_is_shown(teammate, campaign):
-    page = browser(teammate).post(f"/campaigns/{campaign.pk}/content/", base_form(**{"v-0-sms-body": "€" * 81}))
+    page = console_client(teammate).post(f"/campaigns/{campaign.pk}/content/", base_form(**{"v-0-sms-body": "€" * 81}))
     assert "81 characters · GSM-7 · 2 SMS" in page.content.decode()
 
 
 def test_another_organisations_campaign_is_404_and_analysts_403(outsider, analyst, campaign):
-    assert browser(outsider).get(f"/campaigns/{campaign.pk}/content/").status_code == 404
-    assert browser(analyst).get(f"/campaigns/{campaign.pk}/content/").status_code == 403
+    assert console_client(outsider).get(f"/campaigns/{campaign.pk}/content/").status_code == 404
+    assert console_client(analyst).get(f"/campaigns/{campaign.pk}/content/").status_code == 403
 
 
 def test_preview_renders_the_unsaved_form(teammate, campaign):
-    client = browser(teammate)
+    client = console_client(teammate)
     url = f"/campaigns/{campaign.pk}/content/preview/"
     mail = client.post(
         url, base_form(preview_channel="email", **{"v-0-email-subject": "Fresh {{ contact.first_name }}"})
@@ -104,4 +97,4 @@ def test_preview_renders_the_unsaved_form(teammate, campaign):
     assert "€uro deal" in sms and "9 characters · GSM-7 · 1 SMS · 150 left in this part" in sms  # € counts twice
     broken = client.post(url, base_form(preview_channel="email", **{"v-0-email-subject": "{{ oops"})).content.decode()
     assert "subject: line 1" in broken
-    assert browser(teammate).post(url, {"preview_channel": "fax"}).status_code == 200
+    assert console_client(teammate).post(url, {"preview_channel": "fax"}).status_code == 200

@@ -9,14 +9,9 @@ from django.test import Client
 
 from audiences.contacts import contacts_upsert_rows
 from audiences.models import Segment, SegmentMember
+from tests.factories import console_client
 
 pytestmark = pytest.mark.django_db
-
-
-def browser(persona) -> Client:
-    client = Client()
-    client.force_login(persona.membership.user)
-    return client
 
 
 @pytest.fixture
@@ -46,18 +41,18 @@ def test_pages_need_sign_in(path):
 
 @pytest.mark.parametrize(("method", "suffix"), [("get", ""), ("get", "edit/"), ("post", "delete/")])
 def test_another_organisations_segment_pages_are_404(outsider, segment, method, suffix):
-    assert getattr(browser(outsider), method)(f"/segments/{segment.pk}/{suffix}").status_code == 404
+    assert getattr(console_client(outsider), method)(f"/segments/{segment.pk}/{suffix}").status_code == 404
     assert Segment.objects.filter(pk=segment.pk).exists()
 
 
 def test_detail_shows_size_and_first_contacts(teammate, segment):
-    page = browser(teammate).get(f"/segments/{segment.pk}/").content.decode()
+    page = console_client(teammate).get(f"/segments/{segment.pk}/").content.decode()
     assert 'data-testid="segment-size">3<' in page
     assert "k2" in page and "k5" not in page
 
 
 def test_create_with_inline_rule_errors(teammate, people):
-    client = browser(teammate)
+    client = console_client(teammate)
     bad = client.post(
         "/segments/new/",
         {"name": "Bad", "kind": "rules", "rules": json.dumps({"field": "attributes.plan", "op": "gt", "value": 1})},
@@ -77,7 +72,7 @@ def test_create_with_inline_rule_errors(teammate, people):
 
 
 def test_live_estimate_fragment(teammate, people):
-    client = browser(teammate)
+    client = console_client(teammate)
     ok = client.post(
         "/segments/estimate/", {"rules": json.dumps({"field": "attributes.plan", "op": "eq", "value": "free"})}
     ).content.decode()
@@ -87,7 +82,7 @@ def test_live_estimate_fragment(teammate, people):
 
 
 def test_static_list_from_the_console(teammate, people):
-    client = browser(teammate)
+    client = console_client(teammate)
     client.post(
         "/segments/new/", {"name": "Hand picked", "kind": "static", "external_ids": "k1, k4\nk7\nghost"}, follow=True
     )
@@ -100,7 +95,7 @@ def test_static_list_from_the_console(teammate, people):
 
 
 def test_contacts_page_lists_and_searches(teammate, people):
-    client = browser(teammate)
+    client = console_client(teammate)
     page = client.get("/contacts/").content.decode()
     assert "k0@example.com" in page and "plan" in page
     searched = client.get("/contacts/?search=k7").content.decode()
@@ -108,7 +103,7 @@ def test_contacts_page_lists_and_searches(teammate, people):
 
 
 def test_campaign_audience_estimate_fragment(teammate, segment):
-    response = browser(teammate).post(
+    response = console_client(teammate).post(
         "/campaigns/audience/estimate/",
         {
             "include_segments": [str(segment.pk)],
@@ -116,5 +111,7 @@ def test_campaign_audience_estimate_fragment(teammate, segment):
         },
     )
     assert 'data-testid="estimate-count">3<' in response.content.decode()
-    bad = browser(teammate).post("/campaigns/audience/estimate/", {"audience_rules": '{"field": "x", "op": "eq"}'})
+    bad = console_client(teammate).post(
+        "/campaigns/audience/estimate/", {"audience_rules": '{"field": "x", "op": "eq"}'}
+    )
     assert "Unknown field" in bad.content.decode()
