@@ -173,3 +173,16 @@ def test_click_endpoint_redirects_only_to_the_signed_target():
     assert client.get("/t/c/nonsense?next=https://evil.example").status_code == 404
     pixel = client.get(f"/t/o/{links.sign('open', 'm-9')}.gif")
     assert (pixel.status_code, pixel["Content-Type"]) == (200, "image/gif")
+
+
+def test_personalised_links_are_tracked_with_their_rendered_target():
+    content = {
+        "subject": "s",
+        "html": '<a href="https://shop.example/u/{{ contact.first_name }}?x=1&amp;y=2">Me</a>'
+        '<a href="{{ unsubscribe_url }}">Leave</a>',
+    }
+    email = render_message("email", content, CTX)
+    hrefs = re.findall(r'href="([^"]+)"', email["html"])
+    token = hrefs[0].replace("&amp;", "&").rsplit("/", 1)[1]
+    assert links.read_click(token) == ("m-123", "https://shop.example/u/Ada?x=1&y=2")
+    assert "/u/" in hrefs[1] and "/t/c/" not in hrefs[1]

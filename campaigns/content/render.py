@@ -113,7 +113,15 @@ def render_email(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, A
     subject = compiled(content.get("subject", ""), html=False).render(variables).strip()
     preheader = compiled(content.get("preheader", ""), html=False).render(variables).strip()
     html_source = content.get("html", "")
-    body = compiled(html_source, html=True).render(variables)
+    keep = frozenset({unsubscribe, preferences})
+    if ctx.tracking:
+        # Links are routed through click tracking inside the template (rewritten once per template).
+        track = links.tracker(ctx.message_id, keep)
+        body = compiled(links.tracked_template_source(html_source), html=True).render(
+            {**variables, "cs_link": track, "cs_track": track}
+        )
+    else:
+        body = compiled(html_source, html=True).render(variables)
     if "unsubscribe_url" not in html_source or (ctx.postal_address and ctx.postal_address not in body):
         # Every marketing email carries an unsubscribe link and the sender's postal address (CAN-SPAM, GDPR).
         footer = _footer_html(unsubscribe, ctx.postal_address, ctx.organisation_name)
@@ -128,7 +136,6 @@ def render_email(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, A
     if "unsubscribe" not in text.lower() or unsubscribe not in text:
         text = f"{text}\n\n--\n{ctx.organisation_name}\n{ctx.postal_address}\nUnsubscribe: {unsubscribe}".strip()
     if ctx.tracking:
-        body = links.rewrite_links(body, ctx.message_id, keep=frozenset({unsubscribe, preferences}))
         pixel_url = escape(links.open_url(ctx.message_id), quote=True)
         pixel = f'<img src="{pixel_url}" width="1" height="1" alt="" style="display:none">'
         body = body.replace("</body>", pixel + "</body>") if "</body>" in body else body + pixel

@@ -18,11 +18,13 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from html import unescape
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, Undefined, meta, nodes
+from jinja2 import TemplateSyntaxError, Undefined, meta, nodes, pass_context
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
 
 MAX_SOURCE = 100_000
 MAX_OUTPUT = 512_000
@@ -108,6 +110,15 @@ _HTML = BoundedEnvironment(autoescape=True, undefined=Undefined)
 _TEXT = BoundedEnvironment(autoescape=False, undefined=Undefined)
 
 
+@pass_context
+def _track_filter(context: Any, value: str) -> Markup:
+    """`{% filter cs_track %}` around a templated href: the rendered (escaped) URL, routed through tracking."""
+    return escape(context["cs_track"](unescape(str(value))))
+
+
+_HTML.filters["cs_track"] = _track_filter
+
+
 def _column(source: str, line: int | None, message: str) -> int:
     """Jinja reports lines only; point at the quoted token of the message on that line, or its first tag."""
     if not line:
@@ -134,8 +145,11 @@ class CompiledTemplate:
     html: bool
     template: Any
     variables: set[str] = field(default_factory=set)
+    constant: str | None = None  # plain text with no template code renders as itself
 
     def render(self, context: Mapping[str, Any]) -> str:
+        if self.constant is not None:
+            return self.constant
         environment = _HTML if self.html else _TEXT
         environment.deadline.until = time.monotonic() + RENDER_SECONDS
         try:
@@ -171,8 +185,13 @@ def compiled(source: str, *, html: bool) -> CompiledTemplate:
         raise TemplateProblem("Templates cannot include, import or extend other templates.", line=node.lineno, column=1)
     if _loop_depth(tree) > MAX_LOOP_DEPTH:
         raise TemplateProblem(f"Loops nest at most {MAX_LOOP_DEPTH} deep.")
+    plain = "{" not in source and "%}" not in source and "#}" not in source
     return CompiledTemplate(
-        source=source, html=html, template=environment.from_string(tree), variables=meta.find_undeclared_variables(tree)
+        source=source,
+        html=html,
+        template=environment.from_string(tree),
+        variables=meta.find_undeclared_variables(tree),
+        constant=source if plain else None,
     )
 
 
