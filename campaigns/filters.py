@@ -68,6 +68,11 @@ SORTS = {
     "-scheduled": ("-scheduled_at",),
     "name": ("name",),
     "-name": ("-name",),
+    # The field names work too.
+    "created_at": ("created_at",),
+    "-created_at": ("-created_at",),
+    "scheduled_at": ("scheduled_at",),
+    "-scheduled_at": ("-scheduled_at",),
 }
 
 

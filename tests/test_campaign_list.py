@@ -130,6 +130,8 @@ def test_filters(teammate, catalogue, query, expected):
         ),
         # Unscheduled campaigns sort last in both directions, newest-created-first among themselves by id.
         ("scheduled", ["Autumn recap", "Spring sale", "Black Friday"]),
+        ("scheduled_at", ["Autumn recap", "Spring sale", "Black Friday"]),
+        ("-created_at", ["Black Friday", "Autumn recap", "Winback", "Welcome flow", "spring teaser", "Spring sale"]),
         ("-scheduled", ["Black Friday", "Spring sale", "Autumn recap"]),
     ],
 )
