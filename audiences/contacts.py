@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -78,8 +79,8 @@ def _check_attributes(raw: Any, errors: dict[str, list[str]]) -> dict[str, Any] 
                 problems.append(f"{name}: lists hold up to 100 strings, numbers or booleans.")
             elif any(type(item) is str and "\x00" in item for item in value):
                 problems.append(f"{name}: text cannot contain NUL characters.")
-        elif kind is float and value != value:
-            problems.append(f"{name}: not a number.")
+        elif kind is float and not math.isfinite(value):
+            problems.append(f"{name}: not a finite number.")
         if not (type(name) is str and ATTRIBUTE_NAME.match(name)):
             problems.append(f"{name!r}: names are 1-64 letters, digits, _ or -.")
     if problems:

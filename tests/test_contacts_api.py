@@ -239,3 +239,11 @@ def test_nul_characters_are_rejected_not_a_500(teammate, contact):
     assert response.status_code == 200
     assert response.data["created"] == 0
     assert len(response.data["rejected"]) == 1
+
+
+def test_non_finite_numbers_are_rejected(teammate):
+    from audiences.contacts import validate_contact
+
+    for value in (float("inf"), float("-inf"), float("nan")):
+        _, errors = validate_contact({"external_id": "x", "attributes": {"n": value}})
+        assert "attributes" in errors

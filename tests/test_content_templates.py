@@ -127,3 +127,7 @@ def test_unknown_variables_are_warnings():
         "Unknown contact field 'contact.nickname'.",
         "Unknown variable 'coupon'.",
     ]
+
+
+def test_internal_filters_are_harmless_in_marketer_templates():
+    assert render("{% filter cs_track %}https://x.example/{% endfilter %}", {}, html=True) == "https://x.example/"

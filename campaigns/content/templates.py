@@ -14,6 +14,7 @@ Templates compile once (cached by source) and render many times: `compiled(sourc
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ class TemplateProblem(ValueError):
         return f"{where}{self.message}"
 
 
-class _Deadline:
+class _Deadline(threading.local):
+    """Per thread: concurrent renders in a threaded server each keep their own deadline."""
+
     def __init__(self) -> None:
         self.until = float("inf")
 
@@ -113,7 +116,10 @@ _TEXT = BoundedEnvironment(autoescape=False, undefined=Undefined)
 @pass_context
 def _track_filter(context: Any, value: str) -> Markup:
     """`{% filter cs_track %}` around a templated href: the rendered (escaped) URL, routed through tracking."""
-    return escape(context["cs_track"](unescape(str(value))))
+    track = context.get("cs_track")
+    if track is None:  # a template using the filter itself, outside a tracked email render
+        return escape(value)
+    return escape(track(unescape(str(value))))
 
 
 _HTML.filters["cs_track"] = _track_filter
@@ -158,7 +164,7 @@ class CompiledTemplate:
             output = self.template.render(context)
         except SecurityError as exc:
             raise TemplateProblem(f"Not allowed in a template: {exc}") from exc
-        except (TemplateError, TypeError, ValueError, ArithmeticError, UndefinedError) as exc:
+        except (TemplateError, TypeError, ValueError, ArithmeticError, UndefinedError, LookupError) as exc:
             if isinstance(exc, TemplateProblem):
                 raise
             raise TemplateProblem(f"The template failed to render: {exc}") from exc
