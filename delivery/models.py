@@ -1,1 +1,94 @@
-"""delivery arrives with its issue; the app exists so migrations and imports have a home."""
+"""Runs and their messages. PostgreSQL is the source of truth for every message; Redis only carries work."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from audiences.models import Contact, Organisation
+from campaigns.models import Campaign, Channel, Variant
+
+
+class Run(models.Model):
+    """One execution of a campaign (a recurring campaign has many), with its own audience snapshot and counters."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        FANNING_OUT = "fanning_out", "Preparing recipients"
+        READY = "ready", "Ready to send"
+        SENDING = "sending", "Sending"
+        PAUSED = "paused", "Paused"
+        COMPLETED = "completed", "Completed"
+        CANCELLED = "cancelled", "Cancelled"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="runs")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    audience_count = models.PositiveIntegerField(default=0)
+    holdout_count = models.PositiveIntegerField(default=0)
+    message_count = models.PositiveIntegerField(default=0)
+    control_count = models.PositiveIntegerField(default=0)
+    # Recipients left out, by reason: {"no_email": 12, "no_phone": 40, …}.
+    excluded = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "number"], name="run_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} run {self.number}"
+
+
+class Message(models.Model):
+    """One recipient on one channel in one run. (run, contact, channel) is the idempotency key: fan-out can be
+    repeated without duplicates, and the same key goes to providers that deduplicate."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        HOLDOUT = "holdout", "Held out"
+        CONTROL = "control", "Control group"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        BOUNCED = "bounced", "Bounced"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        SKIPPED = "skipped", "Skipped"
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="messages")
+    # No database-level FK checks on contact and variant: fan-out writes millions of rows at once and both are known
+    # to exist (they come from the same statement's join). Deleting contacts goes through services that clean up.
+    contact = models.ForeignKey(Contact, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    variant = models.ForeignKey(Variant, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    due_at = models.DateTimeField()
+    attempts = models.PositiveSmallIntegerField(default=0)
+    provider_message_id = models.CharField(max_length=200, blank=True, default="")
+    error = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "contact", "channel"], name="message_idempotency_key"),
+        ]
+        indexes = [
+            # Workers claim due messages from this (SELECT … FOR UPDATE SKIP LOCKED); only queued rows are in it.
+            models.Index(fields=["due_at"], condition=models.Q(status="queued"), name="message_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.contact_id}:{self.channel}"
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}:{self.contact_id}:{self.channel}"

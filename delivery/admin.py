@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from delivery.models import Message, Run
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["campaign", "number", "status", "audience_count", "message_count", "holdout_count", "created_at"]
+    list_filter = ["status", "organisation"]
+    search_fields = ["campaign__name", "id"]
+    list_select_related = ["campaign"]
+    readonly_fields = [f.name for f in Run._meta.fields]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    """Read-only: messages change only through the delivery engine."""
+
+    list_display = ["id", "run", "channel", "status", "due_at", "attempts", "sent_at"]
+    list_filter = ["status", "channel"]
+    search_fields = ["provider_message_id", "contact__external_id"]
+    list_select_related = ["run", "run__campaign"]
+    raw_id_fields = ["run", "contact", "variant"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
