@@ -198,11 +198,6 @@ def is_member(organisation: Organisation, condition: Compiled, contact_id: int) 
 # The same formula runs in SQL (set-based resolution) and Python (one contact), so both always agree, and it
 # depends on nothing but the seed and the id: stable across runs, processes and database restarts.
 
-# Written for a parametrised query: %s is the seed, %% a literal modulo.
-HOLDOUT_BUCKET_SQL = (
-    "(('x' || substr(md5(%s || ':' || \"audiences_contact\".id::text), 1, 8))::bit(32)::bigint %% 10000)"
-)
-
 
 def holdout_bucket(seed: str, contact_id: int) -> int:
     import hashlib
@@ -217,11 +212,17 @@ def in_holdout(seed: str, contact_id: int, holdout_percent: float) -> bool:
 def resolution_select(
     organisation: Organisation, condition: Compiled, *, holdout_percent: float = 0, seed: str = ""
 ) -> Compiled:
-    """`SELECT contact_id, is_holdout` for the whole audience: one statement, to feed INSERT … SELECT."""
+    """`SELECT contact_id, is_holdout, variant_bucket` for the whole audience: one statement, to feed
+    INSERT … SELECT. One MD5 per contact gives both draws: bits 1-32 the holdout, bits 33-64 the variant bucket
+    (campaigns.content.assignment)."""
     threshold = round(holdout_percent * 100)
     return Compiled(
-        f'SELECT "audiences_contact".id AS contact_id, ({HOLDOUT_BUCKET_SQL} < %s) AS is_holdout'
-        f" FROM audiences_contact"
+        'SELECT "audiences_contact".id AS contact_id, (b.holdout_bucket < %s) AS is_holdout,'
+        " b.variant_bucket FROM audiences_contact"
+        " CROSS JOIN LATERAL (SELECT md5(%s || ':' || \"audiences_contact\".id::text) AS digest) m"
+        " CROSS JOIN LATERAL (SELECT"
+        " ('x' || substr(m.digest, 1, 8))::bit(32)::bigint %% 10000 AS holdout_bucket,"
+        " ('x' || substr(m.digest, 9, 8))::bit(32)::bigint %% 10000 AS variant_bucket) b"
         f' WHERE "audiences_contact".organisation_id = %s AND {condition.sql}',
-        [seed, threshold, organisation.pk, *condition.params],
+        [threshold, seed, organisation.pk, *condition.params],
     )

@@ -156,9 +156,14 @@ def main() -> None:
     select = engine.resolution_select(organisation, condition, holdout_percent=10, seed="bench-campaign")
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS bench_recipients")
-        cursor.execute("CREATE UNLOGGED TABLE bench_recipients (contact_id bigint PRIMARY KEY, is_holdout boolean)")
+        cursor.execute(
+            "CREATE UNLOGGED TABLE bench_recipients"
+            " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer)"
+        )
         started = time.perf_counter()
-        cursor.execute(f"INSERT INTO bench_recipients (contact_id, is_holdout) {select.sql}", select.params)
+        cursor.execute(
+            f"INSERT INTO bench_recipients (contact_id, is_holdout, variant_bucket) {select.sql}", select.params
+        )
         written = cursor.rowcount
         elapsed = time.perf_counter() - started
         cursor.execute("SELECT count(*) FILTER (WHERE is_holdout) FROM bench_recipients")
@@ -170,7 +175,9 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE bench_recipients")
         started = time.perf_counter()
-        cursor.execute(f"INSERT INTO bench_recipients (contact_id, is_holdout) {select.sql}", select.params)
+        cursor.execute(
+            f"INSERT INTO bench_recipients (contact_id, is_holdout, variant_bucket) {select.sql}", select.params
+        )
         written = cursor.rowcount
         elapsed = time.perf_counter() - started
         cursor.execute("DROP TABLE bench_recipients")

@@ -15,30 +15,24 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audiences.rules import Compiled
-from campaigns.audience import audience_resolution_select, holdout_seed
-from campaigns.content.assignment import BUCKETS
+from campaigns.audience import audience_resolution_select
 from campaigns.models import Campaign, Channel
-from delivery.models import Run
+from delivery.models import Message, Run
 
 # Channels that need an address on the contact, and the column that holds it.
 ADDRESS_COLUMNS = {Channel.EMAIL: "email", Channel.SMS: "phone", Channel.WHATSAPP: "phone"}
 
 
-# The variant bucket of campaigns.content.assignment, computed once per contact (params: the seed).
-BUCKET_SQL = (
-    f"(('x' || substr(md5('variant:' || %s || ':' || r.contact_id::text), 1, 8))::bit(32)::bigint %% {BUCKETS})"
-)
-
-
 def _variant_case(campaign: Campaign) -> tuple[str, list[Any], list[Any]]:
-    """SQL choosing each contact's variant id from its bucket `b.bucket`, its params, and the control variant ids."""
+    """SQL choosing each contact's variant id from its bucket (`r.variant_bucket`, out of BUCKETS), its params, and
+    the control variant ids."""
     variants = list(campaign.variants.order_by("position", "name"))
     whens: list[str] = []
     params: list[Any] = []
     upper = 0
     for variant in variants[:-1]:
         upper += variant.allocation_percent * 100
-        whens.append(f"WHEN b.bucket < {upper} THEN %s::uuid")
+        whens.append(f"WHEN r.variant_bucket < {upper} THEN %s::uuid")
         params.append(str(variant.pk))
     params.append(str(variants[-1].pk))
     sql = ("CASE " + " ".join(whens) + " ELSE %s::uuid END") if whens else "%s::uuid"
@@ -69,13 +63,18 @@ def run_fan_out(run_id: Any) -> Run | None:
     )
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
+        # One fan-out per run at a time (a redelivered task waits, then finds the run done).
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('run-fan-out'), hashtext(%s))", [str(run.pk)])
+        # A first fan-out inserts plainly; only a resumed one pays for per-row conflict checks.
+        resumed = Message.objects.filter(run_id=run.pk).exists()
+        on_conflict = "ON CONFLICT ON CONSTRAINT message_idempotency_key DO NOTHING" if resumed else ""
         # Session-local staging, emptied at commit; IF NOT EXISTS because a connection reuses it across runs.
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS run_audience (contact_id bigint PRIMARY KEY, is_holdout boolean)"
-            " ON COMMIT DELETE ROWS"
+            "CREATE TEMP TABLE IF NOT EXISTS run_audience"
+            " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer) ON COMMIT DELETE ROWS"
         )
         cursor.execute("TRUNCATE run_audience")
-        cursor.execute(f"INSERT INTO run_audience (contact_id, is_holdout) {select.sql}", select.params)
+        cursor.execute(f"INSERT INTO run_audience (contact_id, is_holdout, variant_bucket) {select.sql}", select.params)
         audience = cursor.rowcount
         cursor.execute(
             "SELECT count(*) FILTER (WHERE r.is_holdout),"
@@ -94,13 +93,12 @@ def run_fan_out(run_id: Any) -> Run | None:
                    %s, 0, '', '', %s
             FROM run_audience r
             JOIN audiences_contact c ON c.id = r.contact_id
-            CROSS JOIN LATERAL (SELECT {BUCKET_SQL} AS bucket) b
             CROSS JOIN LATERAL (SELECT {variant_sql} AS variant_id) v
             CROSS JOIN unnest(%s::text[]) AS ch(channel)
             WHERE {address_checks}
-            ON CONFLICT ON CONSTRAINT message_idempotency_key DO NOTHING
+            {on_conflict}
             """,
-            [str(run.pk), control_ids, now, now, holdout_seed(campaign), *variant_params, channels],
+            [str(run.pk), control_ids, now, now, *variant_params, channels],
         )
         cursor.execute(
             "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'control'),"

@@ -1,9 +1,10 @@
 """Deterministic variant assignment.
 
-bucket = first 32 bits of md5("variant:<campaign id>:<contact id>") as an unsigned integer, modulo 10,000.
-Variants own consecutive bucket ranges in their order, each as wide as its allocation percent times 100. The same
-contact in the same campaign always lands in the same variant, in every run and process, and the "variant:"
-prefix keeps this independent of the holdout draw (which hashes "<campaign id>:<contact id>").
+bucket = the second 32 bits (hex digits 9-16) of md5("<campaign id>:<contact id>") as an unsigned integer,
+modulo 10,000. Variants own consecutive bucket ranges in their order, each as wide as its allocation percent
+times 100. The same contact in the same campaign always lands in the same variant, in every run and process. The
+holdout draw uses the first 32 bits of the same digest (audiences.segments), so one MD5 per contact serves both
+and the two draws are independent.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ BUCKETS = 10_000
 
 
 def variant_bucket(seed: str, contact_id: int) -> int:
-    digest = hashlib.md5(f"variant:{seed}:{contact_id}".encode()).hexdigest()  # noqa: S324 - not for security
-    return int(digest[:8], 16) % BUCKETS
+    digest = hashlib.md5(f"{seed}:{contact_id}".encode()).hexdigest()  # noqa: S324 - not for security
+    return int(digest[8:16], 16) % BUCKETS
 
 
 def assign_variant(seed: str, contact_id: int, allocations: Sequence[tuple[Any, float]]) -> Any:
