@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -14,8 +15,11 @@ from django.views.decorators.http import require_POST
 
 from audiences.access import can_write_campaigns
 from audiences.decorators import member_required
+from audiences.models import Segment
+from audiences.rules import RuleError
 from campaigns import selectors, services
-from campaigns.audience import spec_estimate, validate_audience
+from campaigns.audience import audience_estimate, campaign_audience_spec, spec_estimate, validate_audience
+from campaigns.content.preview import campaign_test_send
 from campaigns.filters import CampaignFilter
 from campaigns.forms import CampaignForm
 from campaigns.models import Campaign, CampaignStatus, CampaignType, Channel
@@ -137,7 +141,16 @@ def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
 @member_required
 def campaign_detail_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     campaign = get_campaign_or_404(request, campaign_id, include_deleted=True)
+    spec = campaign_audience_spec(campaign)
+    segment_names = dict(Segment.objects.filter(pk__in=[*spec["include"], *spec["exclude"]]).values_list("pk", "name"))
     context = {
+        "audience": {
+            "include": [segment_names.get(pk, "?") for pk in spec["include"]],
+            "exclude": [segment_names.get(pk, "?") for pk in spec["exclude"]],
+            "combine": spec["combine"],
+            "rules": json.dumps(spec["rules"], indent=2) if spec["rules"] else "",
+            "holdout_percent": spec["holdout_percent"],
+        },
         "campaign": campaign,
         "variants": list(campaign.variants.all()),
         "transitions": [] if campaign.deleted_at else services.allowed_transitions(campaign),
@@ -190,6 +203,37 @@ def campaign_transition_view(request: HttpRequest, campaign_id: Any, action: str
             actor=request.actor, campaign_id=campaign_id, action=action, scheduled_at=scheduled_at
         ),
         "Campaign is now {campaign.status}.",
+    )
+    return redirect("campaigns:detail", campaign_id=campaign_id)
+
+
+@member_required
+def campaign_audience_estimate_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    """The saved audience's size right now (htmx, on the campaign page)."""
+    campaign = get_campaign_or_404(request, campaign_id)
+    exact = request.GET.get("exact") == "1"
+    try:
+        result = audience_estimate(campaign, exact=exact)
+        problems: list[str] = []
+    except (ValidationError, RuleError) as exc:
+        result, problems = None, [str(exc)]
+    return render(request, "campaigns/_estimate.html", {"estimate": result, "problems": problems, "saved": campaign})
+
+
+@require_POST
+@member_required
+def campaign_test_send_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    recipients = [a.strip() for a in request.POST.get("recipients", "").replace(",", "\n").splitlines() if a.strip()]
+    _run(
+        request,
+        campaign_id,
+        lambda: campaign_test_send(
+            actor=request.actor,
+            campaign_id=campaign_id,
+            recipients=recipients or None,
+            variant=request.POST.get("variant") or None,
+        ),
+        "Test email sent.",
     )
     return redirect("campaigns:detail", campaign_id=campaign_id)
 

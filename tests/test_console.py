@@ -286,3 +286,40 @@ def test_tracking_switch_and_seed_list(teammate, campaign):
     campaign.refresh_from_db()
     assert campaign.seed_emails == ["a@example.com", "b@example.com"]
     assert campaign.tracking_enabled is False  # the box was not ticked
+
+
+def test_campaign_page_shows_the_audience_and_its_size(teammate, campaign):
+    client = console_client(teammate)
+    page = client.get(f"/campaigns/{campaign.pk}/").content.decode()
+    assert 'data-testid="audience-summary"' in page
+    fragment = client.get(f"/campaigns/{campaign.pk}/audience/").content.decode()
+    assert 'data-testid="estimate-count">0<' in fragment
+
+
+def test_test_send_from_the_console(teammate, campaign, smtp):
+    campaign.organisation.sender_email = "news@acme.example"
+    campaign.organisation.save()
+    response = console_client(teammate).post(
+        f"/campaigns/{campaign.pk}/test-send/", {"recipients": "qa@example.com", "variant": "A"}, follow=True
+    )
+    assert "Test email sent." in response.content.decode()
+    assert [m[1] for m in smtp.messages] == [["qa@example.com"]]
+    bad = console_client(teammate).post(f"/campaigns/{campaign.pk}/test-send/", {"recipients": "nope"}, follow=True)
+    assert "Not email addresses: nope." in bad.content.decode()
+
+
+def test_a_mail_server_that_refuses_is_a_message_not_a_500(teammate, campaign, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
+    campaign.organisation.sender_email = "news@acme.example"
+    campaign.organisation.save()
+    response = console_client(teammate).post(
+        f"/campaigns/{campaign.pk}/test-send/", {"recipients": "a@example.com"}, follow=True
+    )
+    assert response.status_code == 200
+    assert "The mail server did not take the message" in response.content.decode()
+
+
+@pytest.mark.parametrize(("method", "suffix"), [("get", "audience/"), ("post", "test-send/"), ("get", "content/")])
+def test_new_campaign_pages_are_scoped(outsider, campaign, method, suffix):
+    assert getattr(console_client(outsider), method)(f"/campaigns/{campaign.pk}/{suffix}").status_code == 404

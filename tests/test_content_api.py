@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import email
-import socket
 from collections import Counter
 from email import policy
 
 import pytest
-from aiosmtpd.controller import Controller
 from scipy import stats
 
 from audiences.contacts import contacts_upsert_rows
@@ -19,29 +17,6 @@ from compliance.models import AuditLogEntry
 from tests.factories import CampaignFactory
 
 pytestmark = pytest.mark.django_db
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp(settings):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
-    yield inbox
-    controller.stop()
 
 
 @pytest.fixture

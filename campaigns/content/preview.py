@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import smtplib
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
 from campaigns.selectors import campaign_get
 from compliance.audit import audit_record
+from config.errors import Conflict
 
 SAMPLE_PROFILE = {
     "external_id": "sample-contact",
@@ -147,7 +149,10 @@ def campaign_test_send(
         connection=get_connection(),
     )
     message.attach_alternative(email["html"], "text/html")
-    message.send()
+    try:
+        message.send()
+    except (smtplib.SMTPException, OSError) as exc:
+        raise Conflict(f"The mail server did not take the message: {exc}", code="mail_server_error") from exc
     audit_record(
         actor=actor,
         action="campaign.test_send",
