@@ -63,7 +63,8 @@ def actor_for_user(user: AbstractBaseUser, organisation_id: object | None = None
         membership = memberships.filter(organisation_id=organisation_id).first()
         if membership is not None:
             return Actor(organisation=membership.organisation, role=membership.role, user=user)
-    membership = memberships.order_by("organisation__name").first()
+    # Without a choice in the session: the organisation the user joined first (their "home").
+    membership = memberships.order_by("created_at", "id").first()
     if membership is None:
         return None
     return Actor(organisation=membership.organisation, role=membership.role, user=user)
