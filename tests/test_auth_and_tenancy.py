@@ -222,3 +222,11 @@ def test_a_signed_in_user_without_organisation_is_403(db):
     client = APIClient()
     client.force_login(membership_less)
     assert client.get("/api/v1/campaigns/").status_code == 403
+
+
+def test_without_a_session_choice_a_user_lands_in_the_organisation_they_joined_first(teammate, other_organisation):
+    MembershipFactory(user=teammate.membership.user, organisation=other_organisation, role=Role.ADMIN)
+    CampaignFactory(organisation=teammate.organisation, name="Home")
+    CampaignFactory(organisation=other_organisation, name="Joined later")
+    names = [r["name"] for r in teammate.client.get("/api/v1/campaigns/").data["results"]]
+    assert names == ["Home"]
