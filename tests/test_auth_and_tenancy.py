@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from audiences.models import ApiKey, Role
 from campaigns.models import Campaign
 from compliance.models import AuditLogEntry
-from tests.factories import CampaignFactory, MembershipFactory, issue_key
+from tests.factories import CampaignFactory, MembershipFactory, OrganisationFactory, issue_key
 
 pytestmark = pytest.mark.django_db
 
@@ -224,9 +224,10 @@ def test_a_signed_in_user_without_organisation_is_403(db):
     assert client.get("/api/v1/campaigns/").status_code == 403
 
 
-def test_without_a_session_choice_a_user_lands_in_the_organisation_they_joined_first(teammate, other_organisation):
-    MembershipFactory(user=teammate.membership.user, organisation=other_organisation, role=Role.ADMIN)
+def test_without_a_session_choice_a_user_lands_in_the_organisation_they_joined_first(teammate):
+    later = OrganisationFactory(name="Aardvark Ltd")  # sorts before "Acme": the name must not decide
+    MembershipFactory(user=teammate.membership.user, organisation=later, role=Role.ADMIN)
     CampaignFactory(organisation=teammate.organisation, name="Home")
-    CampaignFactory(organisation=other_organisation, name="Joined later")
+    CampaignFactory(organisation=later, name="Joined later")
     names = [r["name"] for r in teammate.client.get("/api/v1/campaigns/").data["results"]]
     assert names == ["Home"]
