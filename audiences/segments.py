@@ -212,13 +212,14 @@ def in_holdout(seed: str, contact_id: int, holdout_percent: float) -> bool:
 def resolution_select(
     organisation: Organisation, condition: Compiled, *, holdout_percent: float = 0, seed: str = ""
 ) -> Compiled:
-    """`SELECT contact_id, is_holdout, variant_bucket` for the whole audience: one statement, to feed
-    INSERT … SELECT. One MD5 per contact gives both draws: bits 1-32 the holdout, bits 33-64 the variant bucket
-    (campaigns.content.assignment)."""
+    """`SELECT contact_id, is_holdout, variant_bucket, has_email, has_phone` for the whole audience: one statement,
+    to feed INSERT … SELECT. One MD5 per contact gives both draws: bits 1-32 the holdout, bits 33-64 the variant
+    bucket (campaigns.content.assignment). The address flags save fan-out a second pass over the contacts."""
     threshold = round(holdout_percent * 100)
     return Compiled(
         'SELECT "audiences_contact".id AS contact_id, (b.holdout_bucket < %s) AS is_holdout,'
-        " b.variant_bucket FROM audiences_contact"
+        " b.variant_bucket, \"audiences_contact\".email <> '' AS has_email,"
+        " \"audiences_contact\".phone <> '' AS has_phone FROM audiences_contact"
         " CROSS JOIN LATERAL (SELECT md5(%s || ':' || \"audiences_contact\".id::text) AS digest) m"
         " CROSS JOIN LATERAL (SELECT"
         " ('x' || substr(m.digest, 1, 8))::bit(32)::bigint %% 10000 AS holdout_bucket,"

@@ -158,11 +158,13 @@ def main() -> None:
         cursor.execute("DROP TABLE IF EXISTS bench_recipients")
         cursor.execute(
             "CREATE UNLOGGED TABLE bench_recipients"
-            " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer)"
+            " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer, has_email boolean,"
+            " has_phone boolean)"
         )
         started = time.perf_counter()
         cursor.execute(
-            f"INSERT INTO bench_recipients (contact_id, is_holdout, variant_bucket) {select.sql}", select.params
+            f"INSERT INTO bench_recipients (contact_id, is_holdout, variant_bucket, has_email, has_phone) {select.sql}",
+            select.params,
         )
         written = cursor.rowcount
         elapsed = time.perf_counter() - started
@@ -176,7 +178,8 @@ def main() -> None:
         cursor.execute("TRUNCATE bench_recipients")
         started = time.perf_counter()
         cursor.execute(
-            f"INSERT INTO bench_recipients (contact_id, is_holdout, variant_bucket) {select.sql}", select.params
+            f"INSERT INTO bench_recipients (contact_id, is_holdout, variant_bucket, has_email, has_phone) {select.sql}",
+            select.params,
         )
         written = cursor.rowcount
         elapsed = time.perf_counter() - started

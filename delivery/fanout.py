@@ -19,8 +19,8 @@ from campaigns.audience import audience_resolution_select
 from campaigns.models import Campaign, Channel
 from delivery.models import Message, Run
 
-# Channels that need an address on the contact, and the column that holds it.
-ADDRESS_COLUMNS = {Channel.EMAIL: "email", Channel.SMS: "phone", Channel.WHATSAPP: "phone"}
+# Channels that need an address on the contact, and the staging flag saying the contact has one.
+ADDRESS_FLAGS = {Channel.EMAIL: "has_email", Channel.SMS: "has_phone", Channel.WHATSAPP: "has_phone"}
 
 
 def _variant_case(campaign: Campaign) -> tuple[str, list[Any], list[Any]]:
@@ -58,9 +58,7 @@ def run_fan_out(run_id: Any) -> Run | None:
     select: Compiled = audience_resolution_select(campaign)
     variant_sql, variant_params, control_ids = _variant_case(campaign)
     channels = list(campaign.channels)
-    address_checks = " AND ".join(
-        f"(ch.channel <> '{channel}' OR c.{column} <> '')" for channel, column in ADDRESS_COLUMNS.items()
-    )
+    address_checks = " AND ".join(f"(ch.channel <> '{channel}' OR r.{flag})" for channel, flag in ADDRESS_FLAGS.items())
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         # One fan-out per run at a time (a redelivered task waits, then finds the run done).
@@ -71,19 +69,23 @@ def run_fan_out(run_id: Any) -> Run | None:
         # Session-local staging, emptied at commit; IF NOT EXISTS because a connection reuses it across runs.
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS run_audience"
-            " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer) ON COMMIT DELETE ROWS"
+            " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer, has_email boolean,"
+            " has_phone boolean) ON COMMIT DELETE ROWS"
         )
         cursor.execute("TRUNCATE run_audience")
-        cursor.execute(f"INSERT INTO run_audience (contact_id, is_holdout, variant_bucket) {select.sql}", select.params)
+        cursor.execute(
+            f"INSERT INTO run_audience (contact_id, is_holdout, variant_bucket, has_email, has_phone) {select.sql}",
+            select.params,
+        )
         audience = cursor.rowcount
         cursor.execute(
-            "SELECT count(*) FILTER (WHERE r.is_holdout),"
-            " count(*) FILTER (WHERE c.email = ''), count(*) FILTER (WHERE c.phone = '')"
-            " FROM run_audience r JOIN audiences_contact c ON c.id = r.contact_id"
+            "SELECT count(*) FILTER (WHERE is_holdout), count(*) FILTER (WHERE NOT has_email),"
+            " count(*) FILTER (WHERE NOT has_phone) FROM run_audience"
         )
         holdout, no_email, no_phone = cursor.fetchone()
         cursor.execute(
             f"""
+            WITH inserted AS (
             INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, status, due_at, attempts,
                                           provider_message_id, error, created_at)
             SELECT %s, r.contact_id, ch.channel, v.variant_id,
@@ -92,20 +94,25 @@ def run_fan_out(run_id: Any) -> Run | None:
                         ELSE 'queued' END,
                    %s, 0, '', '', %s
             FROM run_audience r
-            JOIN audiences_contact c ON c.id = r.contact_id
             CROSS JOIN LATERAL (SELECT {variant_sql} AS variant_id) v
             CROSS JOIN unnest(%s::text[]) AS ch(channel)
             WHERE {address_checks}
             {on_conflict}
+            RETURNING status
+            )
+            SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'control'), count(*)
+            FROM inserted
             """,
             [str(run.pk), control_ids, now, now, *variant_params, channels],
         )
-        cursor.execute(
-            "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'control'),"
-            " count(*) FROM delivery_message WHERE run_id = %s",
-            [str(run.pk)],
-        )
         queued, control, total = cursor.fetchone()
+        if resumed:  # rows from the interrupted attempt count too
+            cursor.execute(
+                "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'control'),"
+                " count(*) FROM delivery_message WHERE run_id = %s",
+                [str(run.pk)],
+            )
+            queued, control, total = cursor.fetchone()
         excluded = {}
         if Channel.EMAIL in channels and no_email:
             excluded["no_email"] = no_email

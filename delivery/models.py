@@ -63,7 +63,9 @@ class Message(models.Model):
         SKIPPED = "skipped", "Skipped"
 
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="messages")
+    # The run reference is not a database FK either: a per-row RI check costs seconds per million rows at fan-out.
+    # Runs are deleted with their messages by delivery services, not by cascades.
+    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="messages", db_constraint=False)
     # No database-level FK checks on contact and variant: fan-out writes millions of rows at once and both are known
     # to exist (they come from the same statement's join). Deleting contacts goes through services that clean up.
     contact = models.ForeignKey(Contact, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
