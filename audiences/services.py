@@ -43,6 +43,7 @@ from audiences.models import (
 )
 from audiences.rules import RuleError
 from audiences.segments import compiler_for, parse_external_query
+from audiences.signals import contacts_deleting
 from compliance.audit import audit_record
 from config.errors import Conflict
 
@@ -289,6 +290,7 @@ def contact_update(*, actor: Actor, contact: Contact, data: dict[str, object]) -
 def contact_delete(*, actor: Actor, contact: Contact) -> None:
     require_contact_write(actor)
     audit_record(actor=actor, action="contact.delete", target=contact, details={"external_id": contact.external_id})
+    contacts_deleting.send(sender=Contact, organisation_id=contact.organisation_id, contact_ids=[contact.pk])
     contact.delete()
 
 

@@ -20,6 +20,7 @@ from campaigns.audience import campaign_audience_spec, validate_audience
 from campaigns.content.channels import content_problems
 from campaigns.models import Campaign, CampaignSegment, CampaignStatus, CampaignType, Channel, SegmentRole, Variant
 from campaigns.selectors import campaign_get_for_update
+from campaigns.signals import campaigns_purging
 from compliance.audit import audit_record
 from compliance.models import AuditLogEntry
 from config.errors import Conflict
@@ -609,6 +610,7 @@ def campaigns_purge_deleted(*, now: datetime | None = None, batch_size: int = PU
                 return purged
             ids = [pk for pk, _, _ in batch]
             variant_ids = list(Variant.objects.filter(campaign_id__in=ids).values_list("pk", flat=True))
+            campaigns_purging.send(sender=Campaign, campaign_ids=ids)
             Campaign.objects.filter(pk__in=ids).delete()
             # Deleting makes simple_history write "deleted" rows; the whole history goes, as GDPR asks.
             Variant.history.model.objects.filter(id__in=variant_ids).delete()

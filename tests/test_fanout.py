@@ -84,3 +84,25 @@ def test_fan_out_is_idempotent(campaign):
 
 def test_runs_are_numbered_per_campaign(campaign):
     assert [run_create(campaign=campaign).number for _ in range(3)] == [1, 2, 3]
+
+
+def test_purging_a_campaign_and_deleting_a_contact_remove_their_messages(campaign, teammate):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from audiences.models import Contact
+    from audiences.services import contact_delete
+    from campaigns.models import Campaign
+    from campaigns.services import campaigns_purge_deleted
+    from delivery.models import Run
+
+    run = run_fan_out(run_create(campaign=campaign).pk)
+    contact = Contact.objects.get(external_id="f3")
+    contact_delete(actor=teammate.actor, contact=contact)
+    assert not Message.objects.filter(contact_id=contact.pk).exists()
+    assert Message.objects.filter(run=run).exists()
+    Campaign.objects.filter(pk=campaign.pk).update(deleted_at=timezone.now() - timedelta(days=31))
+    assert campaigns_purge_deleted() == 1
+    assert not Message.objects.filter(run_id=run.pk).exists()
+    assert not Run.objects.filter(pk=run.pk).exists()
