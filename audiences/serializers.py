@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from audiences.models import ApiKey, Organisation, Role
+from audiences.services import ORGANISATION_SETTINGS
 
 
 class OrganisationSerializer(serializers.ModelSerializer):
@@ -10,23 +11,7 @@ class OrganisationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Organisation
-        fields = [
-            "id",
-            "slug",
-            "name",
-            "timezone",
-            "default_messages_per_minute",
-            "default_messages_per_hour",
-            "default_quiet_hours_start",
-            "default_quiet_hours_end",
-            "sender_name",
-            "sender_email",
-            "reply_to_email",
-            "sms_sender_id",
-            "postal_address",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["id", "slug", *ORGANISATION_SETTINGS, "created_at", "updated_at"]
         read_only_fields = fields
 
 
@@ -42,6 +27,7 @@ class OrganisationUpdateSerializer(serializers.Serializer):
     reply_to_email = serializers.EmailField(required=False, allow_blank=True)
     sms_sender_id = serializers.CharField(max_length=20, required=False, allow_blank=True)
     postal_address = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+    verified_senders = serializers.ListField(child=serializers.EmailField(), required=False, max_length=50)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

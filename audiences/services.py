@@ -191,6 +191,7 @@ ORGANISATION_SETTINGS = (
     "sender_name",
     "sender_email",
     "reply_to_email",
+    "verified_senders",
     "sms_sender_id",
     "postal_address",
 )

@@ -60,3 +60,26 @@ def test_admins_see_and_rotate_the_webhook_secret(owner, teammate):
     assert rotated != secret
     assert owner.api.get("/api/v1/organisation/").data["webhook_secret"] == rotated
     assert AuditLogEntry.objects.filter(action="organisation.rotate_webhook_secret").count() == 1
+
+
+def test_admins_set_verified_senders_that_campaigns_may_use(owner, teammate):
+    response = owner.api.patch("/api/v1/organisation/", {"verified_senders": ["promo@acme.example"]}, format="json")
+    assert response.status_code == 200, response.data
+    assert response.data["verified_senders"] == ["promo@acme.example"]
+    assert owner.api.patch("/api/v1/organisation/", {"verified_senders": ["nope"]}, format="json").status_code == 400
+    created = teammate.api.post(
+        "/api/v1/campaigns/",
+        {
+            "name": "From promo",
+            "channels": ["email"],
+            "variants": [
+                {
+                    "name": "A",
+                    "allocation_percent": 100,
+                    "content": {"email": {"subject": "s", "html": "h", "from_email": "promo@acme.example"}},
+                }
+            ],
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.data
