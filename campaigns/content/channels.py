@@ -6,7 +6,6 @@ checked when the campaign is launched.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -194,11 +193,3 @@ def content_warnings(channel: str, content: Mapping[str, Any], *, attribute_name
             except TemplateProblem:
                 continue  # reported as a problem elsewhere
     return warnings
-
-
-def payload_is_json(rendered: str) -> str | None:
-    try:
-        json.loads(rendered)
-    except ValueError as exc:
-        return f"the rendered payload is not JSON: {exc}"
-    return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from html import unescape
@@ -233,12 +233,3 @@ def _attribute_chain(node: nodes.Getattr) -> list[str]:
 
 def render(source: str, context: Mapping[str, Any], *, html: bool) -> str:
     return compiled(source, html=html).render(context)
-
-
-def iter_problems(sources: Mapping[str, tuple[str, bool]]) -> Iterator[tuple[str, TemplateProblem]]:
-    """(field, problem) for each field whose template does not compile."""
-    for name, (source, html) in sources.items():
-        try:
-            compiled(source, html=html)
-        except TemplateProblem as exc:
-            yield name, exc
