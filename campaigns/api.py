@@ -207,10 +207,24 @@ class CampaignViewSet(
     @extend_schema(request=ScheduleSerializer, responses={200: CampaignSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def schedule(self, request: Request, pk: str) -> Response:
-        """draft → scheduled (scheduled campaigns). The time must be at least 5 minutes ahead."""
+        """draft → scheduled: once (at least 5 minutes ahead) or recurring, in a timezone."""
         payload = ScheduleSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        return self._transition(request, pk, "schedule", scheduled_at=payload.validated_data.get("scheduled_at"))
+        return self._transition(request, pk, "schedule", schedule=payload.validated_data)
+
+    @extend_schema(request=ScheduleSerializer, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def reschedule(self, request: Request, pk: str) -> Response:
+        """Change the schedule of a scheduled campaign (it stays scheduled)."""
+        payload = ScheduleSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        return self._transition(request, pk, "reschedule", schedule=payload.validated_data)
+
+    @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"], url_path="send-now")
+    def send_now(self, request: Request, pk: str) -> Response:
+        """draft/scheduled → running: a run starts at once (a scheduled campaign's schedule is replaced)."""
+        return self._transition(request, pk, "start")
 
     @extend_schema(request=None, responses={200: CampaignSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])

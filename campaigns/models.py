@@ -39,6 +39,14 @@ class Channel(models.TextChoices):
     WEBHOOK = "webhook", "Webhook"
 
 
+class Recurrence(models.TextChoices):
+    NONE = "none", "Once"
+    DAILY = "daily", "Daily"
+    WEEKLY = "weekly", "Weekly"
+    MONTHLY = "monthly", "Monthly"
+    CRON = "cron", "Custom (cron)"
+
+
 class AudienceCombine(models.TextChoices):
     AND = "and", "in all of the segments"
     OR = "or", "in any of the segments"
@@ -63,8 +71,17 @@ class Campaign(models.Model):
         related_name="owned_campaigns",
     )
 
-    # When a scheduled campaign should (first) run. Recurring schedules arrive with the execution engine.
+    # When a scheduled campaign runs next (UTC). For a recurring campaign it is the next occurrence of the cron
+    # expression in schedule_timezone, moved on after every run.
     scheduled_at = models.DateTimeField(null=True, blank=True)
+    # The zone the marketer chose the time in (empty: the organisation's); recurring times are wall-clock times
+    # there, so "9:00 daily" stays 9:00 across daylight-saving changes.
+    schedule_timezone = models.CharField(max_length=64, blank=True, default="")
+    recurrence = models.CharField(max_length=8, choices=Recurrence.choices, default=Recurrence.NONE)
+    # Five-field cron (minute hour day-of-month month day-of-week) for every recurring kind; daily/weekly/monthly
+    # are written as cron too, so one evaluator decides every occurrence.
+    cron_expression = models.CharField(max_length=120, blank=True, default="")
+    recurrence_ends_at = models.DateTimeField(null=True, blank=True)
 
     # Audience: included segments combined with AND/OR, an optional inline rule tree (ANDed with them), excluded
     # segments, and a holdout share kept as a control group. Resolved when the campaign runs, not when saved.
@@ -83,6 +100,10 @@ class Campaign(models.Model):
     # Test sends go to these addresses; with seed_copy_every_send they also get a copy of every real send.
     seed_emails = ArrayField(models.EmailField(), default=list, blank=True)
     seed_copy_every_send = models.BooleanField(default=False)
+
+    # How the built-in sandbox provider behaves for this campaign (latency, outcome and engagement rates per
+    # variant); empty uses settings.SANDBOX_PROVIDER. Only the sandbox reads it.
+    sandbox_profile = models.JSONField(default=dict, blank=True)
 
     # Per-campaign throttle; empty inherits the organisation's default.
     messages_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
@@ -147,6 +168,8 @@ class Campaign(models.Model):
             Index(fields=["organisation", "-deleted_at"], condition=~LIVE, name="campaign_deleted_idx"),
             Index(fields=["deleted_at"], condition=~LIVE, name="campaign_purge_idx"),
             GinIndex(fields=["channels"], name="campaign_channels_gin"),
+            # The engine's safety net polls this for scheduled campaigns whose time has come.
+            Index(fields=["scheduled_at"], condition=LIVE & models.Q(status="scheduled"), name="campaign_due_idx"),
         ]
 
     def __str__(self) -> str:

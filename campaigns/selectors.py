@@ -23,7 +23,7 @@ def campaign_queryset(actor: Actor, *, deleted: str = "exclude") -> QuerySet[Cam
 def campaign_list(actor: Actor, *, deleted: str = "exclude") -> QuerySet[Campaign]:
     return (
         campaign_queryset(actor, deleted=deleted)
-        .select_related("owner")
+        .select_related("owner", "organisation")
         .prefetch_related(Prefetch("variants", queryset=Variant.objects.order_by("position", "name")), "segment_links")
     )
 

@@ -6,7 +6,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from campaigns.content.channels import content_warnings
-from campaigns.models import Campaign, CampaignType, Channel, Variant
+from campaigns.models import Campaign, CampaignType, Channel, Recurrence, Variant
+from campaigns.scheduling import campaign_timezone, describe_schedule
 from campaigns.services import MAX_VARIANTS, allowed_transitions, campaign_restore_deadline
 
 
@@ -55,10 +56,20 @@ class AllowedTransitionSerializer(serializers.Serializer):
     status = serializers.CharField()
 
 
+class CampaignScheduleSerializer(serializers.Serializer):
+    timezone = serializers.CharField()
+    recurrence = serializers.ChoiceField(choices=Recurrence.choices)
+    cron = serializers.CharField(help_text="Five-field cron, in timezone's wall-clock time; empty when one-time.")
+    ends_at = serializers.DateTimeField(allow_null=True)
+    next_run_at = serializers.DateTimeField(allow_null=True)
+    description = serializers.CharField()
+
+
 class CampaignSerializer(serializers.ModelSerializer):
     """What the API returns for a campaign."""
 
     owner = serializers.SerializerMethodField()
+    schedule = serializers.SerializerMethodField()
     audience = serializers.SerializerMethodField()
     variants = VariantSerializer(many=True, read_only=True)
     allowed_actions = serializers.SerializerMethodField()
@@ -76,6 +87,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "channels",
             "owner",
             "scheduled_at",
+            "schedule",
             "messages_per_minute",
             "messages_per_hour",
             "tracking_enabled",
@@ -95,6 +107,21 @@ class CampaignSerializer(serializers.ModelSerializer):
             "content_warnings",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(CampaignScheduleSerializer)
+    def get_schedule(self, campaign: Campaign) -> dict[str, Any]:
+        return {
+            "timezone": campaign_timezone(campaign),
+            "recurrence": campaign.recurrence,
+            "cron": campaign.cron_expression,
+            "ends_at": serializers.DateTimeField().to_representation(campaign.recurrence_ends_at)
+            if campaign.recurrence_ends_at
+            else None,
+            "next_run_at": serializers.DateTimeField().to_representation(campaign.scheduled_at)
+            if campaign.scheduled_at
+            else None,
+            "description": describe_schedule(campaign) if campaign.scheduled_at else "",
+        }
 
     def get_owner(self, campaign: Campaign) -> str | None:
         return campaign.owner.get_username() if campaign.owner else None
@@ -166,10 +193,22 @@ class CampaignWriteSerializer(serializers.Serializer):
 
 
 class ScheduleSerializer(serializers.Serializer):
-    scheduled_at = serializers.DateTimeField(
+    """One-time: `scheduled_at` (an offset, or a wall-clock time in `timezone`). Recurring: `recurrence` daily /
+    weekly / monthly with `time` (and `weekdays` or `day_of_month`), or `cron` with a five-field expression;
+    `timezone` (IANA, default the organisation's), optional `starts_at` / `ends_at`."""
+
+    scheduled_at = serializers.CharField(
         required=False,
-        help_text="When to send; at least 5 minutes ahead. Defaults to the campaign's scheduled_at.",
+        help_text="When to send once (ISO 8601); at least 5 minutes ahead. Without an offset it is read in timezone.",
     )
+    timezone = serializers.CharField(required=False, allow_blank=True, help_text="IANA name, e.g. Europe/Paris.")
+    recurrence = serializers.ChoiceField(choices=Recurrence.choices, required=False)
+    time = serializers.CharField(required=False, help_text="HH:MM, for daily, weekly and monthly schedules.")
+    weekdays = serializers.ListField(child=serializers.CharField(), required=False, help_text="For weekly: mon … sun.")
+    day_of_month = serializers.IntegerField(required=False, min_value=1, max_value=31)
+    cron = serializers.CharField(required=False, help_text="For recurrence=cron: minute hour day month weekday.")
+    starts_at = serializers.CharField(required=False)
+    ends_at = serializers.CharField(required=False)
 
 
 class HistoryEntrySerializer(serializers.Serializer):

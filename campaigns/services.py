@@ -16,11 +16,21 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from audiences.access import Actor, require_campaign_write
+from campaigns import scheduling
 from campaigns.audience import campaign_audience_spec, validate_audience
 from campaigns.content.channels import content_problems
-from campaigns.models import Campaign, CampaignSegment, CampaignStatus, CampaignType, Channel, SegmentRole, Variant
+from campaigns.models import (
+    Campaign,
+    CampaignSegment,
+    CampaignStatus,
+    CampaignType,
+    Channel,
+    Recurrence,
+    SegmentRole,
+    Variant,
+)
 from campaigns.selectors import campaign_get_for_update
-from campaigns.signals import campaigns_purging
+from campaigns.signals import campaign_transitioned, campaigns_purging
 from compliance.audit import audit_record
 from compliance.models import AuditLogEntry
 from config.errors import Conflict
@@ -28,7 +38,7 @@ from config.errors import Conflict
 S = CampaignStatus
 
 MAX_VARIANTS = 5
-MIN_SCHEDULE_LEAD = timedelta(minutes=5)
+MIN_SCHEDULE_LEAD = scheduling.MIN_SCHEDULE_LEAD
 EDITABLE_STATUSES = frozenset({S.DRAFT, S.PAUSED})
 DELETABLE_STATUSES = frozenset({S.DRAFT, S.PAUSED, S.COMPLETED, S.CANCELLED})
 # Deleting these first cancels them, so nothing deleted is still waiting to send.
@@ -56,7 +66,10 @@ TRANSITIONS: dict[str, Transition] = {
         Transition("schedule", frozenset({S.DRAFT}), S.SCHEDULED, CampaignType.SCHEDULED, "Schedule to send"),
         Transition("unschedule", frozenset({S.SCHEDULED}), S.DRAFT, CampaignType.SCHEDULED, "Back to draft"),
         Transition("activate", frozenset({S.DRAFT}), S.ACTIVE, CampaignType.TRIGGERED, "Start listening for events"),
+        Transition("reschedule", frozenset({S.SCHEDULED}), S.SCHEDULED, CampaignType.SCHEDULED, "Change the schedule"),
         Transition("start", frozenset({S.DRAFT, S.SCHEDULED}), S.RUNNING, CampaignType.SCHEDULED, "Send now"),
+        # The engine puts a recurring campaign back to wait for its next occurrence after a run.
+        Transition("await_next", frozenset({S.RUNNING}), S.SCHEDULED, CampaignType.SCHEDULED, "Wait for next run"),
         Transition("pause", frozenset({S.RUNNING, S.ACTIVE}), S.PAUSED, None, "Pause sending"),
         Transition("resume", frozenset({S.PAUSED}), None, None, "Resume sending"),
         Transition("complete", frozenset({S.RUNNING, S.ACTIVE}), S.COMPLETED, None, "Finish"),
@@ -71,7 +84,8 @@ TRANSITIONS: dict[str, Transition] = {
 }
 # Actions people may take through the API and console. `start` and `complete` of scheduled runs belong to
 # the execution engine, which calls `campaign_transition` itself.
-USER_ACTIONS = ("schedule", "unschedule", "activate", "pause", "resume", "complete", "cancel")
+USER_ACTIONS = ("schedule", "reschedule", "unschedule", "start", "activate", "pause", "resume", "complete", "cancel")
+ENGINE_ONLY_ACTIONS = frozenset({"await_next"})
 
 
 def allowed_transitions(campaign: Campaign, *, actions: Iterable[str] = USER_ACTIONS) -> list[dict[str, str]]:
@@ -84,6 +98,8 @@ def allowed_transitions(campaign: Campaign, *, actions: Iterable[str] = USER_ACT
             continue
         if action == "complete" and campaign.type == CampaignType.SCHEDULED and actions is USER_ACTIONS:
             continue  # a scheduled run completes when its last message is sent, not on request
+        if action in ENGINE_ONLY_ACTIONS and actions is USER_ACTIONS:
+            continue
         result.append({"action": action, "status": transition.target_for(campaign)})
     return result
 
@@ -161,13 +177,6 @@ def _validate_variants(
                     errors.append(f"Variant {name}: no {channel} content yet.")
     if errors:
         raise ValidationError({"variants": errors})
-
-
-def _validate_schedule_time(scheduled_at: datetime | None, *, now: datetime) -> None:
-    if scheduled_at is None:
-        raise ValidationError({"scheduled_at": ["Choose when the campaign should be sent."]})
-    if scheduled_at < now + MIN_SCHEDULE_LEAD:
-        raise ValidationError({"scheduled_at": ["The scheduled time must be at least 5 minutes in the future."]})
 
 
 def _name_taken(organisation_id: Any, name: str, *, exclude_id: Any = None) -> bool:
@@ -425,11 +434,15 @@ def campaign_transition(
     campaign_id: Any,
     action: str,
     scheduled_at: datetime | None = None,
+    schedule: Mapping[str, Any] | None = None,
     by_engine: bool = False,
+    occurrence: datetime | None = None,
 ) -> Campaign:
-    """Move a campaign through its state machine (schedule, activate, pause, resume, cancel…).
+    """Move a campaign through its state machine (schedule, send now, pause, resume, cancel…).
 
-    People may take the USER_ACTIONS; the execution engine (`by_engine=True`) also starts and completes runs.
+    People may take the USER_ACTIONS; the execution engine (`by_engine=True`) also starts scheduled occurrences,
+    completes runs and puts recurring campaigns back to wait. `schedule` is what the marketer asked for (see
+    campaigns.scheduling.schedule_from_input); `scheduled_at` alone is a one-time schedule.
     """
     if not by_engine:
         require_campaign_write(actor)
@@ -450,16 +463,27 @@ def campaign_transition(
         _validate_variants(
             _variant_dicts(campaign), campaign.channels, organisation=campaign.organisation, for_launch=True
         )
-    if action == "schedule":
-        if scheduled_at is not None:
-            campaign.scheduled_at = scheduled_at
-        _validate_schedule_time(campaign.scheduled_at, now=now)
+    if action in ("schedule", "reschedule"):
+        _apply_schedule(campaign, schedule, scheduled_at, now=now)
+    if action == "start" and not by_engine and campaign.status == S.SCHEDULED:
+        # "Send now" on a scheduled campaign replaces its schedule.
+        _clear_schedule(campaign)
+    if action == "unschedule":
+        _clear_schedule(campaign)
     previous = campaign.status
     campaign.status = transition.target_for(campaign)
     campaign.status_changed_at = now
     if action == "pause":
         campaign.paused_at = now
         campaign.paused_by = actor.label
+    if action == "resume":
+        campaign.paused_at = None
+        campaign.paused_by = ""
+    if action == "await_next":
+        following = scheduling.following_occurrence(campaign, max(now, occurrence or now))
+        if following is None:
+            raise _invalid_transition(campaign, action)
+        campaign.scheduled_at = following
     actor.stamp(campaign, f"{action}: {previous} → {campaign.status}")
     campaign.save()
     audit_record(
@@ -470,9 +494,39 @@ def campaign_transition(
             "from": previous,
             "to": campaign.status,
             "scheduled_at": campaign.scheduled_at.isoformat() if campaign.scheduled_at else None,
+            "schedule": scheduling.describe_schedule(campaign) if campaign.scheduled_at else None,
+            **({"occurrence": occurrence.isoformat()} if occurrence else {}),
         },
     )
+    campaign_transitioned.send(
+        sender=Campaign, campaign=campaign, action=action, previous=previous, actor=actor, occurrence=occurrence
+    )
     return campaign
+
+
+def _apply_schedule(
+    campaign: Campaign, schedule: Mapping[str, Any] | None, scheduled_at: datetime | None, *, now: datetime
+) -> None:
+    data: dict[str, Any] = dict(schedule or {})
+    if scheduled_at is not None:
+        data.setdefault("scheduled_at", scheduled_at)
+    if not data:
+        # Scheduling with nothing new: the campaign's own time (one-time, as set on the campaign).
+        data = {"scheduled_at": campaign.scheduled_at, "timezone": campaign.schedule_timezone}
+    if not data.get("recurrence") and not data.get("scheduled_at"):
+        raise ValidationError({"scheduled_at": ["Choose when the campaign should be sent."]})
+    plan = scheduling.schedule_from_input(data, default_timezone=str(campaign.organisation.timezone), now=now)
+    campaign.scheduled_at = plan.scheduled_at
+    campaign.schedule_timezone = plan.timezone
+    campaign.recurrence = plan.recurrence
+    campaign.cron_expression = plan.cron_expression
+    campaign.recurrence_ends_at = plan.ends_at
+
+
+def _clear_schedule(campaign: Campaign) -> None:
+    campaign.recurrence = Recurrence.NONE
+    campaign.cron_expression = ""
+    campaign.recurrence_ends_at = None
 
 
 @transaction.atomic
@@ -547,6 +601,10 @@ def campaign_delete(*, actor: Actor, campaign_id: Any) -> Campaign:
             action="campaign.cancel",
             target=campaign,
             details={"from": previous, "to": S.CANCELLED, "reason": "deleted"},
+        )
+        campaign.save()
+        campaign_transitioned.send(
+            sender=Campaign, campaign=campaign, action="cancel", previous=previous, actor=actor, occurrence=None
         )
     campaign.deleted_at = now
     campaign.deleted_by = actor.label

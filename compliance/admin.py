@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest
+from simple_history.admin import SimpleHistoryAdmin
 
-from compliance.models import AuditLogEntry
+from compliance.models import AuditLogEntry, ContactPreference, Suppression
 
 
 @admin.register(AuditLogEntry)
@@ -25,3 +26,18 @@ class AuditLogEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(ContactPreference)
+class ContactPreferenceAdmin(SimpleHistoryAdmin):
+    list_display = ["contact", "organisation", "global_opt_out", "unsubscribed_at", "disabled_channels", "updated_at"]
+    list_filter = ["global_opt_out", "organisation"]
+    search_fields = ["contact__external_id", "contact__email"]
+    raw_id_fields = ["contact"]
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(SimpleHistoryAdmin):
+    list_display = ["address", "reason", "organisation", "created_at"]
+    list_filter = ["reason", "organisation"]
+    search_fields = ["address"]

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from simple_history.models import HistoricalRecords
 
+from audiences.history import HistoryActorMixin
 from audiences.models import ApiKey, Organisation
 
 
@@ -37,3 +40,54 @@ class AuditLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.target_repr}"
+
+
+class ContactPreference(models.Model):
+    """A contact's say over campaign messages. Fan-out leaves them out and sending re-checks just before hand-off,
+    so a change stops messages already queued. Only contacts who said something have a row."""
+
+    contact = models.OneToOneField(
+        "audiences.Contact", primary_key=True, on_delete=models.CASCADE, related_name="preference"
+    )
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    # Out of every campaign message on every channel.
+    global_opt_out = models.BooleanField(default=False)
+    # Unsubscribed (from a message's link or STOP): out of every marketing campaign.
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    # Channels the contact turned off, e.g. ["sms"].
+    disabled_channels = ArrayField(models.CharField(max_length=16), default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords(bases=[HistoryActorMixin])
+
+    def __str__(self) -> str:
+        return f"preferences of contact {self.contact_id}"
+
+    @property
+    def blocks_everything(self) -> bool:
+        return self.global_opt_out or self.unsubscribed_at is not None
+
+
+class Suppression(models.Model):
+    """An address nobody in the organisation may send to: hard bounces and complaints add themselves, people add
+    others by hand or by import. Emails are stored lower-cased, phones in E.164."""
+
+    class Reason(models.TextChoices):
+        HARD_BOUNCE = "hard_bounce", "Hard bounce"
+        COMPLAINT = "complaint", "Complaint"
+        MANUAL = "manual", "Added by hand"
+        IMPORT = "import", "Imported"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="suppressions")
+    address = models.CharField(max_length=254)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    note = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords(bases=[HistoryActorMixin])
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organisation", "address"], name="suppression_unique_address")]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.reason})"

@@ -169,12 +169,43 @@ CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
+CELERY_TASK_DEFAULT_QUEUE = envstr("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_BEAT_SCHEDULE = {
+    # The delivery engine's safety net: starts due scheduled campaigns, restarts stalled runs, finishes done ones.
+    "delivery-pump": {
+        "task": "delivery.tasks.delivery_pump_task",
+        "schedule": timedelta(seconds=float(envstr("DELIVERY_PUMP_SECONDS", "2"))),
+        "options": {"expires": 10},
+    },
     "purge-deleted-campaigns": {
         "task": "campaigns.tasks.campaigns_purge_deleted_task",
         "schedule": timedelta(hours=1),
         "options": {"expires": 30 * 60},
     },
+}
+
+# Delivery engine. Backends per channel (dotted paths); the sandbox provider is every channel's default.
+DELIVERY_BACKENDS = {"default": envstr("DELIVERY_DEFAULT_BACKEND", "delivery.sandbox.SandboxBackend")}
+DELIVERY_BATCH_SIZE = envint("DELIVERY_BATCH_SIZE", 1000)
+# Send tasks started per run (more than the worker processes only queue up).
+DELIVERY_PARALLELISM = envint("DELIVERY_PARALLELISM", 4)
+# A send task works this long, then hands over to a fresh one.
+DELIVERY_TASK_SECONDS = float(envstr("DELIVERY_TASK_SECONDS", "10"))
+# A run without progress for this long while messages are due is restarted by the pump.
+DELIVERY_STALL_SECONDS = float(envstr("DELIVERY_STALL_SECONDS", "15"))
+DELIVERY_MAX_ATTEMPTS = envint("DELIVERY_MAX_ATTEMPTS", 5)
+DELIVERY_RETRY_BASE_SECONDS = float(envstr("DELIVERY_RETRY_BASE_SECONDS", "30"))
+# An alarm this early (clock skew between beat and the database) still starts the occurrence.
+SCHEDULE_EARLY_TOLERANCE_SECONDS = envint("SCHEDULE_EARLY_TOLERANCE_SECONDS", 5)
+# The sandbox provider's behaviour; a campaign's sandbox_profile overrides any part of it.
+SANDBOX_PROVIDER = {
+    "latency_ms": float(envstr("SANDBOX_LATENCY_MS", "0")),
+    "delivered": 0.97,
+    "bounced": 0.02,
+    "failed": 0.01,
+    "engagement": {"open": 0.35, "machine_open": 0.08, "click": 0.12, "conversion": 0.2, "order_value": 40},
+    "variants": {},
+    "ledger": envbool("SANDBOX_LEDGER", True),
 }
 
 # External services (empty URL: the embedded default inside the monolith is used).
@@ -184,6 +215,8 @@ INTELLIGENT_QUERY_URL = envstr("INTELLIGENT_QUERY_URL", "")
 INTELLIGENT_QUERY_TOKEN = envstr("INTELLIGENT_QUERY_TOKEN", "")
 ISA_CREATIVE_URL = envstr("ISA_CREATIVE_URL", "")
 ISA_CREATIVE_TOKEN = envstr("ISA_CREATIVE_TOKEN", "")
+TASK_SERVICE_URL = envstr("TASK_SERVICE_URL", "")
+TASK_SERVICE_TOKEN = envstr("TASK_SERVICE_TOKEN", "")
 EXTERNAL_HTTP_TIMEOUT = float(envstr("EXTERNAL_HTTP_TIMEOUT", "10"))
 # External segments are re-resolved when their members are older than this when a campaign needs them.
 EXTERNAL_SEGMENT_MAX_AGE_SECONDS = envint("EXTERNAL_SEGMENT_MAX_AGE_SECONDS", 300)

@@ -13,6 +13,8 @@ from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
 from config import views as config_views
+from delivery.api import RunViewSet
+from delivery.views import task_service_callback_view
 
 router = DefaultRouter(trailing_slash=True)
 router.register("campaigns", CampaignViewSet, basename="campaign")
@@ -20,6 +22,7 @@ router.register("api-keys", ApiKeyViewSet, basename="api-key")
 router.register("contacts", ContactViewSet, basename="contact")
 router.register("segments", SegmentViewSet, basename="segment")
 router.register("content-templates", ContentTemplateViewSet, basename="content-template")
+router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [
     path("", config_views.home, name="home"),
@@ -35,7 +38,13 @@ urlpatterns = [
     path("t/o/<str:token>.gif", tracking.open_pixel_view, name="track-open"),
     path("api/v1/organisation/", OrganisationView.as_view(), name="api-organisation"),
     path("api/v1/organisation/webhook-secret/rotate/", WebhookSecretRotateView.as_view(), name="api-webhook-rotate"),
+    path(
+        "api/v1/campaigns/<uuid:campaign_pk>/runs/",
+        RunViewSet.as_view({"get": "list"}),
+        name="campaign-runs",
+    ),
     path("api/v1/", include(router.urls)),
+    path("hooks/task-service/<str:token>", task_service_callback_view, name="task-service-callback"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

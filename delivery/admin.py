@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from delivery.models import Message, Run
+from delivery.models import Message, Run, SandboxHandoff
 
 
 @admin.register(Run)
@@ -24,6 +24,22 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ["provider_message_id", "contact__external_id"]
     list_select_related = ["run", "run__campaign"]
     raw_id_fields = ["run", "contact", "variant"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(SandboxHandoff)
+class SandboxHandoffAdmin(admin.ModelAdmin):
+    """The sandbox provider's own books (read-only): hand-offs per idempotency key."""
+
+    list_display = ["idempotency_key", "channel", "handoffs", "outcome", "first_at"]
+    list_filter = ["channel", "outcome"]
+    search_fields = ["idempotency_key"]
     show_full_result_count = False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:

@@ -39,11 +39,45 @@ def _variant_case(campaign: Campaign) -> tuple[str, list[Any], list[Any]]:
     return sql, params, [str(v.pk) for v in variants if v.is_control]
 
 
-def run_create(*, campaign: Campaign) -> Run:
+def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str]) -> None:
+    """Flag staged recipients who opted out, unsubscribed, turned channels off or whose address is suppressed.
+    Each statement touches only the matching rows (few), not the audience."""
+    cursor.execute(
+        "UPDATE run_recipients r SET blocked = CASE WHEN p.global_opt_out THEN 'opted_out'"
+        " WHEN p.unsubscribed_at IS NOT NULL THEN 'unsubscribed' END,"
+        " disabled = NULLIF(p.disabled_channels, '{}')"
+        " FROM compliance_contactpreference p"
+        " WHERE p.contact_id = r.contact_id AND p.organisation_id = %s"
+        " AND (p.global_opt_out OR p.unsubscribed_at IS NOT NULL OR p.disabled_channels <> '{}')",
+        [organisation_id],
+    )
+    if Channel.EMAIL in channels:
+        cursor.execute(
+            "UPDATE run_recipients r SET email_suppressed = true FROM compliance_suppression s"
+            " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.email = s.address"
+            " WHERE s.organisation_id = %s AND r.contact_id = c.id",
+            [organisation_id],
+        )
+    if Channel.SMS in channels or Channel.WHATSAPP in channels:
+        cursor.execute(
+            "UPDATE run_recipients r SET phone_suppressed = true FROM compliance_suppression s"
+            " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.phone = s.address"
+            " WHERE s.organisation_id = %s AND s.address LIKE '+%%' AND r.contact_id = c.id",
+            [organisation_id],
+        )
+
+
+def run_create(*, campaign: Campaign, trigger: str = Run.Trigger.MANUAL, scheduled_for: Any = None) -> Run:
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
         number = (locked.runs.aggregate(last=Max("number"))["last"] or 0) + 1
-        return Run.objects.create(organisation=campaign.organisation, campaign=locked, number=number)
+        return Run.objects.create(
+            organisation=campaign.organisation,
+            campaign=locked,
+            number=number,
+            trigger=trigger,
+            scheduled_for=scheduled_for,
+        )
 
 
 def run_fan_out(run_id: Any) -> Run | None:
@@ -68,21 +102,35 @@ def run_fan_out(run_id: Any) -> Run | None:
         on_conflict = "ON CONFLICT ON CONSTRAINT message_idempotency_key DO NOTHING" if resumed else ""
         # Session-local staging, emptied at commit; IF NOT EXISTS because a connection reuses it across runs.
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS run_audience"
+            "CREATE TEMP TABLE IF NOT EXISTS run_recipients"
             " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer, has_email boolean,"
-            " has_phone boolean) ON COMMIT DELETE ROWS"
+            " has_phone boolean, blocked text, disabled text[], email_suppressed boolean DEFAULT false,"
+            " phone_suppressed boolean DEFAULT false) ON COMMIT DELETE ROWS"
         )
-        cursor.execute("TRUNCATE run_audience")
+        cursor.execute("TRUNCATE run_recipients")
         cursor.execute(
-            f"INSERT INTO run_audience (contact_id, is_holdout, variant_bucket, has_email, has_phone) {select.sql}",
+            f"INSERT INTO run_recipients (contact_id, is_holdout, variant_bucket, has_email, has_phone) {select.sql}",
             select.params,
         )
         audience = cursor.rowcount
+        _mark_consent(cursor, organisation_id=str(campaign.organisation_id), channels=channels)
         cursor.execute(
-            "SELECT count(*) FILTER (WHERE is_holdout), count(*) FILTER (WHERE NOT has_email),"
-            " count(*) FILTER (WHERE NOT has_phone) FROM run_audience"
+            "SELECT count(*) FILTER (WHERE is_holdout AND blocked IS NULL),"
+            " count(*) FILTER (WHERE blocked = 'opted_out'), count(*) FILTER (WHERE blocked = 'unsubscribed'),"
+            " count(*) FILTER (WHERE NOT has_email AND blocked IS NULL),"
+            " count(*) FILTER (WHERE NOT has_phone AND blocked IS NULL) FROM run_recipients"
         )
-        holdout, no_email, no_phone = cursor.fetchone()
+        holdout, opted_out, unsubscribed, no_email, no_phone = cursor.fetchone()
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE ch.channel = ANY(r.disabled)),"
+            " count(*) FILTER (WHERE NOT ch.channel = ANY(r.disabled) AND ("
+            "   (ch.channel = 'email' AND r.email_suppressed AND r.has_email)"
+            "   OR (ch.channel IN ('sms', 'whatsapp') AND r.phone_suppressed AND r.has_phone)))"
+            " FROM run_recipients r CROSS JOIN unnest(%s::text[]) AS ch(channel)"
+            " WHERE r.blocked IS NULL AND (r.disabled IS NOT NULL OR r.email_suppressed OR r.phone_suppressed)",
+            [channels],
+        )
+        channel_disabled, suppressed = cursor.fetchone()
         cursor.execute(
             f"""
             WITH inserted AS (
@@ -93,10 +141,13 @@ def run_fan_out(run_id: Any) -> Run | None:
                         WHEN v.variant_id = ANY(%s::uuid[]) THEN 'control'
                         ELSE 'queued' END,
                    %s, 0, '', '', %s
-            FROM run_audience r
+            FROM run_recipients r
             CROSS JOIN LATERAL (SELECT {variant_sql} AS variant_id) v
             CROSS JOIN unnest(%s::text[]) AS ch(channel)
-            WHERE {address_checks}
+            WHERE r.blocked IS NULL AND {address_checks}
+              AND (r.disabled IS NULL OR NOT ch.channel = ANY(r.disabled))
+              AND NOT (ch.channel = 'email' AND r.email_suppressed)
+              AND NOT (ch.channel IN ('sms', 'whatsapp') AND r.phone_suppressed)
             {on_conflict}
             RETURNING status
             )
@@ -113,20 +164,24 @@ def run_fan_out(run_id: Any) -> Run | None:
                 [str(run.pk)],
             )
             queued, control, total = cursor.fetchone()
-        excluded = {}
-        if Channel.EMAIL in channels and no_email:
-            excluded["no_email"] = no_email
-        if (Channel.SMS in channels or Channel.WHATSAPP in channels) and no_phone:
-            excluded["no_phone"] = no_phone
+        excluded = {
+            "opted_out": opted_out,
+            "unsubscribed": unsubscribed,
+            "channel_disabled": channel_disabled,
+            "suppressed": suppressed,
+            "no_email": no_email if Channel.EMAIL in channels else 0,
+            "no_phone": no_phone if (Channel.SMS in channels or Channel.WHATSAPP in channels) else 0,
+        }
         Run.objects.filter(pk=run.pk).update(
-            status=Run.Status.READY,
             audience_count=audience,
             holdout_count=holdout,
             message_count=queued,
             control_count=control,
-            excluded=excluded,
+            excluded={reason: count for reason, count in excluded.items() if count},
             fanned_out_at=now,
         )
+        # A run paused while it fanned out stays paused.
+        Run.objects.filter(pk=run.pk, status=Run.Status.FANNING_OUT).update(status=Run.Status.READY)
     run.refresh_from_db()
     run.total_rows = total  # type: ignore[attr-defined]
     return run

@@ -23,27 +23,74 @@ class Run(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         FAILED = "failed", "Failed"
 
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "Sent now"
+        SCHEDULE = "schedule", "Schedule"
+
+    ACTIVE_STATUSES = (Status.PENDING, Status.FANNING_OUT, Status.READY, Status.SENDING, Status.PAUSED)
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="runs")
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="runs")
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    # The occurrence this run is for (a schedule's time); a repeated alarm for the same occurrence starts nothing.
+    scheduled_for = models.DateTimeField(null=True, blank=True)
     audience_count = models.PositiveIntegerField(default=0)
     holdout_count = models.PositiveIntegerField(default=0)
     message_count = models.PositiveIntegerField(default=0)
     control_count = models.PositiveIntegerField(default=0)
     # Recipients left out, by reason: {"no_email": 12, "no_phone": 40, …}.
     excluded = models.JSONField(default=dict, blank=True)
+    # Progress, added to in the same transaction that records each batch, so it never disagrees with the rows.
+    sent_count = models.PositiveIntegerField(default=0)
+    delivered_count = models.PositiveIntegerField(default=0)
+    bounced_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    cancelled_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     fanned_out_at = models.DateTimeField(null=True, blank=True)
+    started_sending_at = models.DateTimeField(null=True, blank=True)
+    last_progress_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.CharField(max_length=200, blank=True, default="")
     finished_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["campaign", "number"], name="run_unique_number")]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "number"], name="run_unique_number"),
+            models.UniqueConstraint(
+                fields=["campaign", "scheduled_for"],
+                condition=models.Q(scheduled_for__isnull=False),
+                name="run_unique_occurrence",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["status"],
+                condition=models.Q(status__in=["pending", "fanning_out", "ready", "sending"]),
+                name="run_active_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.campaign} run {self.number}"
+
+    @property
+    def done_count(self) -> int:
+        return self.sent_count + self.failed_count + self.skipped_count + self.cancelled_count
+
+    @property
+    def remaining_count(self) -> int:
+        return max(0, self.message_count - self.done_count)
+
+    @property
+    def progress_percent(self) -> float:
+        return 100.0 if not self.message_count else round(100.0 * self.done_count / self.message_count, 1)
 
 
 class Message(models.Model):
@@ -84,8 +131,9 @@ class Message(models.Model):
             models.UniqueConstraint(fields=["run", "contact", "channel"], name="message_idempotency_key"),
         ]
         indexes = [
-            # Workers claim due messages from this (SELECT … FOR UPDATE SKIP LOCKED); only queued rows are in it.
-            models.Index(fields=["due_at"], condition=models.Q(status="queued"), name="message_due_idx"),
+            # Workers claim a run's due messages from this (SELECT … FOR UPDATE SKIP LOCKED); only queued rows
+            # are in it, so it shrinks as the run sends.
+            models.Index(fields=["run", "due_at"], condition=models.Q(status="queued"), name="message_due_idx"),
         ]
 
     def __str__(self) -> str:
@@ -94,3 +142,19 @@ class Message(models.Model):
     @property
     def idempotency_key(self) -> str:
         return f"{self.run_id}:{self.contact_id}:{self.channel}"
+
+
+class SandboxHandoff(models.Model):
+    """What the built-in sandbox provider was handed, by idempotency key: `handoffs` counts every call, so a
+    message handed over twice is visible (the provider honours the key and delivers it once)."""
+
+    idempotency_key = models.CharField(max_length=120, primary_key=True)
+    run_id = models.UUIDField(db_index=True)
+    channel = models.CharField(max_length=16)
+    handoffs = models.PositiveIntegerField(default=1)
+    outcome = models.CharField(max_length=16)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.idempotency_key

@@ -3,13 +3,19 @@ follows the deletions that would otherwise have cascaded."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import connection
 from django.dispatch import receiver
 
+from audiences.adapters import AdapterError
 from audiences.signals import contacts_deleting
-from campaigns.signals import campaigns_purging
+from campaigns.signals import campaign_transitioned, campaigns_purging
+from delivery import runs
+from delivery.task_service import task_service
+
+logger = logging.getLogger(__name__)
 
 
 @receiver(campaigns_purging)
@@ -26,3 +32,40 @@ def delete_runs_of_purged_campaigns(sender: Any, campaign_ids: list[Any], **kwar
 def delete_messages_of_deleted_contacts(sender: Any, contact_ids: list[int], **kwargs: Any) -> None:
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM delivery_message WHERE contact_id = ANY(%s)", [list(contact_ids)])
+
+
+@receiver(campaign_transitioned)
+def follow_campaign_transition(
+    sender: Any, campaign: Any, action: str, previous: str, actor: Any, occurrence: Any = None, **kwargs: Any
+) -> None:
+    """Keep runs and the schedule alarm in step with the campaign's status (inside its transaction)."""
+    if action == "start":
+        _alarm_remove(campaign)
+        runs.runs_on_campaign_start(campaign, occurrence=occurrence)
+    elif action == "pause":
+        runs.runs_pause(campaign, actor=actor)
+    elif action == "resume":
+        runs.runs_resume(campaign)
+    elif action == "cancel":
+        _alarm_remove(campaign)
+        runs.runs_cancel(campaign, reason=f"cancelled by {actor.label}")
+    elif action in ("schedule", "reschedule", "await_next"):
+        _alarm_register(campaign)
+    elif action in ("unschedule", "complete"):
+        _alarm_remove(campaign)
+
+
+def _alarm_register(campaign: Any) -> None:
+    try:
+        task_service().register(campaign)
+    except AdapterError as exc:
+        # The pump starts due campaigns from scheduled_at anyway; the alarm only makes it punctual.
+        logger.warning("task_service could not register campaign %s: %s", campaign.pk, exc)
+
+
+def _alarm_remove(campaign: Any) -> None:
+    try:
+        task_service().remove(campaign.pk)
+    except AdapterError as exc:
+        # A stale alarm is harmless: firing checks the campaign's status and time first.
+        logger.warning("task_service could not remove campaign %s: %s", campaign.pk, exc)

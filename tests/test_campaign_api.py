@@ -30,7 +30,7 @@ def test_it_creates_a_draft_with_a_default_variant(teammate):
     assert body["type"] == "scheduled"
     assert body["channels"] == ["email", "sms"]
     assert [(v["name"], v["allocation_percent"], v["is_control"]) for v in body["variants"]] == [("A", 100, False)]
-    assert {a["action"] for a in body["allowed_actions"]} == {"schedule"}
+    assert {a["action"] for a in body["allowed_actions"]} == {"schedule", "start"}
     campaign = Campaign.objects.get(pk=body["id"])
     assert campaign.organisation == teammate.organisation
     assert AuditLogEntry.objects.filter(target_id=str(campaign.pk), action="campaign.create").count() == 1

@@ -16,12 +16,16 @@ from tests.factories import CampaignFactory
 pytestmark = pytest.mark.django_db
 
 STATUSES = ["draft", "scheduled", "active", "running", "paused", "completed", "cancelled"]
-ACTIONS = ["schedule", "unschedule", "activate", "pause", "resume", "complete", "cancel"]
+ACTIONS = ["schedule", "reschedule", "unschedule", "start", "activate", "pause", "resume", "complete", "cancel"]
+ENDPOINTS = {"start": "send-now"}
 
 # Written out by hand from the issue and the PRD, independently of campaigns.services.TRANSITIONS.
 LEGAL = {
     ("scheduled", "draft", "schedule"): "scheduled",
+    ("scheduled", "scheduled", "reschedule"): "scheduled",
     ("scheduled", "scheduled", "unschedule"): "draft",
+    ("scheduled", "draft", "start"): "running",
+    ("scheduled", "scheduled", "start"): "running",
     ("triggered", "draft", "activate"): "active",
     ("scheduled", "running", "pause"): "paused",
     ("triggered", "active", "pause"): "paused",
@@ -58,7 +62,8 @@ REACHABLE = [
 @pytest.mark.parametrize("action", ACTIONS)
 def test_transition_matrix(teammate, campaign_type, status, action):
     campaign = _make(teammate.organisation, campaign_type, status)
-    response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/{action}/", {}, format="json")
+    endpoint = ENDPOINTS.get(action, action)
+    response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/{endpoint}/", {}, format="json")
     expected = LEGAL.get((campaign_type, status, action))
     campaign.refresh_from_db()
     if expected is None:

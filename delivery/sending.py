@@ -1,0 +1,322 @@
+"""Sending: workers claim batches of a run's due messages, render them, hand them to the channel backend and record
+what happened, all in one PostgreSQL transaction per batch.
+
+The claim is `SELECT … FOR UPDATE SKIP LOCKED` on the (run, due_at) index of queued rows: concurrent workers take
+disjoint batches, and the row locks are the lease. A worker killed mid-batch drops its connection, PostgreSQL rolls
+its transaction back and the rows are queued again for the next worker; the backend sees the same idempotency keys
+a second time and a provider that honours them does not send twice. Nothing depends on Redis remembering anything.
+
+Preferences, unsubscribes and suppressions are checked again in the claim itself, so a contact who opted out after
+fan-out is skipped, not sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audiences.adapters import user_profile_provider
+from campaigns.content.render import MessageContext, render_message
+from campaigns.content.templates import TemplateProblem
+from campaigns.models import Campaign, Variant
+from delivery import progress
+from delivery.backends import Outcome, Outgoing, backend_for
+from delivery.models import Run
+from delivery.sandbox import sandbox_profile
+
+logger = logging.getLogger(__name__)
+
+# The claim: due queued rows of a sending run, locked, with what rendering and the send-time checks need. The
+# EXISTS on the run is evaluated once per statement: a paused run yields nothing from the next claim on.
+CLAIM_SQL = """
+WITH claimed AS (
+    SELECT m.id, m.contact_id, m.channel, m.variant_id, m.attempts
+    FROM delivery_message m
+    WHERE m.run_id = %(run)s AND m.status = 'queued' AND m.due_at <= %(now)s
+      AND EXISTS (SELECT 1 FROM delivery_run r WHERE r.id = %(run)s AND r.status = 'sending')
+    ORDER BY m.due_at
+    LIMIT %(limit)s
+    FOR UPDATE OF m SKIP LOCKED
+)
+SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
+       c.external_id, c.email, c.phone, c.first_name, c.last_name, c.timezone, c.locale, c.attributes,
+       c.created_at,
+       CASE
+         WHEN c.id IS NULL THEN 'contact_deleted'
+         WHEN p.global_opt_out THEN 'opted_out'
+         WHEN p.unsubscribed_at IS NOT NULL THEN 'unsubscribed'
+         WHEN cl.channel = ANY(p.disabled_channels) THEN 'channel_disabled'
+         WHEN cl.channel = 'email' AND c.email = '' THEN 'no_email'
+         WHEN cl.channel IN ('sms', 'whatsapp') AND c.phone = '' THEN 'no_phone'
+         WHEN cl.channel = 'email' AND EXISTS (SELECT 1 FROM compliance_suppression s
+              WHERE s.organisation_id = %(org)s AND s.address = c.email) THEN 'suppressed'
+         WHEN cl.channel IN ('sms', 'whatsapp') AND EXISTS (SELECT 1 FROM compliance_suppression s
+              WHERE s.organisation_id = %(org)s AND s.address = c.phone) THEN 'suppressed'
+       END AS blocked
+FROM claimed cl
+LEFT JOIN audiences_contact c ON c.id = cl.contact_id
+LEFT JOIN compliance_contactpreference p ON p.contact_id = cl.contact_id
+"""
+
+RECORD_SQL = """
+UPDATE delivery_message m
+SET status = u.status, provider_message_id = u.provider_id, error = u.error, attempts = m.attempts + 1,
+    sent_at = CASE WHEN u.status IN ('sent', 'delivered', 'bounced') THEN %s ELSE m.sent_at END,
+    due_at = CASE WHEN u.status = 'queued' THEN m.due_at + make_interval(secs => u.retry_after) ELSE m.due_at END
+FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[])
+     AS u(id, status, provider_id, error, retry_after)
+WHERE m.id = u.id
+"""
+
+ENGAGEMENT_SQL = """
+INSERT INTO analytics_engagementevent (organisation_id, campaign_id, run_id, message_id, variant_id, contact_id,
+                                       channel, kind, occurred_at, is_machine, value, dedupe_key)
+SELECT %s, %s, %s, u.message_id, u.variant_id, u.contact_id, u.channel, u.kind, u.occurred_at, u.is_machine, u.value,
+       u.dedupe_key
+FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::boolean[],
+            %s::numeric[], %s::text[])
+     AS u(message_id, variant_id, contact_id, channel, kind, occurred_at, is_machine, value, dedupe_key)
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+SENT_STATUSES = ("sent", "delivered", "bounced")
+
+
+@dataclass
+class RunContext:
+    run: Run
+    campaign: Campaign
+    variants: dict[str, Variant]
+    profile: dict[str, Any]
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    counts: Counter[str] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.claimed == 0
+
+
+def _run_context(run_id: Any) -> RunContext | None:
+    run = Run.objects.select_related("campaign", "campaign__organisation").filter(pk=run_id).first()
+    if run is None:
+        return None
+    variants = {str(v.pk): v for v in Variant.objects.filter(campaign_id=run.campaign_id)}
+    return RunContext(run, run.campaign, variants, sandbox_profile(run.campaign.sandbox_profile))
+
+
+def _profile(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "external_id": row[5],
+        "email": row[6],
+        "phone": row[7],
+        "first_name": row[8],
+        "last_name": row[9],
+        "timezone": row[10],
+        "locale": row[11],
+        "attributes": row[12] or {},
+        "created_at": row[13].isoformat() if row[13] else None,
+    }
+
+
+def _address(channel: str, profile: Mapping[str, Any]) -> str:
+    if channel == "email":
+        return profile["email"]
+    if channel in ("sms", "whatsapp"):
+        return profile["phone"]
+    return profile["external_id"]
+
+
+def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoing], list[Outcome]]:
+    """Render every claimable row; rows that cannot be sent come back as outcomes straight away."""
+    campaign, organisation = ctx.campaign, ctx.campaign.organisation
+    profiles = user_profile_provider()
+    outgoing: list[Outgoing] = []
+    settled: list[Outcome] = []
+    base = {
+        "organisation_id": str(organisation.pk),
+        "organisation_name": organisation.name,
+        "postal_address": organisation.postal_address,
+        "sender_name": organisation.sender_name,
+        "sender_email": organisation.sender_email,
+        "reply_to": organisation.reply_to_email,
+        "campaign_name": campaign.name,
+        "tracking": campaign.tracking_enabled,
+        "webhook_secret": organisation.webhook_secret,
+    }
+    for row in rows:
+        message_id, contact_id, channel, variant_id, blocked = row[0], row[1], row[2], str(row[3]), row[14]
+        if blocked:
+            settled.append(Outcome(message_id, "skipped", "", blocked))
+            continue
+        profile = _profile(row)
+        if not getattr(profiles, "embedded", True):
+            # An external user_360 is the profile of record; our row is the fallback when it does not know them.
+            profile = profiles.profile(organisation, profile["external_id"]) or profile
+        variant = ctx.variants.get(variant_id)
+        content = (variant.content if variant else {}).get(channel)
+        if variant is None or content is None:
+            settled.append(Outcome(message_id, "failed", "", "the variant has no content for this channel"))
+            continue
+        key = f"{ctx.run.pk}:{contact_id}:{channel}"
+        message_context = MessageContext(
+            message_id=str(message_id), contact=profile, contact_id=str(contact_id), **base
+        )
+        try:
+            payload = render_message(channel, content, message_context)
+        except TemplateProblem as exc:
+            settled.append(Outcome(message_id, "failed", "", f"template: {exc}"[:500]))
+            continue
+        outgoing.append(
+            Outgoing(
+                message_id=message_id,
+                idempotency_key=key,
+                channel=channel,
+                run_id=str(ctx.run.pk),
+                campaign_id=str(campaign.pk),
+                organisation_id=str(organisation.pk),
+                variant_id=variant_id,
+                variant_name=variant.name,
+                contact_id=contact_id,
+                address=_address(channel, profile),
+                payload=payload,
+            )
+        )
+    return outgoing, settled
+
+
+def _hand_off(ctx: RunContext, outgoing: Sequence[Outgoing]) -> list[Outcome]:
+    by_channel: dict[str, list[Outgoing]] = defaultdict(list)
+    for message in outgoing:
+        by_channel[message.channel].append(message)
+    outcomes: list[Outcome] = []
+    for channel, messages in by_channel.items():
+        try:
+            outcomes.extend(backend_for(channel).send_batch(messages, profile=ctx.profile))
+        except Exception as exc:
+            logger.warning("backend for %s failed on a batch of %d: %s", channel, len(messages), exc)
+            outcomes.extend(Outcome(m.message_id, "retry", "", f"backend error: {exc}"[:500]) for m in messages)
+    return outcomes
+
+
+def _retry_delay(attempts: int) -> float:
+    """Exponential backoff with full jitter: up to 30 s, 60 s, 120 s … capped at an hour."""
+    return random.uniform(1, min(3600, settings.DELIVERY_RETRY_BASE_SECONDS * 2**attempts))  # noqa: S311
+
+
+def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[Outcome], now: datetime) -> Counter:
+    attempts = {row[0]: row[4] for row in rows}
+    ids, statuses, provider_ids, errors, delays = [], [], [], [], []
+    counts: Counter[str] = Counter()
+    for outcome in outcomes:
+        status, delay, error = outcome.status, 0.0, outcome.error
+        if status == "retry":
+            if attempts.get(outcome.message_id, 0) + 1 >= settings.DELIVERY_MAX_ATTEMPTS:
+                status, error = "failed", f"gave up after {settings.DELIVERY_MAX_ATTEMPTS} attempts: {error}"
+            else:
+                status = "queued"
+                delay = outcome.retry_after or _retry_delay(attempts.get(outcome.message_id, 0))
+        ids.append(outcome.message_id)
+        statuses.append(status)
+        provider_ids.append(outcome.provider_message_id)
+        errors.append(error[:500])
+        delays.append(delay)
+        counts[status] += 1
+    with connection.cursor() as cursor:
+        cursor.execute(RECORD_SQL, [now, ids, statuses, provider_ids, errors, delays])
+        _record_engagement(cursor, ctx, rows, outcomes, now)
+        cursor.execute(
+            "UPDATE delivery_run SET sent_count = sent_count + %s, delivered_count = delivered_count + %s,"
+            " bounced_count = bounced_count + %s, failed_count = failed_count + %s,"
+            " skipped_count = skipped_count + %s, last_progress_at = %s WHERE id = %s",
+            [
+                sum(counts[s] for s in SENT_STATUSES),
+                counts["delivered"],
+                counts["bounced"],
+                counts["failed"],
+                counts["skipped"],
+                now,
+                str(ctx.run.pk),
+            ],
+        )
+    return counts
+
+
+def _record_engagement(
+    cursor: Any, ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[Outcome], now: datetime
+) -> None:
+    meta = {row[0]: (str(row[3]), row[1], row[2]) for row in rows}
+    columns: list[list[Any]] = [[] for _ in range(9)]
+    for outcome in outcomes:
+        for index, event in enumerate(outcome.engagement):
+            variant_id, contact_id, channel = meta[outcome.message_id]
+            for column, value in zip(
+                columns,
+                (
+                    outcome.message_id,
+                    variant_id,
+                    contact_id,
+                    channel,
+                    event.kind,
+                    now + timedelta(seconds=event.seconds_after_send),
+                    event.is_machine,
+                    event.value,
+                    f"provider:{outcome.message_id}:{event.kind}:{index}",
+                ),
+                strict=True,
+            ):
+                column.append(value)
+    if columns[0]:
+        org, campaign, run = str(ctx.campaign.organisation_id), str(ctx.campaign.pk), str(ctx.run.pk)
+        cursor.execute(ENGAGEMENT_SQL, [org, campaign, run, *columns])
+
+
+def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContext | None = None) -> BatchResult:
+    """Claim, render, hand off and record one batch of a run. Returns how many rows it claimed (0: none due)."""
+    ctx = ctx or _run_context(run_id)
+    if ctx is None:
+        return BatchResult()
+    limit = batch_size or settings.DELIVERY_BATCH_SIZE
+    now = timezone.now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            CLAIM_SQL, {"run": str(ctx.run.pk), "now": now, "limit": limit, "org": ctx.campaign.organisation_id}
+        )
+        rows = cursor.fetchall()
+        if not rows:
+            return BatchResult()
+        token = progress.in_flight_add(ctx.run.pk, len(rows))
+        try:
+            outgoing, outcomes = _render(ctx, rows)
+            outcomes.extend(_hand_off(ctx, outgoing))
+            counts = _record(ctx, rows, outcomes, timezone.now())
+        finally:
+            progress.in_flight_done(ctx.run.pk, token)
+    return BatchResult(claimed=len(rows), counts=counts)
+
+
+def run_send_for(run_id: Any, *, seconds: float, batch_size: int | None = None) -> tuple[int, bool]:
+    """Send batches until nothing is due or the time is up. Returns (messages claimed, whether some may remain)."""
+    deadline = timezone.now() + timedelta(seconds=seconds)
+    ctx = _run_context(run_id)
+    total = 0
+    while ctx is not None:
+        result = run_send_batch(run_id, batch_size=batch_size, ctx=ctx)
+        total += result.claimed
+        if result.done:
+            return total, False
+        if timezone.now() >= deadline:
+            return total, True
+    return total, False
