@@ -123,7 +123,7 @@ def run_fan_out(run_id: Any) -> Run | None:
         holdout, opted_out, unsubscribed, no_email, no_phone = cursor.fetchone()
         cursor.execute(
             "SELECT count(*) FILTER (WHERE ch.channel = ANY(r.disabled)),"
-            " count(*) FILTER (WHERE NOT ch.channel = ANY(r.disabled) AND ("
+            " count(*) FILTER (WHERE NOT ch.channel = ANY(COALESCE(r.disabled, '{}')) AND ("
             "   (ch.channel = 'email' AND r.email_suppressed AND r.has_email)"
             "   OR (ch.channel IN ('sms', 'whatsapp') AND r.phone_suppressed AND r.has_phone)))"
             " FROM run_recipients r CROSS JOIN unnest(%s::text[]) AS ch(channel)"
