@@ -121,7 +121,10 @@ def _parse_when(value: Any, tz: ZoneInfo, field: str) -> datetime:
     if isinstance(value, datetime):
         parsed = value
     else:
-        parsed = parse_datetime(str(value or "").strip())
+        try:
+            parsed = parse_datetime(str(value or "").strip())
+        except ValueError:
+            parsed = None
         if parsed is None:
             raise ValidationError({field: ["Give a date and time, e.g. 2026-12-01T09:00 (ISO 8601)."]})
     if parsed.tzinfo is None:
@@ -131,7 +134,10 @@ def _parse_when(value: Any, tz: ZoneInfo, field: str) -> datetime:
 
 
 def _parse_time_of_day(value: Any) -> time:
-    parsed = value if isinstance(value, time) else parse_time(str(value or "").strip())
+    try:
+        parsed = value if isinstance(value, time) else parse_time(str(value or "").strip())
+    except ValueError:
+        parsed = None
     if parsed is None:
         raise ValidationError({"time": ["Give the time of day as HH:MM, e.g. 09:00."]})
     return parsed
