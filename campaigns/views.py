@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -22,7 +22,8 @@ from campaigns.audience import audience_estimate, campaign_audience_spec, spec_e
 from campaigns.content.preview import campaign_test_send
 from campaigns.filters import CampaignFilter
 from campaigns.forms import CampaignForm
-from campaigns.models import Campaign, CampaignStatus, CampaignType, Channel
+from campaigns.models import Campaign, CampaignStatus, CampaignType, Channel, Recurrence
+from campaigns.scheduling import campaign_timezone, describe_schedule
 from config.errors import Conflict
 
 PAGE_SIZES = (20, 50, 100)
@@ -160,6 +161,22 @@ def campaign_detail_view(request: HttpRequest, campaign_id: Any) -> HttpResponse
         "can_write": can_write_campaigns(request.actor),
         "editable": campaign.status in services.EDITABLE_STATUSES and not campaign.deleted_at,
         "min_schedule": services.MIN_SCHEDULE_LEAD,
+        "schedule_description": describe_schedule(campaign) if campaign.scheduled_at else "",
+        "schedule_timezone": campaign_timezone(campaign),
+        "schedule_local": campaign.scheduled_at.astimezone(ZoneInfo(campaign_timezone(campaign)))
+        if campaign.scheduled_at
+        else None,
+        "timezones": COMMON_TIMEZONES,
+        "weekdays": [
+            ("mon", "Mon"),
+            ("tue", "Tue"),
+            ("wed", "Wed"),
+            ("thu", "Thu"),
+            ("fri", "Fri"),
+            ("sat", "Sat"),
+            ("sun", "Sun"),
+        ],
+        "recurrences": Recurrence.choices,
     }
     return render(request, "campaigns/detail.html", context)
 
@@ -181,26 +198,56 @@ def _run(request: HttpRequest, campaign_id: Any, call: Any, success: str) -> Cam
     return None
 
 
+# Offered first in the schedule editor; any IANA name can be typed.
+COMMON_TIMEZONES = [
+    "UTC",
+    "Europe/London",
+    "Europe/Paris",
+    "Europe/Berlin",
+    "Europe/Madrid",
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Asia/Tokyo",
+    "Asia/Shanghai",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+    "Africa/Johannesburg",
+]
+
+
+def _schedule_from_post(post: Any) -> dict[str, Any]:
+    """The schedule editor's fields as campaigns.scheduling reads them (it validates them)."""
+    recurrence = post.get("recurrence") or "none"
+    schedule: dict[str, Any] = {"recurrence": recurrence, "timezone": post.get("timezone", "")}
+    if recurrence == "none":
+        schedule["scheduled_at"] = post.get("scheduled_at", "")
+    else:
+        schedule.update(
+            time=post.get("time", ""),
+            weekdays=post.getlist("weekdays"),
+            day_of_month=post.get("day_of_month") or None,
+            cron=post.get("cron", ""),
+            ends_at=post.get("ends_at") or None,
+        )
+    return schedule
+
+
 @require_POST
 @member_required
 def campaign_transition_view(request: HttpRequest, campaign_id: Any, action: str) -> HttpResponse:
     if action not in services.USER_ACTIONS:
         raise Http404("No such action")
-    scheduled_at = None
-    if action == "schedule" and request.POST.get("scheduled_at"):
-        field = forms.DateTimeField(required=False)
-        try:
-            scheduled_at = field.clean(request.POST["scheduled_at"])
-        except ValidationError:
-            scheduled_at = None
-        if scheduled_at is None:
-            messages.error(request, "Send at: enter a valid date and time.")
-            return redirect("campaigns:detail", campaign_id=campaign_id)
+    schedule = _schedule_from_post(request.POST) if action in ("schedule", "reschedule") else None
     _run(
         request,
         campaign_id,
         lambda: services.campaign_transition(
-            actor=request.actor, campaign_id=campaign_id, action=action, scheduled_at=scheduled_at
+            actor=request.actor, campaign_id=campaign_id, action=action, schedule=schedule
         ),
         "Campaign is now {campaign.status}.",
     )

@@ -31,6 +31,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("audiences.urls")),
     path("campaigns/", include("campaigns.urls")),
+    path("delivery/", include("delivery.urls")),
     path("segments/", include(console_urls.segment_patterns)),
     path("contacts/", include(console_urls.contact_patterns)),
     path("admin/", admin.site.urls),

