@@ -15,6 +15,24 @@ from audiences.models import Membership, Organisation, Role
 from tests.factories import MembershipFactory, OrganisationFactory, actor_for, issue_key
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_task_queue() -> Iterator[None]:
+    """Tasks the code under test enqueues go to a queue of this session, never to a shared one where a developer's
+    running worker would pick them up; it is deleted at the end. Integration tests start workers on their own."""
+    from config.celery import app
+
+    queue = f"test-session-{uuid.uuid4().hex}"
+    previous = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    yield
+    app.conf.task_default_queue = previous
+    try:
+        with app.connection_for_write() as conn:
+            conn.default_channel.client.delete(queue)
+    except Exception:  # noqa: BLE001 - cleanup of a scratch key; a missing Redis is reported by the tests themselves
+        pass
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings) -> Iterator[None]:
     """Each test counts rate limits under its own Redis key prefix (the Redis server may be shared)."""

@@ -168,3 +168,33 @@ def test_content_preview_updates_as_the_marketer_types(page, teammate):
     page.fill("#v-0-sms-body", "Sale on now 🎉")
     page.wait_for_selector('[data-testid="bubble"] >> text=Sale on now')
     assert "UCS-2" in page.locator('[data-testid="bubble-counter"]').inner_text()
+
+
+def test_send_now_and_watch_the_run_progress_live(page, teammate):
+    from audiences.contacts import contacts_upsert_rows
+    from delivery import runs, sending
+    from delivery.models import Run
+
+    contacts_upsert_rows(
+        organisation=teammate.organisation,
+        rows=[{"external_id": f"p{i}", "email": f"p{i}@example.com"} for i in range(60)],
+    )
+    campaign = CampaignFactory(
+        organisation=teammate.organisation, name="Flash sale", sandbox_profile={"failed": 0, "bounced": 0}
+    )
+    page.goto(f"/campaigns/{campaign.pk}/")
+    page.wait_for_selector("text=Not sent yet")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click('[data-testid="action-start"]')
+    page.wait_for_selector("text=Campaign is now running.")
+    run = Run.objects.get(campaign=campaign)
+    # This test process plays the worker, a batch at a time; the page updates itself (htmx polling).
+    runs.run_prepare(run.pk)
+    sending.run_send_batch(run.pk, batch_size=15)
+    page.wait_for_function("document.querySelector('[data-testid=run-percent]')?.textContent.trim() === '25.0%'")
+    assert page.locator('[data-testid="run-1"] .stacked span.seg-delivered').count() == 1
+    sending.run_send_for(run.pk, seconds=30)
+    runs.run_finish_if_done(run.pk)
+    page.wait_for_function("document.querySelector('[data-testid=run-percent]')?.textContent.trim() === '100.0%'")
+    page.wait_for_selector('[data-testid="run-1"][data-status="completed"]')
+    assert page.locator('[data-testid="count-delivered"]').inner_text() == "60"
