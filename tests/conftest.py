@@ -29,7 +29,7 @@ def _private_task_queue() -> Iterator[None]:
     try:
         with app.connection_for_write() as conn:
             conn.default_channel.client.delete(queue)
-    except Exception:  # noqa: BLE001 - cleanup of a scratch key; a missing Redis is reported by the tests themselves
+    except Exception:  # cleanup of a scratch key; a missing Redis is reported by the tests themselves
         pass
 
 
