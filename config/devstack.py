@@ -139,6 +139,9 @@ def run() -> int:
             services.start(),
             DEBUG=os.environ.get("DEBUG", "1"),
             EMAIL_BACKEND=os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"),
+            # The demo sends through the sandbox provider slowly enough to watch a run's progress bar move.
+            SANDBOX_LATENCY_MS=os.environ.get("SANDBOX_LATENCY_MS", "400"),
+            DELIVERY_BATCH_SIZE=os.environ.get("DELIVERY_BATCH_SIZE", "100"),
         )
         python = sys.executable
         manage = [python, str(ROOT / "manage.py")]

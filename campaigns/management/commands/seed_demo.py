@@ -41,7 +41,17 @@ DEMO_CAMPAIGNS: list[dict[str, Any]] = [
     {"name": "Webinar invitation", "channels": ["email", "webhook"], "then": ["schedule", "cancel"]},
     {"name": "Price drop alert", "type": "triggered", "channels": ["in_app", "sms"], "then": []},
     {"name": "Black Friday early access", "channels": ["email", "sms", "in_app"], "then": ["schedule"]},
+    # Sent while `make run` starts, so the console opens on a run with live progress and an A/B result.
+    {"name": "Weekend flash sale", "channels": ["email", "sms"], "then": ["start"]},
+    {
+        "name": "Monday digest",
+        "channels": ["email"],
+        "then": [],
+        "schedule": {"recurrence": "weekly", "time": "09:00", "weekdays": ["mon"]},
+    },
 ]
+# The sandbox provider makes variant B the better one, so the demo's A/B comparison has something to show.
+DEMO_SANDBOX_PROFILE = {"variants": {"B": {"open": 0.46, "click": 0.2, "conversion": 0.25}}}
 
 
 DEMO_CONTENT: dict[str, dict[str, Any]] = {
@@ -233,8 +243,13 @@ class Command(BaseCommand):
                 channels=spec["channels"],
                 scheduled_at=now + timedelta(days=index + 1) if spec.get("type", "scheduled") == "scheduled" else None,
             )
+            Campaign.objects.filter(pk=campaign.pk).update(sandbox_profile=DEMO_SANDBOX_PROFILE)
             for step in spec["then"]:
                 services.campaign_transition(actor=actor, campaign_id=campaign.pk, action=step)
+            if "schedule" in spec:
+                services.campaign_transition(
+                    actor=actor, campaign_id=campaign.pk, action="schedule", schedule=spec["schedule"]
+                )
 
     def _demo_key(self, organisation: Organisation, key_file: Path) -> str:
         """The secret is only known at creation, so it is kept in .data/ for later runs to print again."""
