@@ -13,6 +13,7 @@ counted there and delivered once, which is how the reliability tests count dupli
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -58,15 +59,18 @@ def _ledger_connection() -> psycopg.Connection:
 
 
 def _record_handoffs(messages: Sequence[Outgoing], outcomes: Sequence[str]) -> None:
-    keys = [m.idempotency_key for m in messages]
+    rows = [
+        {"k": m.idempotency_key, "r": m.run_id, "c": m.channel, "o": outcome}
+        for m, outcome in zip(messages, outcomes, strict=True)
+    ]
     sql = (
         "INSERT INTO delivery_sandboxhandoff (idempotency_key, run_id, channel, handoffs, outcome, first_at, last_at)"
-        " SELECT u.k, u.r::uuid, u.c, 1, u.o, now(), now()"
-        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(k, r, c, o)"
+        " SELECT u.k, u.r, u.c, 1, u.o, now(), now()"
+        " FROM json_to_recordset(%s::json) AS u(k text, r uuid, c text, o text)"
         " ON CONFLICT (idempotency_key) DO UPDATE"
         " SET handoffs = delivery_sandboxhandoff.handoffs + 1, last_at = now()"
     )
-    params = [keys, [m.run_id for m in messages], [m.channel for m in messages], list(outcomes)]
+    params = [json.dumps(rows)]
     try:
         _ledger_connection().execute(sql, params)
     except psycopg.OperationalError:

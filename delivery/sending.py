@@ -12,6 +12,7 @@ fan-out is skipped, not sent.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter, defaultdict
@@ -67,24 +68,23 @@ LEFT JOIN audiences_contact c ON c.id = cl.contact_id
 LEFT JOIN compliance_contactpreference p ON p.contact_id = cl.contact_id
 """
 
+# Batches travel as one JSON parameter each: PostgreSQL parses it far faster than the driver quotes arrays.
 RECORD_SQL = """
 UPDATE delivery_message m
-SET status = u.status, provider_message_id = u.provider_id, error = u.error, attempts = m.attempts + 1,
-    sent_at = CASE WHEN u.status IN ('sent', 'delivered', 'bounced') THEN %s ELSE m.sent_at END,
-    due_at = CASE WHEN u.status = 'queued' THEN m.due_at + make_interval(secs => u.retry_after) ELSE m.due_at END
-FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[])
-     AS u(id, status, provider_id, error, retry_after)
-WHERE m.id = u.id
+SET status = u.s, provider_message_id = u.p, error = u.e, attempts = m.attempts + 1,
+    sent_at = CASE WHEN u.s IN ('sent', 'delivered', 'bounced') THEN %s ELSE m.sent_at END,
+    due_at = CASE WHEN u.s = 'queued' THEN m.due_at + make_interval(secs => u.r) ELSE m.due_at END
+FROM json_to_recordset(%s::json) AS u(i bigint, s text, p text, e text, r float8)
+WHERE m.id = u.i
 """
 
 ENGAGEMENT_SQL = """
 INSERT INTO analytics_engagementevent (organisation_id, campaign_id, run_id, message_id, variant_id, contact_id,
                                        channel, kind, occurred_at, is_machine, value, dedupe_key)
-SELECT %s, %s, %s, u.message_id, u.variant_id, u.contact_id, u.channel, u.kind, u.occurred_at, u.is_machine, u.value,
-       u.dedupe_key
-FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::boolean[],
-            %s::numeric[], %s::text[])
-     AS u(message_id, variant_id, contact_id, channel, kind, occurred_at, is_machine, value, dedupe_key)
+SELECT %s, %s, %s, u.m, u.v, u.c, u.ch, u.k, %s::timestamptz + make_interval(secs => u.after), u.machine, u.value,
+       u.d
+FROM json_to_recordset(%s::json)
+     AS u(m bigint, v uuid, c bigint, ch text, k text, after float8, machine boolean, value numeric, d text)
 ON CONFLICT (dedupe_key) DO NOTHING
 """
 
@@ -218,7 +218,7 @@ def _retry_delay(attempts: int) -> float:
 
 def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[Outcome], now: datetime) -> Counter:
     attempts = {row[0]: row[4] for row in rows}
-    ids, statuses, provider_ids, errors, delays = [], [], [], [], []
+    updates = []
     counts: Counter[str] = Counter()
     for outcome in outcomes:
         status, delay, error = outcome.status, 0.0, outcome.error
@@ -228,14 +228,12 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
             else:
                 status = "queued"
                 delay = outcome.retry_after or _retry_delay(attempts.get(outcome.message_id, 0))
-        ids.append(outcome.message_id)
-        statuses.append(status)
-        provider_ids.append(outcome.provider_message_id)
-        errors.append(error[:500])
-        delays.append(delay)
+        updates.append(
+            {"i": outcome.message_id, "s": status, "p": outcome.provider_message_id, "e": error[:500], "r": delay}
+        )
         counts[status] += 1
     with connection.cursor() as cursor:
-        cursor.execute(RECORD_SQL, [now, ids, statuses, provider_ids, errors, delays])
+        cursor.execute(RECORD_SQL, [now, json.dumps(updates)])
         _record_engagement(cursor, ctx, rows, outcomes, now)
         cursor.execute(
             "UPDATE delivery_run SET sent_count = sent_count + %s, delivered_count = delivered_count + %s,"
@@ -258,29 +256,26 @@ def _record_engagement(
     cursor: Any, ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[Outcome], now: datetime
 ) -> None:
     meta = {row[0]: (str(row[3]), row[1], row[2]) for row in rows}
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    events = []
     for outcome in outcomes:
         for index, event in enumerate(outcome.engagement):
             variant_id, contact_id, channel = meta[outcome.message_id]
-            for column, value in zip(
-                columns,
-                (
-                    outcome.message_id,
-                    variant_id,
-                    contact_id,
-                    channel,
-                    event.kind,
-                    now + timedelta(seconds=event.seconds_after_send),
-                    event.is_machine,
-                    event.value,
-                    f"provider:{outcome.message_id}:{event.kind}:{index}",
-                ),
-                strict=True,
-            ):
-                column.append(value)
-    if columns[0]:
+            events.append(
+                {
+                    "m": outcome.message_id,
+                    "v": variant_id,
+                    "c": contact_id,
+                    "ch": channel,
+                    "k": event.kind,
+                    "after": event.seconds_after_send,
+                    "machine": event.is_machine,
+                    "value": event.value,
+                    "d": f"provider:{outcome.message_id}:{event.kind}:{index}",
+                }
+            )
+    if events:
         org, campaign, run = str(ctx.campaign.organisation_id), str(ctx.campaign.pk), str(ctx.run.pk)
-        cursor.execute(ENGAGEMENT_SQL, [org, campaign, run, *columns])
+        cursor.execute(ENGAGEMENT_SQL, [org, campaign, run, now, json.dumps(events)])
 
 
 def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContext | None = None) -> BatchResult:

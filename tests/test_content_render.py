@@ -186,3 +186,23 @@ def test_personalised_links_are_tracked_with_their_rendered_target():
     token = hrefs[0].replace("&amp;", "&").rsplit("/", 1)[1]
     assert links.read_click(token) == ("m-123", "https://shop.example/u/Ada?x=1&y=2")
     assert "/u/" in hrefs[1] and "/t/c/" not in hrefs[1]
+
+
+def test_generated_text_part_is_personalised_and_its_links_tracked():
+    from campaigns.content import links
+
+    content = {
+        "subject": "s",
+        "html": "<p>Hi {{ contact.first_name }}</p>{% if contact.attributes.plan == 'pro' %}<p>Pro perks</p>{% endif %}"
+        '<p><a href="https://shop.example/sale">Sale</a> <a href="https://shop.example/{{ contact.attributes.plan }}">'
+        "Yours</a></p>",
+    }
+    text = render_message("email", content, CTX)["text"]
+    assert text.startswith("Hi Ada\n\nPro perks")
+    assert f"Sale ({links.click_url('m-123', 'https://shop.example/sale')})" in text
+    assert f"Yours ({links.click_url('m-123', 'https://shop.example/pro')})" in text
+    untracked = render_message("email", content, MessageContext(**{**CTX.__dict__, "tracking": False}))["text"]
+    assert "Sale (https://shop.example/sale)" in untracked and "Yours (https://shop.example/pro)" in untracked
+    # Template code that looks like markup cannot be converted once; each rendered body is converted instead.
+    odd = {"subject": "s", "html": "<p>{% if 1 < 2 %}small{% endif %} <b>bold</b></p>"}
+    assert render_message("email", odd, CTX)["text"].startswith("small bold")

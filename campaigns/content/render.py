@@ -10,12 +10,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html import escape
+from functools import lru_cache
 from html.parser import HTMLParser
 from typing import Any
 
 from campaigns.content import links
 from campaigns.content.sms import sms_length
-from campaigns.content.templates import compiled
+from campaigns.content.templates import TemplateProblem, compiled
 
 SIGNATURE_HEADER = "X-Campaign-Signature"
 
@@ -77,7 +78,8 @@ class _TextFromHtml(HTMLParser):
         if self.hidden_tags and self.hidden_tags[-1] == tag:
             self.hidden_tags.pop()
             self.skip = max(0, self.skip - 1)
-        if tag == "a" and self.href and self.href.startswith(("http://", "https://")):
+        # Template code in an href (a tracked or personalised link) renders to the URL later.
+        if tag == "a" and self.href and self.href.startswith(("http://", "https://", "{{", "{%")):
             self.parts.append(f" ({self.href})")
             self.href = None
         if tag in self.BLOCKS:
@@ -94,6 +96,20 @@ def html_to_text(body: str) -> str:
     text = "".join(parser.parts)
     lines = [line.strip() for line in text.splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+@lru_cache(maxsize=512)
+def text_template_from_html(source: str, *, tracked: bool = False) -> str:
+    """The text part's template when the marketer left it empty: the HTML template's source turned into text once
+    (its template code passes through as text), then rendered per message like any template. Converting every
+    rendered HTML body instead costs more than the rest of rendering together. Empty when the conversion does not
+    leave a usable template (template code that looks like markup); rendering then converts each body."""
+    derived = html_to_text(links.tracked_template_source(source) if tracked else source)
+    try:
+        compiled(derived, html=False)
+    except TemplateProblem:
+        return ""
+    return derived
 
 
 def _footer_html(unsubscribe: str, postal_address: str, organisation_name: str) -> str:
@@ -131,8 +147,13 @@ def render_email(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, A
         hidden = f'<div style="display:none;max-height:0;overflow:hidden">{escape(preheader)}</div>'
         opening = re.search(r"<body[^>]*>", body)
         body = body[: opening.end()] + hidden + body[opening.end() :] if opening else hidden + body
-    text_source = content.get("text")
-    text = compiled(text_source, html=False).render(variables) if text_source else html_to_text(body)
+    if content.get("text"):
+        text = compiled(content["text"], html=False).render(variables)
+    elif derived := text_template_from_html(html_source, tracked=ctx.tracking):
+        track_vars = {"cs_link": track, "cs_track": track} if ctx.tracking else {}
+        text = compiled(derived, html=False).render({**variables, **track_vars})
+    else:
+        text = html_to_text(body)
     if "unsubscribe" not in text.lower() or unsubscribe not in text:
         text = f"{text}\n\n--\n{ctx.organisation_name}\n{ctx.postal_address}\nUnsubscribe: {unsubscribe}".strip()
     if ctx.tracking:

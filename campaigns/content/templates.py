@@ -122,7 +122,14 @@ def _track_filter(context: Any, value: str) -> Markup:
     return escape(track(unescape(str(value))))
 
 
+@pass_context
+def _track_text_filter(context: Any, value: str) -> str:
+    track = context.get("cs_track")
+    return str(value) if track is None else track(str(value).strip())
+
+
 _HTML.filters["cs_track"] = _track_filter
+_TEXT.filters["cs_track"] = _track_text_filter
 
 
 def _column(source: str, line: int | None, message: str) -> int:
