@@ -9,8 +9,8 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from html import escape
 from functools import lru_cache
+from html import escape
 from html.parser import HTMLParser
 from typing import Any
 
