@@ -22,6 +22,7 @@ from django.db import connection
 
 from audiences.contacts import contacts_upsert_rows
 from campaigns import services
+from campaigns.models import Campaign
 from delivery.models import Message, Run, SandboxHandoff
 from tests.factories import CampaignFactory
 
@@ -60,6 +61,8 @@ class Engine:
     """A private Redis, celery-beat and workers, all pointed at the test database."""
 
     tmp: Path
+    scheduler: str = "celery.beat:PersistentScheduler"
+    pump_seconds: str = "1"
     port: int = field(default_factory=_free_port)
     redis: subprocess.Popen | None = None
     beat: subprocess.Popen | None = None
@@ -78,7 +81,7 @@ class Engine:
             DELIVERY_PARALLELISM="2",
             DELIVERY_TASK_SECONDS="2",
             DELIVERY_STALL_SECONDS="3",
-            DELIVERY_PUMP_SECONDS="1",
+            DELIVERY_PUMP_SECONDS=self.pump_seconds,
             SANDBOX_LATENCY_MS="60",  # slow enough that the run is still going when we interrupt it
             CELERY_TASK_DEFAULT_QUEUE=f"reliability-{uuid.uuid4().hex[:8]}",
         )
@@ -128,13 +131,7 @@ class Engine:
         self.start_redis()
         queue = self.env_cached["CELERY_TASK_DEFAULT_QUEUE"]
         self.beat = self._celery(
-            "beat",
-            "-l",
-            "warning",
-            "-s",
-            str(self.tmp / "beat-schedule"),
-            "--scheduler",
-            "celery.beat:PersistentScheduler",
+            "beat", "-l", "warning", "-s", str(self.tmp / "beat-schedule"), "--scheduler", self.scheduler
         )
         self.start_worker(queue)
 
@@ -242,3 +239,57 @@ def test_a_redis_restart_mid_run_loses_nothing(engine, teammate, django_capture_
     engine.start_redis()
     assert _wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", 120), Run.objects.get(pk=run.pk)
     _assert_every_message_sent_once(run)
+
+
+def _scheduled_soon(persona, seconds: float) -> Campaign:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    contacts_upsert_rows(organisation=persona.organisation, rows=[{"external_id": "s1", "email": "s1@example.com"}])
+    campaign = CampaignFactory(organisation=persona.organisation, channels=["email"])
+    services.campaign_transition(
+        actor=persona.actor,
+        campaign_id=campaign.pk,
+        action="schedule",
+        scheduled_at=timezone.now() + timedelta(minutes=10),
+    )
+    # The API refuses times under 5 minutes ahead; the test moves the time (and the alarm) closer directly.
+    soon = timezone.now() + timedelta(seconds=seconds)
+    Campaign.objects.filter(pk=campaign.pk).update(scheduled_at=soon)
+    from delivery.task_service import task_service
+
+    task_service().register(Campaign.objects.get(pk=campaign.pk))
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+def _start_delay(campaign: Campaign) -> float:
+    assert _wait_for(lambda: Run.objects.filter(campaign=campaign).exists(), 30), "the run never started"
+    run = Run.objects.get(campaign=campaign)
+    assert run.scheduled_for == campaign.scheduled_at and run.trigger == "schedule"
+    return (run.created_at - campaign.scheduled_at).total_seconds()
+
+
+def test_the_beat_alarm_starts_a_scheduled_run_within_seconds(tmp_path, teammate):
+    # celery-beat's database scheduler with the campaign's clocked alarm; the pump is too slow to be what fires.
+    engine = Engine(tmp=tmp_path, scheduler="django_celery_beat.schedulers:DatabaseScheduler", pump_seconds="3600")
+    engine.start()
+    try:
+        campaign = _scheduled_soon(teammate, seconds=8)
+        delay = _start_delay(campaign)
+        print(f"run started {delay:.2f}s after its time (alarm)")
+        assert -1 < delay < 5  # the PRD allows 60 s; the target is 5 s
+        assert _wait_for(lambda: Run.objects.get(campaign=campaign).status == "completed", 30)
+        assert Campaign.objects.get(pk=campaign.pk).status == "completed"
+    finally:
+        engine.stop()
+
+
+def test_the_pump_starts_a_scheduled_run_within_seconds_without_an_alarm(engine, teammate):
+    from delivery.task_service import task_service
+
+    campaign = _scheduled_soon(teammate, seconds=3)
+    task_service().remove(campaign.pk)  # the persistent scheduler knows no alarms anyway; only the pump is left
+    delay = _start_delay(campaign)
+    print(f"run started {delay:.2f}s after its time (pump)")
+    assert 0 <= delay < 5
