@@ -185,7 +185,27 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # Delivery engine. Backends per channel (dotted paths); the sandbox provider is every channel's default.
-DELIVERY_BACKENDS = {"default": envstr("DELIVERY_DEFAULT_BACKEND", "delivery.sandbox.SandboxBackend")}
+DELIVERY_BACKENDS = {
+    "default": envstr("DELIVERY_DEFAULT_BACKEND", "delivery.sandbox.SandboxBackend"),
+    # e.g. DELIVERY_BACKEND_EMAIL=delivery.channels.EmailBackend, …_SMS / _WHATSAPP=…NotificationServiceBackend,
+    # …_WEBHOOK=…WebhookBackend, …_IN_APP=…InAppBackend; unset channels use the default.
+    **{
+        channel: envstr(f"DELIVERY_BACKEND_{channel.upper()}", "")
+        for channel in ("email", "sms", "whatsapp", "in_app", "webhook")
+        if envstr(f"DELIVERY_BACKEND_{channel.upper()}", "")
+    },
+}
+# A run whose share of failed and bounced messages goes over this (after at least AUTO_PAUSE_MIN hand-offs)
+# pauses itself and says why.
+DELIVERY_AUTO_PAUSE_RATE = float(envstr("DELIVERY_AUTO_PAUSE_RATE", "0.25"))
+DELIVERY_AUTO_PAUSE_MIN = envint("DELIVERY_AUTO_PAUSE_MIN", 200)
+# Concurrent requests per batch for HTTP channels (notification_service, webhooks).
+HTTP_SEND_CONCURRENCY = envint("HTTP_SEND_CONCURRENCY", 100)
+WEBHOOK_TIMEOUT_SECONDS = float(envstr("WEBHOOK_TIMEOUT_SECONDS", "10"))
+# "host:port" targets webhooks may reach although they are internal (empty: none).
+SSRF_ALLOWED_TARGETS = [t.strip().lower() for t in envstr("SSRF_ALLOWED_TARGETS", "").split(",") if t.strip()]
+NOTIFICATION_SERVICE_URL = envstr("NOTIFICATION_SERVICE_URL", "")
+NOTIFICATION_SERVICE_TOKEN = envstr("NOTIFICATION_SERVICE_TOKEN", "")
 DELIVERY_BATCH_SIZE = envint("DELIVERY_BATCH_SIZE", 1000)
 # Send tasks started per run (more than the worker processes only queue up).
 DELIVERY_PARALLELISM = envint("DELIVERY_PARALLELISM", 4)

@@ -13,7 +13,7 @@ from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
 from config import views as config_views
-from delivery.api import RunViewSet
+from delivery.api import InboxViewSet, ReceiptView, RunViewSet
 from delivery.views import task_service_callback_view
 
 router = DefaultRouter(trailing_slash=True)
@@ -23,6 +23,7 @@ router.register("contacts", ContactViewSet, basename="contact")
 router.register("segments", SegmentViewSet, basename="segment")
 router.register("content-templates", ContentTemplateViewSet, basename="content-template")
 router.register("runs", RunViewSet, basename="run")
+router.register("inbox", InboxViewSet, basename="inbox")
 
 urlpatterns = [
     path("", config_views.home, name="home"),
@@ -44,6 +45,7 @@ urlpatterns = [
         RunViewSet.as_view({"get": "list"}),
         name="campaign-runs",
     ),
+    path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
     path("api/v1/", include(router.urls)),
     path("hooks/task-service/<str:token>", task_service_callback_view, name="task-service-callback"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from delivery.models import Message, Run, SandboxHandoff
+from delivery.models import InboxMessage, Message, Run, SandboxHandoff
 
 
 @admin.register(Run)
@@ -40,6 +40,21 @@ class SandboxHandoffAdmin(admin.ModelAdmin):
     list_display = ["idempotency_key", "channel", "handoffs", "outcome", "first_at"]
     list_filter = ["channel", "outcome"]
     search_fields = ["idempotency_key"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(InboxMessage)
+class InboxMessageAdmin(admin.ModelAdmin):
+    """In-app messages as contacts see them (read-only)."""
+
+    list_display = ["message_id", "title", "contact_id", "created_at", "read_at"]
+    search_fields = ["title", "message_id"]
     show_full_result_count = False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:

@@ -3,10 +3,22 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
+from django.http import Http404
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from delivery.models import Run
+from delivery import inbox, receipts
+from delivery.models import InboxMessage, Run
 from delivery.selectors import run_list, run_progress
 
 
@@ -73,3 +85,102 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         if campaign is not None:
             serializers.UUIDField().run_validation(campaign)
         return run_list(self.request.actor, campaign_id=campaign)
+
+
+# --- receipts ---------------------------------------------------------------------------------------------------
+
+
+class ReceiptSerializer(serializers.Serializer):
+    message_id = serializers.IntegerField(required=False, min_value=1, help_text="Our message id, or…")
+    provider_message_id = serializers.CharField(required=False, max_length=200, help_text="…the provider's id.")
+    status = serializers.ChoiceField(choices=receipts.STATUSES)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
+    occurred_at = serializers.DateTimeField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.get("message_id") and not attrs.get("provider_message_id"):
+            raise serializers.ValidationError("Give message_id or provider_message_id.")
+        return attrs
+
+
+class ReceiptBatchSerializer(serializers.Serializer):
+    receipts = ReceiptSerializer(many=True, min_length=1, max_length=1000)
+
+
+class ReceiptResultSerializer(serializers.Serializer):
+    applied = serializers.IntegerField(help_text="Receipts that changed a message.")
+    ignored = serializers.ListField(
+        child=serializers.IntegerField(), help_text="Indexes of receipts that matched no message of yours or repeat."
+    )
+    suppressed = serializers.IntegerField(help_text="Addresses added to the suppression list.")
+
+
+class ReceiptView(APIView):
+    """Providers report what happened to messages: delivered, bounced, complained, failed. Authenticated with an
+    organisation API key; only that organisation's messages are touched; repeats are harmless."""
+
+    @extend_schema(request=ReceiptBatchSerializer, responses={200: ReceiptResultSerializer})
+    def post(self, request: Request) -> Response:
+        payload = ReceiptBatchSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        result = receipts.receipts_apply(actor=request.actor, receipts=payload.validated_data["receipts"])
+        return Response(result)
+
+
+# --- in-app inbox -------------------------------------------------------------------------------------------------
+
+
+class InboxMessageSerializer(serializers.ModelSerializer):
+    id = serializers.IntegerField(source="message_id", read_only=True)
+    read = serializers.SerializerMethodField()
+
+    class Meta:
+        model = InboxMessage
+        fields = ["id", "title", "body", "action_url", "icon_url", "created_at", "read", "read_at", "campaign_id"]
+        read_only_fields = fields
+
+    def get_read(self, message: InboxMessage) -> bool:
+        return message.read_at is not None
+
+
+CONTACT_PARAM = OpenApiParameter("contact", str, required=True, description="The contact's external id.")
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[CONTACT_PARAM, OpenApiParameter("unread", bool, description="Only unread messages.")]
+    )
+)
+class InboxViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """A contact's in-app messages for client apps (organisation API key + the contact's external id)."""
+
+    serializer_class = InboxMessageSerializer
+
+    def _contact(self) -> Any:
+        external_id = self.request.query_params.get("contact", "")
+        if not external_id:
+            raise serializers.ValidationError({"contact": ["Give the contact's external id."]})
+        return inbox.inbox_contact(self.request.actor, external_id)
+
+    def get_queryset(self) -> QuerySet[InboxMessage]:
+        if getattr(self, "swagger_fake_view", False):
+            return InboxMessage.objects.none()
+        unread = self.request.query_params.get("unread", "").lower() in ("1", "true", "yes")
+        return inbox.inbox_messages(self.request.actor, self._contact(), unread_only=unread)
+
+    @extend_schema(
+        parameters=[CONTACT_PARAM], responses={200: inline_serializer("Unread", {"unread": serializers.IntegerField()})}
+    )
+    @action(detail=False, methods=["get"], url_path="unread-count")
+    def unread_count(self, request: Request) -> Response:
+        return Response({"unread": inbox.inbox_unread_count(request.actor, self._contact())})
+
+    @extend_schema(parameters=[CONTACT_PARAM], request=None, responses={200: InboxMessageSerializer})
+    @action(detail=True, methods=["post"])
+    def read(self, request: Request, pk: str) -> Response:
+        try:
+            message_id = int(pk)
+        except ValueError as exc:
+            raise Http404 from exc
+        message = inbox.inbox_mark_read(request.actor, self._contact(), message_id)
+        return Response(InboxMessageSerializer(message).data)

@@ -134,6 +134,12 @@ class Message(models.Model):
             # Workers claim a run's due messages from this (SELECT … FOR UPDATE SKIP LOCKED); only queued rows
             # are in it, so it shrinks as the run sends.
             models.Index(fields=["run", "due_at"], condition=models.Q(status="queued"), name="message_due_idx"),
+            # Receipts find their message by the provider's id; only handed-over messages have one.
+            models.Index(
+                fields=["provider_message_id"],
+                condition=~models.Q(provider_message_id=""),
+                name="message_provider_id_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -158,3 +164,33 @@ class SandboxHandoff(models.Model):
 
     def __str__(self) -> str:
         return self.idempotency_key
+
+
+class InboxMessage(models.Model):
+    """An in-app message in a contact's inbox, as rendered when it was sent. Reading it counts as an open."""
+
+    message_id = models.BigIntegerField(primary_key=True)
+    organisation_id = models.UUIDField()
+    contact_id = models.BigIntegerField()
+    run_id = models.UUIDField()
+    campaign_id = models.UUIDField()
+    variant_id = models.UUIDField()
+    title = models.CharField(max_length=500, blank=True, default="")
+    body = models.TextField(blank=True, default="")
+    action_url = models.CharField(max_length=2048, blank=True, default="")
+    icon_url = models.CharField(max_length=2048, blank=True, default="")
+    created_at = models.DateTimeField()
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["organisation_id", "contact_id", "-created_at"], name="inbox_contact_idx"),
+            models.Index(
+                fields=["organisation_id", "contact_id"],
+                condition=models.Q(read_at__isnull=True),
+                name="inbox_unread_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"inbox message {self.message_id}"

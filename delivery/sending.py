@@ -179,6 +179,8 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
         except TemplateProblem as exc:
             settled.append(Outcome(message_id, "failed", "", f"template: {exc}"[:500]))
             continue
+        if channel in ("sms", "whatsapp") and organisation.sms_sender_id:
+            payload["sender_id"] = organisation.sms_sender_id
         outgoing.append(
             Outgoing(
                 message_id=message_id,
@@ -299,7 +301,42 @@ def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContex
             counts = _record(ctx, rows, outcomes, timezone.now())
         finally:
             progress.in_flight_done(ctx.run.pk, token)
+    if counts["failed"] or counts["bounced"]:
+        run_pause_if_failing(ctx.run.pk)
     return BatchResult(claimed=len(rows), counts=counts)
+
+
+def run_pause_if_failing(run_id: Any) -> bool:
+    """Pause the campaign when the run's failure rate crosses DELIVERY_AUTO_PAUSE_RATE, saying why: a broken
+    provider or a bad list should not burn through the audience."""
+    run = Run.objects.select_related("campaign", "campaign__organisation").get(pk=run_id)
+    handed = run.sent_count + run.failed_count
+    if run.status != Run.Status.SENDING or handed < settings.DELIVERY_AUTO_PAUSE_MIN:
+        return False
+    rate = (run.failed_count + run.bounced_count) / handed
+    if rate <= settings.DELIVERY_AUTO_PAUSE_RATE:
+        return False
+    from audiences.access import system_actor
+    from campaigns.services import campaign_transition
+    from config.errors import Conflict
+
+    reason = (
+        f"Paused automatically: {rate:.0%} of {handed} messages failed or bounced "
+        f"(threshold {settings.DELIVERY_AUTO_PAUSE_RATE:.0%}). Check the channel's provider and the list, then resume."
+    )
+    try:
+        with transaction.atomic():
+            campaign_transition(
+                actor=system_actor(run.campaign.organisation, "delivery engine (failure rate)"),
+                campaign_id=run.campaign_id,
+                action="pause",
+                by_engine=True,
+            )
+            Run.objects.filter(pk=run.pk).update(status_reason=reason)
+    except Conflict:
+        return False  # already paused or cancelled by someone else
+    logger.warning("run %s: %s", run.pk, reason)
+    return True
 
 
 def run_send_for(run_id: Any, *, seconds: float, batch_size: int | None = None) -> tuple[int, bool]:

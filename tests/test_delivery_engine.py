@@ -239,6 +239,7 @@ def test_transient_failures_retry_later_then_fail_for_good(
 ):
     settings.DELIVERY_BACKENDS = {"default": "tests.test_delivery_engine.FlakyBackend"}
     settings.DELIVERY_MAX_ATTEMPTS = 2
+    settings.DELIVERY_AUTO_PAUSE_MIN = 10**6  # this test is about retries, not the failure-rate brake
     reset_backends()
     try:
         run = _prepare(
@@ -331,3 +332,23 @@ def test_runs_api_lists_progress_and_hides_other_organisations(
     assert outsider.api.get(f"/api/v1/runs/{run.pk}/").status_code == 404
     assert outsider.api.get(f"/api/v1/campaigns/{campaign.pk}/runs/").data["results"] == []
     assert teammate.api.get("/api/v1/runs/?campaign=not-a-uuid").status_code == 400
+
+
+def test_a_run_with_too_many_failures_pauses_itself_and_says_why(
+    settings, teammate, campaign, django_capture_on_commit_callbacks
+):
+    settings.DELIVERY_AUTO_PAUSE_MIN = 100
+    settings.DELIVERY_AUTO_PAUSE_RATE = 0.2
+    Campaign.objects.filter(pk=campaign.pk).update(sandbox_profile={"failed": 0.3, "bounced": 0.1})
+    run = _prepare(
+        _send_now(teammate, campaign, django_capture_on_commit_callbacks), django_capture_on_commit_callbacks
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        sending.run_send_for(run.pk, seconds=30, batch_size=60)
+    run.refresh_from_db()
+    campaign.refresh_from_db()
+    assert campaign.status == "paused" and run.status == "paused"
+    assert "Paused automatically" in run.status_reason and "failed or bounced" in run.status_reason
+    assert "failure rate" in run.paused_by
+    assert run.sent_count + run.failed_count < 2 * N  # it stopped before burning through the audience
+    assert Message.objects.filter(run=run, status="queued").exists()

@@ -6,6 +6,8 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from django.conf import settings
+
 BLOCKED_HOSTNAMES = {"localhost", "metadata", "metadata.google.internal", "instance-data"}
 BLOCKED_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 
@@ -28,11 +30,23 @@ def _blocked_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
+def _explicitly_allowed(parts: object) -> bool:
+    """Targets an operator allowed on purpose (SSRF_ALLOWED_TARGETS, "host:port"), e.g. an internal receiver."""
+    allowed = getattr(settings, "SSRF_ALLOWED_TARGETS", ())
+    if not allowed:
+        return False
+    scheme = getattr(parts, "scheme", "")
+    port = getattr(parts, "port", None) or (443 if scheme == "https" else 80)
+    return f"{(getattr(parts, 'hostname', '') or '').lower()}:{port}" in allowed
+
+
 def check_url_shape(url: str, *, schemes: tuple[str, ...] = ("https", "http")) -> str:
     """A well-formed absolute URL with an allowed scheme, no credentials, and no literal private address."""
     if not isinstance(url, str) or len(url) > 2048:
         raise UnsafeUrl("A URL of at most 2,048 characters.")
     parts = urlsplit(url.strip())
+    if parts.scheme.lower() in schemes and _explicitly_allowed(parts) and not (parts.username or parts.password):
+        return url.strip()
     if parts.scheme.lower() not in schemes:
         raise UnsafeUrl(f"The URL must start with {' or '.join(s + '://' for s in schemes)}.")
     if not parts.hostname:
@@ -56,6 +70,8 @@ def check_url_target(url: str) -> list[str]:
     check to repeat right before connecting, since DNS can change). Returns the addresses."""
     check_url_shape(url)
     parts = urlsplit(url)
+    if _explicitly_allowed(parts):
+        return [info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 80)][:1]
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except socket.gaierror as exc:
