@@ -47,7 +47,9 @@ WITH incoming AS (
     WHERE m.id = x.id
       AND ((x.receipt = 'delivered' AND x.old_status = 'sent')
         OR (x.receipt IN ('bounced', 'failed') AND x.old_status IN ('sent', 'delivered'))
-        OR (x.receipt = 'complained' AND x.old_status IN ('sent', 'delivered')))
+        OR (x.receipt = 'complained' AND x.old_status IN ('sent', 'delivered')
+            AND NOT EXISTS (SELECT 1 FROM analytics_engagementevent e
+                            WHERE e.dedupe_key = 'receipt:' || x.id || ':complaint')))
     RETURNING m.id, m.run_id, x.old_status, x.receipt, x.idx, m.contact_id, m.channel, m.variant_id
 )
 SELECT id, run_id, old_status, receipt, idx, contact_id, channel, variant_id FROM moved
