@@ -46,6 +46,9 @@ class Organisation(models.Model):
     default_messages_per_hour = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty means unlimited."
     )
+    # Provider limits per channel shared by every campaign of the organisation, messages per minute:
+    # {"email": 6000, "sms": 600}. A channel not listed is unlimited.
+    channel_limits_per_minute = models.JSONField(default=dict, blank=True)
     default_quiet_hours_start = models.TimeField(null=True, blank=True)
     default_quiet_hours_end = models.TimeField(null=True, blank=True)
 

@@ -28,6 +28,18 @@ class OrganisationUpdateSerializer(serializers.Serializer):
     sms_sender_id = serializers.CharField(max_length=20, required=False, allow_blank=True)
     postal_address = serializers.CharField(max_length=1000, required=False, allow_blank=True)
     verified_senders = serializers.ListField(child=serializers.EmailField(), required=False, max_length=50)
+    channel_limits_per_minute = serializers.DictField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        help_text='Provider limits shared by all campaigns, messages per minute: {"email": 6000, "sms": 600}.',
+    )
+
+    def validate_channel_limits_per_minute(self, value: dict[str, int]) -> dict[str, int]:
+        channels = {"email", "sms", "whatsapp", "in_app", "webhook"}
+        unknown = sorted(set(value) - channels)
+        if unknown:
+            raise serializers.ValidationError(f"Unknown channel(s): {', '.join(unknown)}.")
+        return value
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

@@ -194,6 +194,7 @@ ORGANISATION_SETTINGS = (
     "verified_senders",
     "sms_sender_id",
     "postal_address",
+    "channel_limits_per_minute",
 )
 
 

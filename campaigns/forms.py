@@ -22,6 +22,22 @@ class CampaignForm(forms.Form):
     )
     messages_per_minute = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
     messages_per_hour = forms.IntegerField(min_value=1, required=False, help_text="Empty: the organisation default.")
+    send_window_start = forms.TimeField(
+        required=False,
+        label="Send only from",
+        help_text="Daily window in each recipient's own timezone (may cross midnight). Empty: any time.",
+        widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+    )
+    send_window_end = forms.TimeField(
+        required=False, label="Until", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
+    )
+    skip_weekends = forms.BooleanField(required=False, label="Not on Saturdays and Sundays (recipient's time)")
+    local_send_time = forms.TimeField(
+        required=False,
+        label="Deliver at local time",
+        help_text="e.g. 09:00 wherever each recipient is (the organisation's timezone for contacts without one).",
+        widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+    )
 
     tracking_enabled = forms.BooleanField(
         required=False,

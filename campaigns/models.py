@@ -108,6 +108,12 @@ class Campaign(models.Model):
     # Per-campaign throttle; empty inherits the organisation's default.
     messages_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     messages_per_hour = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    # When recipients may be sent to, in each recipient's own timezone (the organisation's when they have none):
+    # a daily window (may cross midnight), weekends skipped, or a fixed local time ("9:00 wherever they are").
+    send_window_start = models.TimeField(null=True, blank=True)
+    send_window_end = models.TimeField(null=True, blank=True)
+    skip_weekends = models.BooleanField(default=False)
+    local_send_time = models.TimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -134,6 +140,11 @@ class Campaign(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(holdout_percent__gte=0, holdout_percent__lte=20), name="campaign_holdout_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(send_window_start__isnull=True, send_window_end__isnull=True)
+                | models.Q(send_window_start__isnull=False, send_window_end__isnull=False),
+                name="campaign_send_window_both_or_neither",
             ),
         ]
         indexes = [
@@ -178,6 +189,11 @@ class Campaign(models.Model):
     @property
     def is_deleted(self) -> bool:
         return self.deleted_at is not None
+
+    @property
+    def has_send_rules(self) -> bool:
+        """Whether recipients' local time decides when they may be sent to."""
+        return bool(self.send_window_start is not None or self.skip_weekends or self.local_send_time is not None)
 
 
 class SegmentRole(models.TextChoices):

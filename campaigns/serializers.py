@@ -90,6 +90,11 @@ class CampaignSerializer(serializers.ModelSerializer):
             "schedule",
             "messages_per_minute",
             "messages_per_hour",
+            "send_window_start",
+            "send_window_end",
+            "skip_weekends",
+            "local_send_time",
+            "sandbox_profile",
             "tracking_enabled",
             "seed_emails",
             "seed_copy_every_send",
@@ -179,6 +184,17 @@ class CampaignWriteSerializer(serializers.Serializer):
     scheduled_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
     messages_per_minute = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
     messages_per_hour = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    send_window_start = serializers.TimeField(
+        required=False, allow_null=True, default=None, help_text="Daily window, in each recipient's timezone."
+    )
+    send_window_end = serializers.TimeField(required=False, allow_null=True, default=None)
+    skip_weekends = serializers.BooleanField(required=False, default=False)
+    local_send_time = serializers.TimeField(
+        required=False, allow_null=True, default=None, help_text='"9:00 wherever they are".'
+    )
+    sandbox_profile = serializers.DictField(
+        required=False, default=dict, help_text="How the sandbox provider behaves for this campaign."
+    )
     variants = VariantSerializer(many=True, required=False, max_length=MAX_VARIANTS, min_length=1)
     audience = AudienceSerializer(required=False)
     tracking_enabled = serializers.BooleanField(required=False, default=True)

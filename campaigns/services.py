@@ -230,6 +230,11 @@ def _snapshot(campaign: Campaign) -> dict[str, Any]:
         "scheduled_at": campaign.scheduled_at.isoformat() if campaign.scheduled_at else None,
         "messages_per_minute": campaign.messages_per_minute,
         "messages_per_hour": campaign.messages_per_hour,
+        "send_window_start": campaign.send_window_start.isoformat() if campaign.send_window_start else None,
+        "send_window_end": campaign.send_window_end.isoformat() if campaign.send_window_end else None,
+        "skip_weekends": campaign.skip_weekends,
+        "local_send_time": campaign.local_send_time.isoformat() if campaign.local_send_time else None,
+        "sandbox_profile": campaign.sandbox_profile,
     }
 
 
@@ -307,7 +312,26 @@ UPDATABLE_FIELDS = (
     "scheduled_at",
     "messages_per_minute",
     "messages_per_hour",
+    "send_window_start",
+    "send_window_end",
+    "skip_weekends",
+    "local_send_time",
+    "sandbox_profile",
 )
+
+
+def _validate_send_rules(campaign: Campaign) -> None:
+    start, end, local = campaign.send_window_start, campaign.send_window_end, campaign.local_send_time
+    if (start is None) != (end is None):
+        raise ValidationError(
+            {"send_window_end" if end is None else "send_window_start": ["Give both ends of the window."]}
+        )
+    if start is not None and start == end:
+        raise ValidationError({"send_window_end": ["The window must not start and end at the same time."]})
+    if local is not None and start is not None:
+        inside = start <= local < end if start < end else (local >= start or local < end)
+        if not inside:
+            raise ValidationError({"local_send_time": ["The local send time must fall inside the send window."]})
 
 
 # --- actions ------------------------------------------------------------------------------------------------
@@ -329,6 +353,11 @@ def campaign_create(
     tracking_enabled: bool = True,
     seed_emails: Sequence[str] = (),
     seed_copy_every_send: bool = False,
+    send_window_start: Any = None,
+    send_window_end: Any = None,
+    skip_weekends: bool = False,
+    local_send_time: Any = None,
+    sandbox_profile: Mapping[str, Any] | None = None,
 ) -> Campaign:
     """A new draft. Nothing is sent until it is explicitly scheduled or activated."""
     require_campaign_write(actor)
@@ -353,9 +382,15 @@ def campaign_create(
         tracking_enabled=tracking_enabled,
         seed_emails=list(seed_emails),
         seed_copy_every_send=seed_copy_every_send,
+        send_window_start=send_window_start,
+        send_window_end=send_window_end,
+        skip_weekends=skip_weekends,
+        local_send_time=local_send_time,
+        sandbox_profile=dict(sandbox_profile or {}),
         status_changed_at=timezone.now(),
     )
     _set_audience_fields(campaign, clean_audience)
+    _validate_send_rules(campaign)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "created")
     _save_campaign(campaign)
@@ -409,6 +444,7 @@ def campaign_update(
         clean_audience = validate_audience(campaign.organisation, {**campaign_audience_spec(campaign), **audience})
         _set_audience_fields(campaign, clean_audience)
         _set_audience_segments(campaign, clean_audience, actor=actor)
+    _validate_send_rules(campaign)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "updated")
     _save_campaign(campaign)
@@ -545,6 +581,11 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         scheduled_at=origin.scheduled_at,
         messages_per_minute=origin.messages_per_minute,
         messages_per_hour=origin.messages_per_hour,
+        send_window_start=origin.send_window_start,
+        send_window_end=origin.send_window_end,
+        skip_weekends=origin.skip_weekends,
+        local_send_time=origin.local_send_time,
+        sandbox_profile=copy.deepcopy(origin.sandbox_profile),
         audience_combine=origin.audience_combine,
         audience_rules=copy.deepcopy(origin.audience_rules),
         holdout_percent=origin.holdout_percent,

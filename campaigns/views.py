@@ -93,6 +93,10 @@ def _form_initial(campaign: Campaign) -> dict[str, Any]:
         "scheduled_at": campaign.scheduled_at,
         "messages_per_minute": campaign.messages_per_minute,
         "messages_per_hour": campaign.messages_per_hour,
+        "send_window_start": campaign.send_window_start,
+        "send_window_end": campaign.send_window_end,
+        "skip_weekends": campaign.skip_weekends,
+        "local_send_time": campaign.local_send_time,
     }
 
 

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from delivery import inbox, receipts
 from delivery.models import InboxMessage, Run
-from delivery.selectors import run_list, run_progress
+from delivery.selectors import run_estimated_completion, run_list, run_progress
 
 
 class RunProgressSerializer(serializers.Serializer):
@@ -38,6 +38,7 @@ class RunProgressSerializer(serializers.Serializer):
 class RunSerializer(serializers.ModelSerializer):
     campaign = serializers.UUIDField(source="campaign_id", read_only=True)
     progress = serializers.SerializerMethodField()
+    estimated_completion = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -55,6 +56,7 @@ class RunSerializer(serializers.ModelSerializer):
             "message_count",
             "excluded",
             "progress",
+            "estimated_completion",
             "created_at",
             "fanned_out_at",
             "started_sending_at",
@@ -67,6 +69,12 @@ class RunSerializer(serializers.ModelSerializer):
     @extend_schema_field(RunProgressSerializer)
     def get_progress(self, run: Run) -> dict[str, Any]:
         return run_progress(run)
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_estimated_completion(self, run: Run) -> Any:
+        """From what is left, the campaign's and organisation's limits and the send windows."""
+        at = run_estimated_completion(run)
+        return serializers.DateTimeField().to_representation(at) if at else None
 
 
 @extend_schema_view(

@@ -11,7 +11,7 @@ from audiences.decorators import member_required
 from campaigns import selectors as campaign_selectors
 from campaigns.models import Campaign
 from delivery.models import Run
-from delivery.selectors import run_list, run_progress
+from delivery.selectors import run_estimated_completion, run_list, run_progress
 
 SEGMENTS = [
     ("delivered", "Delivered"),
@@ -58,6 +58,7 @@ def campaign_runs_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
                 "progress": progress,
                 "bar": _bar(progress),
                 "legend": [(key, label, progress[key]) for key, label in SEGMENTS],
+                "eta": run_estimated_completion(run),
                 "excluded": [(REASONS.get(k, k), v) for k, v in sorted(run.excluded.items())],
             }
         )

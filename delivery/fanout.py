@@ -39,6 +39,28 @@ def _variant_case(campaign: Campaign) -> tuple[str, list[Any], list[Any]]:
     return sql, params, [str(v.pk) for v in variants if v.is_control]
 
 
+def _due_at(campaign: Campaign, *, now: Any) -> tuple[str, list[Any], str, list[Any]]:
+    """When each message may go: now, or — with a send window, weekends off or a local send time — the next
+    allowed moment in the recipient's timezone (the organisation's for contacts without one), worked out once per
+    recipient by cs_next_send_time (delivery migration 0004)."""
+    if not campaign.has_send_rules:
+        return "%s", [now], "", []
+    join = (
+        "JOIN audiences_contact tz_c ON tz_c.id = r.contact_id"
+        " CROSS JOIN LATERAL (SELECT cs_next_send_time(%s, COALESCE(NULLIF(tz_c.timezone, ''), %s),"
+        " %s::time, %s::time, %s, %s::time) AS at) due"
+    )
+    params = [
+        now,
+        str(campaign.organisation.timezone),
+        campaign.send_window_start,
+        campaign.send_window_end,
+        campaign.skip_weekends,
+        campaign.local_send_time,
+    ]
+    return "due.at", [], join, params
+
+
 def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str]) -> int:
     """Flag staged recipients who opted out, unsubscribed, turned channels off or whose address is suppressed.
     Each statement touches only the matching rows (few), not the audience."""
@@ -96,6 +118,7 @@ def run_fan_out(run_id: Any) -> Run | None:
     select: Compiled = audience_resolution_select(campaign)
     variant_sql, variant_params, control_ids = _variant_case(campaign)
     channels = list(campaign.channels)
+    due_sql, due_select_params, due_join, due_join_params = _due_at(campaign, now=timezone.now())
     address_checks = " AND ".join(f"(ch.channel <> '{channel}' OR r.{flag})" for channel, flag in ADDRESS_FLAGS.items())
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -146,8 +169,9 @@ def run_fan_out(run_id: Any) -> Run | None:
                    CASE WHEN r.is_holdout THEN 'holdout'
                         WHEN v.variant_id = ANY(%s::uuid[]) THEN 'control'
                         ELSE 'queued' END,
-                   %s, 0, '', '', %s
+                   {due_sql}, 0, '', '', %s
             FROM fan_out_recipients r
+            {due_join}
             CROSS JOIN LATERAL (SELECT {variant_sql} AS variant_id) v
             CROSS JOIN unnest(%s::text[]) AS ch(channel)
             WHERE r.blocked IS NULL AND {address_checks}
@@ -156,7 +180,7 @@ def run_fan_out(run_id: Any) -> Run | None:
               AND NOT (ch.channel IN ('sms', 'whatsapp') AND r.phone_suppressed)
             {on_conflict}
             """,
-            [str(run.pk), control_ids, now, now, *variant_params, channels],
+            [str(run.pk), control_ids, *due_select_params, now, *due_join_params, *variant_params, channels],
         )
         # Counted from the table rather than RETURNING every row: cheaper, and right for a resumed fan-out too.
         cursor.execute(

@@ -42,8 +42,16 @@ def run_kick(run_id: Any, *, workers: int | None = None) -> None:
     """Ask workers to send a run: one task per lane. Extra tasks find nothing to claim and end."""
     from delivery.tasks import run_send_task
 
-    lanes = workers or settings.DELIVERY_PARALLELISM
+    lanes = workers or (1 if _throttled(run_id) else settings.DELIVERY_PARALLELISM)
     _on_commit(lambda: [run_send_task.delay(str(run_id)) for _ in range(lanes)])
+
+
+def _throttled(run_id: Any) -> bool:
+    """A throttled run needs one lane: more would only wait for the same tokens."""
+    from delivery.throttle import campaign_buckets
+
+    run = Run.objects.select_related("campaign", "campaign__organisation").filter(pk=run_id).first()
+    return bool(run and any(campaign_buckets(run.campaign, channel) for channel in run.campaign.channels))
 
 
 # --- reacting to campaign transitions (delivery.receivers) ---------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from audiences.adapters import user_profile_provider
 from campaigns.content.render import MessageContext, render_message
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
-from delivery import progress
+from delivery import progress, throttle
 from delivery.backends import Outcome, Outgoing, backend_for
 from delivery.models import Run
 from delivery.sandbox import sandbox_profile
@@ -43,6 +44,7 @@ WITH claimed AS (
     SELECT m.id, m.contact_id, m.channel, m.variant_id, m.attempts
     FROM delivery_message m
     WHERE m.run_id = %(run)s AND m.status = 'queued' AND m.due_at <= %(now)s
+      AND (%(channel)s::text IS NULL OR m.channel = %(channel)s::text)
       AND EXISTS (SELECT 1 FROM delivery_run r WHERE r.id = %(run)s AND r.status = 'sending')
     ORDER BY m.due_at
     LIMIT %(limit)s
@@ -62,7 +64,10 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
               WHERE s.organisation_id = %(org)s AND s.address = c.email) THEN 'suppressed'
          WHEN cl.channel IN ('sms', 'whatsapp') AND EXISTS (SELECT 1 FROM compliance_suppression s
               WHERE s.organisation_id = %(org)s AND s.address = c.phone) THEN 'suppressed'
-       END AS blocked
+       END AS blocked,
+       -- With send rules, when this recipient may next be sent to (later than now: outside their window).
+       CASE WHEN %(rules)s THEN cs_next_send_time(%(now)s, COALESCE(NULLIF(c.timezone, ''), %(tz)s),
+            %(window_start)s::time, %(window_end)s::time, %(skip_weekends)s, %(local_time)s::time) END AS next_at
 FROM claimed cl
 LEFT JOIN audiences_contact c ON c.id = cl.contact_id
 LEFT JOIN compliance_contactpreference p ON p.contact_id = cl.contact_id
@@ -71,10 +76,11 @@ LEFT JOIN compliance_contactpreference p ON p.contact_id = cl.contact_id
 # Batches travel as one JSON parameter each: PostgreSQL parses it far faster than the driver quotes arrays.
 RECORD_SQL = """
 UPDATE delivery_message m
-SET status = u.s, provider_message_id = u.p, error = u.e, attempts = m.attempts + 1,
-    sent_at = CASE WHEN u.s IN ('sent', 'delivered', 'bounced') THEN %s ELSE m.sent_at END,
-    due_at = CASE WHEN u.s = 'queued' THEN m.due_at + make_interval(secs => u.r) ELSE m.due_at END
-FROM json_to_recordset(%s::json) AS u(i bigint, s text, p text, e text, r float8)
+SET status = u.s, provider_message_id = COALESCE(u.p, m.provider_message_id), error = COALESCE(u.e, m.error),
+    attempts = m.attempts + u.a,
+    sent_at = CASE WHEN u.s IN ('sent', 'delivered', 'bounced') THEN %(now)s ELSE m.sent_at END,
+    due_at = CASE WHEN u.s = 'queued' THEN %(now)s + make_interval(secs => u.r) ELSE m.due_at END
+FROM json_to_recordset(%(rows)s::json) AS u(i bigint, s text, p text, e text, r float8, a int)
 WHERE m.id = u.i
 """
 
@@ -103,10 +109,12 @@ class RunContext:
 class BatchResult:
     claimed: int = 0
     counts: Counter[str] | None = None
+    # Seconds until a throttle lets more through, when it held messages back.
+    wait: float = 0.0
 
     @property
     def done(self) -> bool:
-        return self.claimed == 0
+        return self.claimed == 0 and not self.wait
 
 
 def _run_context(run_id: Any) -> RunContext | None:
@@ -223,19 +231,30 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
     updates = []
     counts: Counter[str] = Counter()
     for outcome in outcomes:
-        status, delay, error = outcome.status, 0.0, outcome.error
+        status, delay, error = outcome.status, outcome.retry_after, outcome.error
         if status == "retry":
             if attempts.get(outcome.message_id, 0) + 1 >= settings.DELIVERY_MAX_ATTEMPTS:
                 status, error = "failed", f"gave up after {settings.DELIVERY_MAX_ATTEMPTS} attempts: {error}"
             else:
                 status = "queued"
-                delay = outcome.retry_after or _retry_delay(attempts.get(outcome.message_id, 0))
+                delay = delay or _retry_delay(attempts.get(outcome.message_id, 0))
+        if status == "defer":  # outside the recipient's send window: wait, no attempt used, nothing recorded
+            updates.append({"i": outcome.message_id, "s": "queued", "p": None, "e": None, "r": delay, "a": 0})
+            counts["deferred"] += 1
+            continue
         updates.append(
-            {"i": outcome.message_id, "s": status, "p": outcome.provider_message_id, "e": error[:500], "r": delay}
+            {
+                "i": outcome.message_id,
+                "s": status,
+                "p": outcome.provider_message_id,
+                "e": error[:500],
+                "r": delay,
+                "a": 1,
+            }
         )
         counts[status] += 1
     with connection.cursor() as cursor:
-        cursor.execute(RECORD_SQL, [now, json.dumps(updates)])
+        cursor.execute(RECORD_SQL, {"now": now, "rows": json.dumps(updates)})
         _record_engagement(cursor, ctx, rows, outcomes, now)
         cursor.execute(
             "UPDATE delivery_run SET sent_count = sent_count + %s, delivered_count = delivered_count + %s,"
@@ -281,28 +300,74 @@ def _record_engagement(
 
 
 def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContext | None = None) -> BatchResult:
-    """Claim, render, hand off and record one batch of a run. Returns how many rows it claimed (0: none due)."""
+    """Claim, render, hand off and record one batch of a run. Returns how many rows it claimed (0: none due) and,
+    when a throttle held messages back, how long until it lets more through."""
     ctx = ctx or _run_context(run_id)
     if ctx is None:
         return BatchResult()
     limit = batch_size or settings.DELIVERY_BATCH_SIZE
+    buckets = {channel: throttle.campaign_buckets(ctx.campaign, channel) for channel in ctx.campaign.channels}
+    if not any(buckets.values()):
+        result = _send_claimed(ctx, channel=None, limit=limit)
+    else:
+        # Throttled: each channel takes what its buckets allow (the campaign's and the organisation's channel
+        # limit), so one slow channel does not hold the others back.
+        result = BatchResult(counts=Counter())
+        waits = []
+        for channel, channel_buckets in buckets.items():
+            taken, wait = throttle.take(channel_buckets, limit)
+            if not taken:
+                waits.append(wait)
+                continue
+            part = _send_claimed(ctx, channel=channel, limit=taken)
+            unused = taken - part.claimed + (part.counts or Counter())["deferred"]
+            throttle.give_back(channel_buckets, unused)
+            result.claimed += part.claimed
+            result.counts.update(part.counts or Counter())
+            if not part.claimed and wait:
+                waits.append(wait)
+        if not result.claimed and waits:
+            result.wait = min(waits)
+    counts = result.counts or Counter()
+    if counts["failed"] or counts["bounced"]:
+        run_pause_if_failing(ctx.run.pk)
+    return result
+
+
+def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchResult:
+    campaign = ctx.campaign
     now = timezone.now()
+    params = {
+        "run": str(ctx.run.pk),
+        "now": now,
+        "limit": limit,
+        "org": campaign.organisation_id,
+        "channel": channel,
+        "rules": campaign.has_send_rules,
+        "tz": str(campaign.organisation.timezone),
+        "window_start": campaign.send_window_start,
+        "window_end": campaign.send_window_end,
+        "skip_weekends": campaign.skip_weekends,
+        "local_time": campaign.local_send_time,
+    }
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            CLAIM_SQL, {"run": str(ctx.run.pk), "now": now, "limit": limit, "org": ctx.campaign.organisation_id}
-        )
+        cursor.execute(CLAIM_SQL, params)
         rows = cursor.fetchall()
         if not rows:
             return BatchResult()
         token = progress.in_flight_add(ctx.run.pk, len(rows))
         try:
-            outgoing, outcomes = _render(ctx, rows)
+            deferred = [
+                Outcome(row[0], "defer", retry_after=(row[15] - now).total_seconds())
+                for row in rows
+                if row[15] is not None and row[15] > now
+            ]
+            sendable = [row for row in rows if row[15] is None or row[15] <= now] if deferred else rows
+            outgoing, outcomes = _render(ctx, sendable)
             outcomes.extend(_hand_off(ctx, outgoing))
-            counts = _record(ctx, rows, outcomes, timezone.now())
+            counts = _record(ctx, rows, [*outcomes, *deferred], timezone.now())
         finally:
             progress.in_flight_done(ctx.run.pk, token)
-    if counts["failed"] or counts["bounced"]:
-        run_pause_if_failing(ctx.run.pk)
     return BatchResult(claimed=len(rows), counts=counts)
 
 
@@ -349,6 +414,13 @@ def run_send_for(run_id: Any, *, seconds: float, batch_size: int | None = None) 
         total += result.claimed
         if result.done:
             return total, False
+        if result.wait and not result.claimed:
+            # Throttled: wait for the next token here (short: a bucket refills within seconds), or hand over.
+            left = (deadline - timezone.now()).total_seconds()
+            if left <= 0:
+                return total, True
+            time.sleep(min(result.wait, left, 5.0))
+            continue
         if timezone.now() >= deadline:
             return total, True
     return total, False

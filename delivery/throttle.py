@@ -1,0 +1,133 @@
+"""Sending rates: per campaign (messages per minute and per hour, defaults from the organisation) and per channel
+for the whole organisation (provider limits). Token buckets in Redis, taken atomically across every bucket that
+applies, so workers on any machine share them.
+
+A bucket holds at most `capacity` tokens and refills continuously at `rate` per second. Workers take tokens before
+claiming, so sends are spread evenly through each minute instead of bursting at :00. To keep every 60-second window
+at or under N (not N + a burst), the refill rate is (N - capacity) / 60 with a capacity of N/600 (at least one): the
+long-run rate stays within 0.2 % of N. Bucket state is coordination, not data: if Redis loses it, a bucket starts
+full again, which is at most one capacity's worth of messages early.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.cache import cache
+
+TAKE = """
+local want = tonumber(ARGV[1])
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local available = want
+local state = {}
+for i, key in ipairs(KEYS) do
+    local rate = tonumber(ARGV[2 * i])
+    local capacity = tonumber(ARGV[2 * i + 1])
+    local data = redis.call('HMGET', key, 't', 'ts')
+    local tokens = tonumber(data[1]) or capacity
+    local ts = tonumber(data[2]) or now
+    tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+    state[i] = tokens
+    available = math.min(available, math.floor(tokens))
+end
+local wait = 0
+for i, key in ipairs(KEYS) do
+    local rate = tonumber(ARGV[2 * i])
+    local tokens = state[i] - available
+    redis.call('HSET', key, 't', tostring(tokens), 'ts', tostring(now))
+    redis.call('EXPIRE', key, 7200)
+    if available < want then
+        wait = math.max(wait, (math.floor(tokens) + 1 - tokens) / rate)
+    end
+end
+return {available, tostring(wait)}
+"""
+
+GIVE_BACK = """
+for i, key in ipairs(KEYS) do
+    redis.call('HINCRBYFLOAT', key, 't', ARGV[1])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    per_minute: float  # the limit N
+    window_seconds: float = 60.0
+
+    @property
+    def capacity(self) -> float:
+        return max(1.0, self.per_minute / 600)
+
+    @property
+    def rate(self) -> float:
+        """Tokens per second such that any window holds at most N."""
+        return max(self.per_minute - self.capacity, self.per_minute * 0.5) / self.window_seconds
+
+
+def campaign_buckets(campaign: Any, channel: str) -> list[Bucket]:
+    organisation = campaign.organisation
+    buckets = []
+    per_minute = campaign.messages_per_minute or organisation.default_messages_per_minute
+    per_hour = campaign.messages_per_hour or organisation.default_messages_per_hour
+    if per_minute:
+        buckets.append(Bucket(f"throttle:campaign:{campaign.pk}:minute", float(per_minute)))
+    if per_hour:
+        buckets.append(Bucket(f"throttle:campaign:{campaign.pk}:hour", float(per_hour), window_seconds=3600))
+    channel_limit = (organisation.channel_limits_per_minute or {}).get(channel)
+    if channel_limit:
+        buckets.append(Bucket(f"throttle:org:{organisation.pk}:{channel}", float(channel_limit)))
+    return buckets
+
+
+def effective_per_minute(campaign: Any, channels: list[str]) -> float | None:
+    """The most messages a minute this campaign can send (None: unlimited), for estimates."""
+    organisation = campaign.organisation
+    limits: list[float] = []
+    per_minute = campaign.messages_per_minute or organisation.default_messages_per_minute
+    per_hour = campaign.messages_per_hour or organisation.default_messages_per_hour
+    if per_minute:
+        limits.append(Bucket("", float(per_minute)).rate * 60)
+    if per_hour:
+        limits.append(Bucket("", float(per_hour), window_seconds=3600).rate * 60)
+    channel_limits = [
+        Bucket("", float(limit)).rate * 60
+        for channel, limit in (organisation.channel_limits_per_minute or {}).items()
+        if channel in channels and limit
+    ]
+    if channel_limits:
+        # Messages of different channels queue behind their own limits; the slowest channel decides.
+        limits.append(min(channel_limits))
+    return min(limits) if limits else None
+
+
+def _client() -> Any:
+    return cache._cache.get_client(write=True)  # the redis-py client behind Django's Redis cache
+
+
+def take(buckets: list[Bucket], want: int) -> tuple[int, float]:
+    """Take up to `want` tokens from every bucket at once. Returns (taken, seconds until the next token)."""
+    if not buckets or want <= 0:
+        return want, 0.0
+    keys = [cache.make_key(bucket.key) for bucket in buckets]
+    args: list[Any] = [want]
+    for bucket in buckets:
+        args.extend([bucket.rate, bucket.capacity])
+    taken, wait = _client().eval(TAKE, len(keys), *keys, *args)
+    return int(taken), float(wait)
+
+
+def give_back(buckets: list[Bucket], count: int) -> None:
+    """Return tokens taken for messages that turned out not to be there (a claim that found fewer rows)."""
+    if buckets and count > 0:
+        keys = [cache.make_key(bucket.key) for bucket in buckets]
+        _client().eval(GIVE_BACK, len(keys), *keys, count)
+
+
+def minutes_for(count: int, per_minute: float | None) -> float:
+    return 0.0 if not per_minute else math.ceil(count) / per_minute
