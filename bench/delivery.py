@@ -35,6 +35,17 @@ CONTENT = {
     },
     "sms": {"body": "Hi {{ contact.first_name }}, {{ contact.attributes.plan }} offers inside: https://ex.am/p"},
     "in_app": {"title": "Hi {{ contact.first_name }}", "body": "New {{ contact.attributes.plan }} offers"},
+    "whatsapp": {"body": "Hi {{ contact.first_name }}, {{ contact.attributes.plan }} offers inside"},
+    "webhook": {
+        "url": "http://127.0.0.1:{port}/hooks/campaign",
+        "payload_template": '{"user": "{{ contact.external_id }}", "plan": "{{ contact.attributes.plan }}"}',
+    },
+}
+# --peer: the real backend for the channel, against bench/peer_server.py (a local provider answering after a delay).
+REAL_BACKENDS = {
+    "webhook": "delivery.channels.WebhookBackend",
+    "sms": "delivery.channels.NotificationServiceBackend",
+    "whatsapp": "delivery.channels.NotificationServiceBackend",
 }
 
 
@@ -44,7 +55,32 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1_000_000, help="recipients (the first N contacts)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="worker processes")
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--peer", action="store_true", help="webhook/sms/whatsapp: the real backend against a local peer server"
+    )
+    parser.add_argument("--peer-latency-ms", type=float, default=50)
     args = parser.parse_args()
+    peer = None
+    if args.peer:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        peer = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "peer_server.py"),
+                "--port",
+                str(port),
+                "--latency-ms",
+                str(args.peer_latency_ms),
+            ]
+        )
+        os.environ[f"DELIVERY_BACKEND_{args.channel.upper()}"] = REAL_BACKENDS[args.channel]
+        os.environ["SSRF_ALLOWED_TARGETS"] = f"127.0.0.1:{port}"
+        os.environ["NOTIFICATION_SERVICE_URL"] = f"http://127.0.0.1:{port}"
+        CONTENT["webhook"]["url"] = CONTENT["webhook"]["url"].replace("{port}", str(port))
 
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/campaign_service")
     parts = urlsplit(base)
@@ -155,10 +191,20 @@ def main() -> None:
             os.killpg(worker.pid, signal.SIGTERM)
         for worker in workers:
             worker.wait(timeout=30)
+    if peer is not None:
+        import httpx
+
+        stats = httpx.get(f"{os.environ['NOTIFICATION_SERVICE_URL']}/stats").json()
+        print(
+            f"peer ({args.peer_latency_ms:.0f} ms per request): {stats['requests']:,} requests, {stats['keys']:,} keys"
+        )
+        peer.terminate()
     current = Run.objects.get(pk=run.pk)
     handed = current.sent_count + current.failed_count
+    backend = REAL_BACKENDS[args.channel] if args.peer else "sandbox"
     print(
-        f"sending ({args.channel}, {args.workers} worker processes, batches of {args.batch}): {handed:,} messages "
+        f"sending ({args.channel} via {backend}, {args.workers} worker processes, batches of {args.batch}): "
+        f"{handed:,} messages "
         f"in {elapsed:.1f}s = {handed / elapsed:,.0f} messages/s = {60 * handed / elapsed:,.0f} messages/minute"
     )
     with connection.cursor() as cursor:  # leave the bench database as it was

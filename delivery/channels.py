@@ -100,14 +100,28 @@ class EmailBackend:
 # --- HTTP-based channels -------------------------------------------------------------------------------------------
 
 
-async def _gather(calls: Sequence[Any], limit: int) -> list[Outcome]:
-    semaphore = asyncio.Semaphore(limit)
+# httpcore's connection pool scans every connection for every waiting request (quadratic in concurrency), so one
+# client with 100 connections spends its time in the pool; many small clients keep each scan short.
+CONNECTIONS_PER_CLIENT = 5
 
-    async def guarded(call: Any) -> Outcome:
-        async with semaphore:
-            return await call
 
-    return list(await asyncio.gather(*(guarded(call) for call in calls)))
+async def _send_sharded(
+    messages: Sequence[Outgoing], send: Any, *, concurrency: int, **client_options: Any
+) -> list[Outcome]:
+    """Send every message with `send(client, message)`, at most `concurrency` at once over small clients."""
+    shards = max(1, concurrency // CONNECTIONS_PER_CLIENT)
+    limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT, max_keepalive_connections=CONNECTIONS_PER_CLIENT)
+    clients = [httpx.AsyncClient(limits=limits, **client_options) for _ in range(shards)]
+    gates = [asyncio.Semaphore(CONNECTIONS_PER_CLIENT) for _ in range(shards)]
+
+    async def one(index: int, message: Outgoing) -> Outcome:
+        async with gates[index % shards]:
+            return await send(clients[index % shards], message)
+
+    try:
+        return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(messages))))
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
 
 
 class NotificationServiceBackend:
@@ -121,14 +135,15 @@ class NotificationServiceBackend:
 
     async def _send_all(self, messages: Sequence[Outgoing]) -> list[Outcome]:
         headers = {"Authorization": f"Bearer {settings.NOTIFICATION_SERVICE_TOKEN}"}
-        async with httpx.AsyncClient(
+        return await _send_sharded(
+            messages,
+            self._send_one,
+            concurrency=settings.HTTP_SEND_CONCURRENCY,
             base_url=settings.NOTIFICATION_SERVICE_URL.rstrip("/"),
             timeout=httpx.Timeout(settings.EXTERNAL_HTTP_TIMEOUT),
             headers=headers if settings.NOTIFICATION_SERVICE_TOKEN else {},
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.HTTP_SEND_CONCURRENCY),
-        ) as client:
-            return await _gather([self._send_one(client, m) for m in messages], settings.HTTP_SEND_CONCURRENCY)
+        )
 
     @staticmethod
     def _body(message: Outgoing) -> dict[str, Any]:
@@ -192,19 +207,30 @@ class WebhookBackend:
         return asyncio.run(self._send_all(messages))
 
     async def _send_all(self, messages: Sequence[Outgoing]) -> list[Outcome]:
-        async with httpx.AsyncClient(
+        # Each distinct URL is resolved and checked once per batch, right before its requests go out.
+        checked: dict[str, Any] = {}
+        for url in {m.payload.get("url", "") for m in messages}:
+            try:
+                checked[url] = await asyncio.to_thread(_pinned_request, url)
+            except UnsafeUrl as exc:
+                checked[url] = exc
+
+        async def send(client: httpx.AsyncClient, message: Outgoing) -> Outcome:
+            return await self._send_one(client, message, checked[message.payload.get("url", "")])
+
+        return await _send_sharded(
+            messages,
+            send,
+            concurrency=settings.HTTP_SEND_CONCURRENCY,
             timeout=httpx.Timeout(settings.WEBHOOK_TIMEOUT_SECONDS),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.HTTP_SEND_CONCURRENCY),
-        ) as client:
-            return await _gather([self._send_one(client, m) for m in messages], settings.HTTP_SEND_CONCURRENCY)
+        )
 
-    async def _send_one(self, client: httpx.AsyncClient, message: Outgoing) -> Outcome:
+    async def _send_one(self, client: httpx.AsyncClient, message: Outgoing, target: Any) -> Outcome:
         payload = message.payload
-        try:
-            pinned, host, extensions = await asyncio.to_thread(_pinned_request, payload.get("url", ""))
-        except UnsafeUrl as exc:
-            return Outcome(message.message_id, "failed", "", f"webhook refused: {exc}"[:500])
+        if isinstance(target, UnsafeUrl):
+            return Outcome(message.message_id, "failed", "", f"webhook refused: {target}"[:500])
+        pinned, host, extensions = target
         headers = {**(payload.get("headers") or {}), **host, "Idempotency-Key": message.idempotency_key}
         try:
             response = await client.request(
