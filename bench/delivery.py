@@ -59,6 +59,8 @@ def main() -> None:
         "--peer", action="store_true", help="webhook/sms/whatsapp: the real backend against a local peer server"
     )
     parser.add_argument("--peer-latency-ms", type=float, default=50)
+    parser.add_argument("--per-minute", type=int, help="throttle the campaign to N messages a minute and measure it")
+    parser.add_argument("--measure-minutes", type=int, default=5, help="with --per-minute: how long to measure")
     args = parser.parse_args()
     peer = None
     if args.peer:
@@ -121,6 +123,7 @@ def main() -> None:
         name=f"Delivery bench {time.time_ns()}",
         channels=[args.channel],
         audience={"rules": {"field": "email", "op": "exists"}},
+        messages_per_minute=args.per_minute,
         variants=[
             {"name": "A", "allocation_percent": 50, "content": {args.channel: CONTENT[args.channel]}},
             {"name": "B", "allocation_percent": 50, "content": {args.channel: CONTENT[args.channel]}},
@@ -183,6 +186,8 @@ def main() -> None:
                 last_report = now
             if current.status == Run.Status.COMPLETED:
                 break
+            if args.per_minute and now - started >= args.measure_minutes * 60 + 1:
+                break
             if now - started > 1800:
                 raise SystemExit("gave up after 30 minutes")
         elapsed = time.perf_counter() - started
@@ -199,6 +204,8 @@ def main() -> None:
             f"peer ({args.peer_latency_ms:.0f} ms per request): {stats['requests']:,} requests, {stats['keys']:,} keys"
         )
         peer.terminate()
+    if args.per_minute:
+        report_throttle(run, args.per_minute, args.measure_minutes)
     current = Run.objects.get(pk=run.pk)
     handed = current.sent_count + current.failed_count
     backend = REAL_BACKENDS[args.channel] if args.peer else "sandbox"
@@ -212,6 +219,32 @@ def main() -> None:
         cursor.execute("DELETE FROM delivery_sandboxhandoff WHERE run_id = %s", [str(run.pk)])
         cursor.execute("DELETE FROM analytics_engagementevent WHERE run_id = %s", [str(run.pk)])
     Run.objects.filter(pk=run.pk).delete()
+
+
+def report_throttle(run, per_minute: int, minutes: int) -> None:
+    """Messages per minute over the measured period, and the busiest 60-second window anywhere in it."""
+    from delivery.models import Message
+
+    times = sorted(
+        t.timestamp() for t in Message.objects.filter(run=run, sent_at__isnull=False).values_list("sent_at", flat=True)
+    )
+    if not times:
+        print("nothing was sent")
+        return
+    first = times[0]
+    measured = [t for t in times if t < first + minutes * 60]
+    per = [sum(1 for t in measured if first + 60 * m <= t < first + 60 * (m + 1)) for m in range(minutes)]
+    busiest, lo = 0, 0
+    for hi, t in enumerate(measured):
+        while measured[lo] <= t - 60:
+            lo += 1
+        busiest = max(busiest, hi - lo + 1)
+    mean = sum(per) / len(per)
+    print(f"throttle {per_minute:,}/min over {minutes} minutes: per minute {per}")
+    print(
+        f"  mean {mean:,.1f}/min ({100 * (mean - per_minute) / per_minute:+.2f} % of N); "
+        f"busiest 60-second window {busiest:,} ({'within' if busiest <= per_minute else 'ABOVE'} N)"
+    )
 
 
 if __name__ == "__main__":
