@@ -9,6 +9,7 @@ complaints suppress the address for the whole organisation.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ WITH incoming AS (
     SELECT i.*, m.id FROM incoming i
     JOIN delivery_message m ON i.message_id IS NULL AND i.provider_message_id <> ''
                             AND m.provider_message_id = i.provider_message_id
+                            AND m.channel IN ('sms', 'whatsapp')
 ), matched AS (
     SELECT DISTINCT ON (m.id) m.id, m.run_id, m.status AS old_status, f.status AS receipt, f.reason, f.idx,
            m.contact_id, m.channel, m.variant_id
@@ -56,13 +58,22 @@ SELECT id, run_id, old_status, receipt, idx, contact_id, channel, variant_id FRO
 """
 
 
+MESSAGE_ID_HEADER = re.compile(r"^<(\d+)@[^>]+>$")
+
+
+def _message_id_in(provider_message_id: str) -> int | None:
+    """Our email Message-IDs are "<message id@sender domain>": a receipt quoting one names the message."""
+    match = MESSAGE_ID_HEADER.match(provider_message_id.strip())
+    return int(match.group(1)) if match else None
+
+
 def receipts_apply(*, actor: Actor, receipts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Apply validated receipts (`message_id` or `provider_message_id`, `status`, optional `reason`). Returns how
     many changed a message, how many matched nothing of this organisation (by index), and the suppressions added."""
     rows = [
         {
             "idx": index,
-            "message_id": item.get("message_id"),
+            "message_id": item.get("message_id") or _message_id_in(item.get("provider_message_id") or ""),
             "provider_message_id": item.get("provider_message_id") or "",
             "status": item["status"],
             "reason": item.get("reason") or "",

@@ -222,6 +222,10 @@ def test_sms_and_whatsapp_through_the_notification_service(
     assert refused.status == "failed" and "400" in refused.error
     deferred = Message.objects.get(run=run, contact__external_id="k2", channel="sms")
     assert deferred.status == "queued" and deferred.attempts == 1 and "503" in deferred.error
+    # The service's delivery receipt names the message by the id it gave.
+    receipt = {"receipts": [{"provider_message_id": message.provider_message_id, "status": "delivered"}]}
+    assert teammate.api.post("/api/v1/receipts/", receipt, format="json").data["applied"] == 1
+    assert Message.objects.get(pk=message.pk).status == "delivered"
 
 
 def test_a_repeated_hand_off_is_not_sent_twice_by_the_service(
@@ -370,7 +374,8 @@ def test_receipts_move_messages_forward_suppress_and_stay_scoped(
     body = {
         "receipts": [
             {"message_id": messages["k0"].pk, "status": "delivered"},
-            {"provider_message_id": messages["k1"].provider_message_id, "status": "bounced", "reason": "550 no user"},
+            # An email receipt quotes our Message-ID.
+            {"provider_message_id": f"<{messages['k1'].pk}@example.com>", "status": "bounced", "reason": "550 no user"},
             {"message_id": messages["k2"].pk, "status": "complained"},
             {"message_id": messages["k0"].pk, "status": "delivered"},  # a repeat
             {"message_id": 999999999, "status": "delivered"},  # not ours
