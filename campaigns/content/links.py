@@ -108,11 +108,15 @@ def read_unsubscribe(token: str, *, now: float | None = None) -> tuple[str, str,
 def tracker(message_id: str, keep: frozenset[str]) -> Callable[[str], str]:
     """click_url for this message, except for links in `keep` (our own unsubscribe and preference links)."""
 
+    signed: dict[str, str] = {}  # the HTML and the text part link to the same places: sign each target once
+
     def track(target: str) -> str:
         target = target.strip()
         if target in keep or not target.lower().startswith(("http://", "https://")):
             return target
-        return click_url(message_id, target)
+        if target not in signed:
+            signed[target] = click_url(message_id, target)
+        return signed[target]
 
     return track
 
