@@ -198,6 +198,25 @@ ORGANISATION_SETTINGS = (
 )
 
 
+CHANNELS = ("email", "sms", "whatsapp", "in_app", "webhook")
+
+
+def _clean_channel_limits(value: object) -> dict[str, int]:
+    """{channel: messages per minute}; empty or missing values mean unlimited and are dropped."""
+    if not isinstance(value, dict):
+        raise ValidationError({"channel_limits_per_minute": ["An object of channel: messages per minute."]})
+    clean: dict[str, int] = {}
+    for channel, limit in value.items():
+        if channel not in CHANNELS:
+            raise ValidationError({"channel_limits_per_minute": [f"Unknown channel {channel!r}."]})
+        if limit in (None, ""):
+            continue
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError({"channel_limits_per_minute": [f"{channel}: a whole number of at least 1."]})
+        clean[channel] = limit
+    return clean
+
+
 @transaction.atomic
 def organisation_update(*, actor: Actor, changes: dict[str, object]) -> Organisation:
     require_organisation_admin(actor)
@@ -207,6 +226,8 @@ def organisation_update(*, actor: Actor, changes: dict[str, object]) -> Organisa
         raise ValidationError({field: ["This field cannot be changed."] for field in sorted(unknown)})
     if "timezone" in changes:
         _validate_timezone(changes["timezone"])
+    if "channel_limits_per_minute" in changes:
+        changes = {**changes, "channel_limits_per_minute": _clean_channel_limits(changes["channel_limits_per_minute"])}
     before = {field: str(getattr(organisation, field)) for field in changes}
     for field, value in changes.items():
         setattr(organisation, field, value)

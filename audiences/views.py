@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -65,3 +65,88 @@ def api_key_revoke_view(request: HttpRequest, api_key_id: Any) -> HttpResponse:
     services.api_key_revoke(actor=request.actor, api_key=api_key)
     messages.success(request, f"Revoked {api_key.name}.")
     return redirect("api-keys")
+
+
+# audiences sits below campaigns, so the channel names are spelled out here (the same as campaigns.models.Channel).
+CHANNEL_LABELS = [
+    ("email", "Email"),
+    ("sms", "SMS"),
+    ("whatsapp", "WhatsApp"),
+    ("in_app", "In-app"),
+    ("webhook", "Webhook"),
+]
+
+
+class OrganisationSettingsForm(forms.Form):
+    """The organisation's defaults; what campaigns inherit when they set nothing themselves."""
+
+    name = forms.CharField(max_length=200)
+    timezone = forms.CharField(max_length=64, help_text="IANA name, e.g. Europe/London.")
+    default_messages_per_minute = forms.IntegerField(min_value=1, required=False, help_text="Empty: unlimited.")
+    default_messages_per_hour = forms.IntegerField(min_value=1, required=False, help_text="Empty: unlimited.")
+    default_quiet_hours_start = forms.TimeField(required=False, widget=forms.TimeInput(attrs={"type": "time"}))
+    default_quiet_hours_end = forms.TimeField(required=False, widget=forms.TimeInput(attrs={"type": "time"}))
+    sender_name = forms.CharField(max_length=200, required=False)
+    sender_email = forms.EmailField(required=False)
+    reply_to_email = forms.EmailField(required=False)
+    sms_sender_id = forms.CharField(max_length=20, required=False)
+    postal_address = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+
+    LIMIT_PREFIX = "limit_"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for channel, label in CHANNEL_LABELS:
+            self.fields[f"{self.LIMIT_PREFIX}{channel}"] = forms.IntegerField(
+                min_value=1,
+                required=False,
+                label=f"{label} provider limit (per minute)",
+                help_text="Shared by every campaign. Empty: unlimited.",
+            )
+
+    def changes(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.cleaned_data.items() if not k.startswith(self.LIMIT_PREFIX)}
+        for key in ("sender_name", "sender_email", "reply_to_email", "sms_sender_id", "postal_address"):
+            data[key] = data.get(key) or ""
+        data["channel_limits_per_minute"] = {
+            k.removeprefix(self.LIMIT_PREFIX): v
+            for k, v in self.cleaned_data.items()
+            if k.startswith(self.LIMIT_PREFIX) and v
+        }
+        return data
+
+
+@member_required
+def organisation_settings_view(request: HttpRequest) -> HttpResponse:
+    """Admins change the organisation's defaults; everyone else may look."""
+    organisation = request.actor.organisation
+    can_edit = request.actor.role in ORGANISATION_ADMINS
+    initial = {
+        field: getattr(organisation, field)
+        for field in services.ORGANISATION_SETTINGS
+        if field not in ("verified_senders", "channel_limits_per_minute")
+    }
+    initial["timezone"] = str(organisation.timezone)
+    initial.update(
+        {f"{OrganisationSettingsForm.LIMIT_PREFIX}{k}": v for k, v in organisation.channel_limits_per_minute.items()}
+    )
+    form = OrganisationSettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST":
+        if not can_edit:
+            raise PermissionDenied
+        if form.is_valid():
+            try:
+                services.organisation_update(actor=request.actor, changes=form.changes())
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    for error in errors:
+                        form.add_error(field if field in form.fields else None, error)
+            else:
+                messages.success(request, "Settings saved.")
+                return redirect("organisation-settings")
+    return render(
+        request,
+        "settings/organisation.html",
+        {"form": form, "can_edit": can_edit},
+        status=400 if form.errors else 200,
+    )

@@ -83,3 +83,40 @@ def test_admins_set_verified_senders_that_campaigns_may_use(owner, teammate):
         format="json",
     )
     assert created.status_code == 201, created.data
+
+
+def test_admins_set_channel_limits_and_defaults_in_the_console(owner, teammate):
+    from tests.factories import console_client
+
+    browser = console_client(owner)
+    page = browser.get("/settings/organisation/")
+    assert page.status_code == 200 and "SMS provider limit" in page.content.decode()
+    data = {
+        "name": "Acme",
+        "timezone": "Europe/London",
+        "default_messages_per_minute": "500",
+        "limit_email": "6000",
+        "limit_sms": "",
+        "sender_email": "news@acme.example",
+    }
+    assert browser.post("/settings/organisation/", data).status_code == 302
+    owner.organisation.refresh_from_db()
+    assert owner.organisation.channel_limits_per_minute == {"email": 6000}
+    assert owner.organisation.default_messages_per_minute == 500
+    bad = browser.post("/settings/organisation/", {**data, "timezone": "Nowhere/Special", "limit_sms": "0"})
+    assert bad.status_code == 400
+    body = bad.content.decode()
+    assert "Ensure this value is greater than or equal to 1." in body
+    # Others may look but not change.
+    viewer = console_client(teammate)
+    assert viewer.get("/settings/organisation/").status_code == 200
+    assert viewer.post("/settings/organisation/", data).status_code == 403
+
+
+def test_channel_limits_through_the_api_are_validated(owner):
+    ok = owner.api.patch("/api/v1/organisation/", {"channel_limits_per_minute": {"sms": 600}}, format="json")
+    assert ok.status_code == 200
+    bad = owner.api.patch("/api/v1/organisation/", {"channel_limits_per_minute": {"fax": 1}}, format="json")
+    assert bad.status_code == 400 and "channel_limits_per_minute" in bad.data
+    zero = owner.api.patch("/api/v1/organisation/", {"channel_limits_per_minute": {"sms": 0}}, format="json")
+    assert zero.status_code == 400
