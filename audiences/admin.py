@@ -10,6 +10,8 @@ from audiences.models import (
     Contact,
     ContactAttribute,
     ContactImport,
+    Event,
+    EventType,
     Membership,
     Organisation,
     Segment,
@@ -103,3 +105,26 @@ class SegmentAdmin(SimpleHistoryAdmin):
     list_filter = ["kind", "organisation"]
     search_fields = ["name", "description"]
     list_select_related = ["organisation"]
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    """Read-only: events arrive through the event API."""
+
+    list_display = ["occurred_at", "type", "event_id", "contact_id", "organisation"]
+    list_filter = ["type"]
+    search_fields = ["event_id", "type"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(EventType)
+class EventTypeAdmin(admin.ModelAdmin):
+    list_display = ["name", "organisation", "total_count", "last_seen_at"]
+    search_fields = ["name"]
+    readonly_fields = ["organisation", "name", "total_count", "first_seen_at", "last_seen_at", "properties"]

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from audiences import segments as engine
 from audiences import services
 from audiences.decorators import member_required
-from audiences.models import Contact, ContactAttribute, ContactImport, Segment, SegmentKind
+from audiences.models import Contact, ContactAttribute, ContactImport, EventType, Segment, SegmentKind
 from audiences.rules import OPERATORS, STANDARD_FIELDS, RuleError
 from config.errors import Conflict
 
@@ -270,3 +273,27 @@ def contact_import_report_view(request: HttpRequest, import_id: Any) -> HttpResp
     response = HttpResponse("row,external_id,reasons\r\n" + job.rejected_report, content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="rejected-{job.pk}.csv"'
     return response
+
+
+@member_required
+def event_type_list_view(request: HttpRequest) -> HttpResponse:
+    """Event types the organisation sends: observed properties, totals and recent volume."""
+    organisation = request.actor.organisation
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        # Reads the (organisation, type, occurred_at) index: one range per type.
+        cursor.execute(
+            "SELECT type, count(*) FILTER (WHERE occurred_at >= %s), count(*) FROM audiences_event"
+            " WHERE organisation_id = %s AND occurred_at >= %s GROUP BY type",
+            [now - timedelta(hours=24), str(organisation.pk), now - timedelta(days=7)],
+        )
+        recent = {name: (day, week) for name, day, week in cursor.fetchall()}
+    types = [
+        {
+            "type": event_type,
+            "last_24h": recent.get(event_type.name, (0, 0))[0],
+            "last_7d": recent.get(event_type.name, (0, 0))[1],
+        }
+        for event_type in EventType.objects.filter(organisation=organisation)
+    ]
+    return render(request, "events/list.html", {"types": types})

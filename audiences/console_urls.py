@@ -22,3 +22,7 @@ contact_patterns = (
     ],
     "contacts",
 )
+event_patterns = (
+    [path("", console.event_type_list_view, name="list")],
+    "events",
+)

@@ -46,6 +46,10 @@ class Organisation(models.Model):
     default_messages_per_hour = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty means unlimited."
     )
+    # Events for external ids we do not know: create the contact, or reject the event.
+    unknown_event_contacts = models.CharField(
+        max_length=8, choices=[("create", "Create the contact"), ("reject", "Reject the event")], default="create"
+    )
     # Provider limits per channel shared by every campaign of the organisation, messages per minute:
     # {"email": 6000, "sms": 600}. A channel not listed is unlimited.
     channel_limits_per_minute = models.JSONField(default=dict, blank=True)
@@ -296,3 +300,49 @@ class SegmentMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contact_id} in {self.segment_id}"
+
+
+class Event(models.Model):
+    """Something a contact did, as the event API (the embedded event_service) received it. Segments count them
+    ("did X at least N times in D days"), triggers react to them, analytics attributes conversions to them.
+
+    Kept lean for tens of millions of rows: no foreign keys checked per row, one index per way of reading them
+    (a contact's history of a type; an organisation's volume of a type)."""
+
+    id = models.BigAutoField(primary_key=True)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    event_id = models.CharField(max_length=200, help_text="The sender's id: a repeat is accepted and ignored.")
+    type = models.CharField(max_length=100)
+    contact_id = models.BigIntegerField()
+    properties = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organisation", "event_id"], name="event_unique_id")]
+        indexes = [
+            models.Index(fields=["organisation", "contact_id", "type", "occurred_at"], name="event_contact_type_idx"),
+            models.Index(fields=["organisation", "type", "occurred_at"], name="event_type_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class EventType(models.Model):
+    """The catalogue of event types an organisation sends, with their observed properties (name → type and
+    examples), for the console and the segment and trigger builders."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="event_types")
+    name = models.CharField(max_length=100)
+    total_count = models.BigIntegerField(default=0)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    properties = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["organisation", "name"], name="event_type_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -7,6 +7,7 @@ Grammar (every node is an object):
     {"not": node}                   the child does not hold
     {"field": F, "op": OP, "value": V}
     {"segment": "<uuid>"}           membership of another segment of the organisation
+    {"event": X, "min_count": N, "within_days": D}   behaviour (see below)
 
 F is a standard field (external_id, email, phone, first_name, last_name, timezone, locale, created_at,
 updated_at) or `attributes.<name>` for an attribute in the organisation's catalogue, whose type decides the
@@ -18,9 +19,8 @@ operators allowed:
     date     eq before after gt gte lt lte between within_last_days exists not_exists
     list     contains exists not_exists
 
-Behavioural conditions ("did event X at least N times in the last D days") will be one more node kind,
-{"event": X, "min_count": N, "within_days": D}, compiled to an EXISTS over the events table once it exists; the
-compiler dispatches on the node's key, so it slots in without touching the rest.
+Behaviour: {"event": X, "min_count": N, "within_days": D} holds when the contact did event X at least N times
+(default 1) in the last D days (default: ever), compiled to an EXISTS / a bounded count over the events index.
 
 Every condition compiles to a two-valued boolean (missing values make it false, never NULL), so NOT is an exact
 complement. Errors name the offending node with a JSON Pointer (e.g. "/and/1/value").
@@ -176,7 +176,42 @@ class RuleCompiler:
             return self._segment(node, path, seen)
         if "field" in node:
             return self._condition(node, path)
-        return self._fail(path, 'Unknown rule: use "and", "or", "not", "segment", or a condition with "field".')
+        if "event" in node:
+            return self._event(node, path)
+        return self._fail(
+            path, 'Unknown rule: use "and", "or", "not", "segment", "event", or a condition with "field".'
+        )
+
+    def _event(self, node: Mapping[str, Any], path: str) -> Compiled:
+        """{"event": X, "min_count": N (default 1), "within_days": D (optional)}: the contact did X at least N
+        times (in the last D days). Reads the (organisation, contact, type, occurred_at) index of events."""
+        self.conditions += 1
+        unknown = sorted(set(node) - {"event", "min_count", "within_days"})
+        if unknown:
+            return self._fail(f"{path}/{unknown[0]}", "Unknown key in an event condition.")
+        event_type = node.get("event")
+        if not isinstance(event_type, str) or not re.match(r"^[A-Za-z0-9_.:\-]{1,100}$", event_type):
+            return self._fail(f"{path}/event", "Give an event type.")
+        min_count = node.get("min_count", 1)
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or not 1 <= min_count <= 1_000_000:
+            return self._fail(f"{path}/min_count", "A whole number from 1.")
+        days = node.get("within_days")
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650):
+            return self._fail(f"{path}/within_days", "A whole number of days from 1 to 3650.")
+        window = " AND e.occurred_at >= now() - make_interval(days => %s)" if days is not None else ""
+        params: list[Any] = [event_type, *([days] if days is not None else [])]
+        if min_count == 1:
+            sql = (
+                "EXISTS (SELECT 1 FROM audiences_event e WHERE e.organisation_id = "
+                f"{TABLE}.organisation_id AND e.contact_id = {TABLE}.id AND e.type = %s{window})"
+            )
+            return Compiled(sql, params)
+        # Counting stops at N: the LIMIT keeps a heavy user's history from being read in full.
+        sql = (
+            "((SELECT count(*) FROM (SELECT 1 FROM audiences_event e WHERE e.organisation_id = "
+            f"{TABLE}.organisation_id AND e.contact_id = {TABLE}.id AND e.type = %s{window} LIMIT %s) hits) >= %s)"
+        )
+        return Compiled(sql, [*params, min_count, min_count])
 
     def _group(self, group: str, children: Any, path: str, depth: int, seen: frozenset[UUID]) -> Compiled:
         if not isinstance(children, list) or not children:

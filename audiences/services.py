@@ -33,6 +33,7 @@ from audiences.models import (
     ApiKey,
     Contact,
     ContactImport,
+    Event,
     Membership,
     Organisation,
     Role,
@@ -314,6 +315,8 @@ def contact_delete(*, actor: Actor, contact: Contact) -> None:
     require_contact_write(actor)
     audit_record(actor=actor, action="contact.delete", target=contact, details={"external_id": contact.external_id})
     contacts_deleting.send(sender=Contact, organisation_id=contact.organisation_id, contact_ids=[contact.pk])
+    # Events reference contacts without a database FK (ingestion speed), so they go with the contact here.
+    Event.objects.filter(organisation_id=contact.organisation_id, contact_id=contact.pk).delete()
     contact.delete()
 
 

@@ -9,6 +9,7 @@ from rest_framework.routers import DefaultRouter
 from analytics import views as tracking
 from audiences import console_urls
 from audiences.api import ApiKeyViewSet, OrganisationView, WebhookSecretRotateView
+from audiences.event_api import EventIngestView, EventTypeViewSet
 from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
@@ -24,6 +25,7 @@ router.register("segments", SegmentViewSet, basename="segment")
 router.register("content-templates", ContentTemplateViewSet, basename="content-template")
 router.register("runs", RunViewSet, basename="run")
 router.register("inbox", InboxViewSet, basename="inbox")
+router.register("event-types", EventTypeViewSet, basename="event-type")
 
 urlpatterns = [
     path("", config_views.home, name="home"),
@@ -35,6 +37,7 @@ urlpatterns = [
     path("delivery/", include("delivery.urls")),
     path("segments/", include(console_urls.segment_patterns)),
     path("contacts/", include(console_urls.contact_patterns)),
+    path("events/", include(console_urls.event_patterns)),
     path("admin/", admin.site.urls),
     path("t/c/<str:token>", tracking.click_redirect_view, name="track-click"),
     path("t/o/<str:token>.gif", tracking.open_pixel_view, name="track-open"),
@@ -46,6 +49,7 @@ urlpatterns = [
         name="campaign-runs",
     ),
     path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
+    path("api/v1/events/", EventIngestView.as_view(), name="api-events"),
     path("api/v1/", include(router.urls)),
     path("hooks/task-service/<str:token>", task_service_callback_view, name="task-service-callback"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
