@@ -105,6 +105,31 @@ class Campaign(models.Model):
     # variant); empty uses settings.SANDBOX_PROVIDER. Only the sandbox reads it.
     sandbox_profile = models.JSONField(default=dict, blank=True)
 
+    # Triggered campaigns: the event that fires them, conditions on its properties, a delay, quiet hours in the
+    # recipient's timezone (else the organisation's default) with what to do in them, and a per-contact limit.
+    trigger_event = models.CharField(max_length=100, blank=True, default="")
+    trigger_conditions = models.JSONField(null=True, blank=True)
+    trigger_delay_seconds = models.PositiveIntegerField(
+        default=0, validators=[MaxValueValidator(30 * 24 * 3600)], help_text="0 seconds to 30 days."
+    )
+    quiet_hours_start = models.TimeField(null=True, blank=True)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
+    quiet_hours_policy = models.CharField(
+        max_length=8, choices=[("defer", "Send when quiet hours end"), ("skip", "Skip the send")], default="defer"
+    )
+    frequency_limit = models.CharField(
+        max_length=8,
+        choices=[
+            ("none", "No limit"),
+            ("1h", "Once per hour"),
+            ("24h", "Once per 24 hours"),
+            ("7d", "Once per 7 days"),
+            ("30d", "Once per 30 days"),
+            ("ever", "Once ever"),
+        ],
+        default="none",
+    )
+
     # Per-campaign throttle; empty inherits the organisation's default.
     messages_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     messages_per_hour = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])

@@ -95,6 +95,13 @@ class CampaignSerializer(serializers.ModelSerializer):
             "skip_weekends",
             "local_send_time",
             "sandbox_profile",
+            "trigger_event",
+            "trigger_conditions",
+            "trigger_delay_seconds",
+            "quiet_hours_start",
+            "quiet_hours_end",
+            "quiet_hours_policy",
+            "frequency_limit",
             "tracking_enabled",
             "seed_emails",
             "seed_copy_every_send",
@@ -194,6 +201,19 @@ class CampaignWriteSerializer(serializers.Serializer):
     )
     sandbox_profile = serializers.DictField(
         required=False, default=dict, help_text="How the sandbox provider behaves for this campaign."
+    )
+    trigger_event = serializers.CharField(
+        max_length=100, required=False, allow_blank=True, default="", help_text="Triggered campaigns: the event type."
+    )
+    trigger_conditions = serializers.JSONField(
+        required=False, allow_null=True, default=None, help_text='e.g. {"property": "total", "op": "gt", "value": 50}'
+    )
+    trigger_delay_seconds = serializers.IntegerField(min_value=0, max_value=30 * 24 * 3600, required=False, default=0)
+    quiet_hours_start = serializers.TimeField(required=False, allow_null=True, default=None)
+    quiet_hours_end = serializers.TimeField(required=False, allow_null=True, default=None)
+    quiet_hours_policy = serializers.ChoiceField(choices=["defer", "skip"], required=False, default="defer")
+    frequency_limit = serializers.ChoiceField(
+        choices=["none", "1h", "24h", "7d", "30d", "ever"], required=False, default="none"
     )
     variants = VariantSerializer(many=True, required=False, max_length=MAX_VARIANTS, min_length=1)
     audience = AudienceSerializer(required=False)

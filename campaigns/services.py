@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -235,6 +236,15 @@ def _snapshot(campaign: Campaign) -> dict[str, Any]:
         "skip_weekends": campaign.skip_weekends,
         "local_send_time": campaign.local_send_time.isoformat() if campaign.local_send_time else None,
         "sandbox_profile": campaign.sandbox_profile,
+        "trigger_event": campaign.trigger_event,
+        "trigger_conditions": campaign.trigger_conditions,
+        "trigger_delay_seconds": campaign.trigger_delay_seconds,
+        "quiet_hours": [
+            campaign.quiet_hours_start.isoformat() if campaign.quiet_hours_start else None,
+            campaign.quiet_hours_end.isoformat() if campaign.quiet_hours_end else None,
+            campaign.quiet_hours_policy,
+        ],
+        "frequency_limit": campaign.frequency_limit,
     }
 
 
@@ -317,7 +327,27 @@ UPDATABLE_FIELDS = (
     "skip_weekends",
     "local_send_time",
     "sandbox_profile",
+    "trigger_event",
+    "trigger_conditions",
+    "trigger_delay_seconds",
+    "quiet_hours_start",
+    "quiet_hours_end",
+    "quiet_hours_policy",
+    "frequency_limit",
 )
+TRIGGER_FIELDS = UPDATABLE_FIELDS[-7:]
+
+
+def _validate_trigger(campaign: Campaign, *, for_launch: bool = False) -> None:
+    from campaigns.trigger_conditions import compile_conditions
+
+    compile_conditions(campaign.trigger_conditions)
+    if (campaign.quiet_hours_start is None) != (campaign.quiet_hours_end is None):
+        raise ValidationError({"quiet_hours_end": ["Give both ends of the quiet hours."]})
+    if campaign.trigger_event and not re.match(r"^[A-Za-z0-9_.:\-]{1,100}$", campaign.trigger_event):
+        raise ValidationError({"trigger_event": ["An event type: letters, digits and _ . : - (at most 100)."]})
+    if for_launch and campaign.type == CampaignType.TRIGGERED and not campaign.trigger_event:
+        raise ValidationError({"trigger_event": ["Choose the event that triggers the campaign."]})
 
 
 def _validate_send_rules(campaign: Campaign) -> None:
@@ -358,8 +388,13 @@ def campaign_create(
     skip_weekends: bool = False,
     local_send_time: Any = None,
     sandbox_profile: Mapping[str, Any] | None = None,
+    **trigger: Any,
 ) -> Campaign:
-    """A new draft. Nothing is sent until it is explicitly scheduled or activated."""
+    """A new draft. Nothing is sent until it is explicitly scheduled or activated. `trigger` holds the
+    TRIGGER_FIELDS of a triggered campaign."""
+    unknown_trigger = sorted(set(trigger) - set(TRIGGER_FIELDS))
+    if unknown_trigger:
+        raise TypeError(f"campaign_create() got unexpected arguments: {', '.join(unknown_trigger)}")
     require_campaign_write(actor)
     name = name.strip()
     channels = _validate_channels(channels)
@@ -388,9 +423,11 @@ def campaign_create(
         local_send_time=local_send_time,
         sandbox_profile=dict(sandbox_profile or {}),
         status_changed_at=timezone.now(),
+        **{key: value for key, value in trigger.items() if value is not None or key == "trigger_conditions"},
     )
     _set_audience_fields(campaign, clean_audience)
     _validate_send_rules(campaign)
+    _validate_trigger(campaign)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "created")
     _save_campaign(campaign)
@@ -445,6 +482,7 @@ def campaign_update(
         _set_audience_fields(campaign, clean_audience)
         _set_audience_segments(campaign, clean_audience, actor=actor)
     _validate_send_rules(campaign)
+    _validate_trigger(campaign)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "updated")
     _save_campaign(campaign)
@@ -499,6 +537,7 @@ def campaign_transition(
         _validate_variants(
             _variant_dicts(campaign), campaign.channels, organisation=campaign.organisation, for_launch=True
         )
+        _validate_trigger(campaign, for_launch=True)
     if action in ("schedule", "reschedule"):
         _apply_schedule(campaign, schedule, scheduled_at, now=now)
     if action == "start" and not by_engine and campaign.status == S.SCHEDULED:
@@ -586,6 +625,7 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         skip_weekends=origin.skip_weekends,
         local_send_time=origin.local_send_time,
         sandbox_profile=copy.deepcopy(origin.sandbox_profile),
+        **{field: copy.deepcopy(getattr(origin, field)) for field in TRIGGER_FIELDS},
         audience_combine=origin.audience_combine,
         audience_rules=copy.deepcopy(origin.audience_rules),
         holdout_percent=origin.holdout_percent,

@@ -26,6 +26,7 @@ class Run(models.Model):
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Sent now"
         SCHEDULE = "schedule", "Schedule"
+        EVENT = "event", "Events"  # a triggered campaign's standing run, open while the campaign is active
 
     ACTIVE_STATUSES = (Status.PENDING, Status.FANNING_OUT, Status.READY, Status.SENDING, Status.PAUSED)
 
@@ -119,6 +120,8 @@ class Message(models.Model):
     channel = models.CharField(max_length=16, choices=Channel.choices)
     variant = models.ForeignKey(Variant, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # A triggered campaign sends to the same contact once per matching event: the event's id is part of the key.
+    trigger_key = models.CharField(max_length=200, blank=True, default="", db_default="")
     due_at = models.DateTimeField()
     attempts = models.PositiveSmallIntegerField(default=0)
     provider_message_id = models.CharField(max_length=200, blank=True, default="")
@@ -128,7 +131,9 @@ class Message(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["run", "contact", "channel"], name="message_idempotency_key"),
+            models.UniqueConstraint(
+                fields=["run", "contact", "channel", "trigger_key"], name="message_idempotency_key"
+            ),
         ]
         indexes = [
             # Workers claim a run's due messages from this (SELECT … FOR UPDATE SKIP LOCKED); only queued rows
@@ -149,7 +154,13 @@ class Message(models.Model):
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.run_id}:{self.contact_id}:{self.channel}"
+        return message_key(self.run_id, self.contact_id, self.channel, self.trigger_key)
+
+
+def message_key(run_id: object, contact_id: object, channel: str, trigger_key: str = "") -> str:
+    """The idempotency key handed to providers: (run, contact, channel), plus the event for triggered sends."""
+    key = f"{run_id}:{contact_id}:{channel}"
+    return f"{key}:{trigger_key}" if trigger_key else key
 
 
 class SandboxHandoff(models.Model):
@@ -196,3 +207,19 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"inbox message {self.message_id}"
+
+
+class TriggerDecision(models.Model):
+    """How often each decision was taken for a triggered campaign: matched, filtered by condition, not in the
+    audience, capped by the frequency limit, deferred or skipped for quiet hours, queued."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="trigger_decisions")
+    decision = models.CharField(max_length=32)
+    count = models.BigIntegerField(default=0)
+    last_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "decision"], name="trigger_decision_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.decision}: {self.count}"

@@ -32,7 +32,7 @@ from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
 from delivery import progress, throttle
 from delivery.backends import Outcome, Outgoing, backend_for
-from delivery.models import Run
+from delivery.models import Run, message_key
 from delivery.sandbox import sandbox_profile
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # EXISTS on the run is evaluated once per statement: a paused run yields nothing from the next claim on.
 CLAIM_SQL = """
 WITH claimed AS (
-    SELECT m.id, m.contact_id, m.channel, m.variant_id, m.attempts
+    SELECT m.id, m.contact_id, m.channel, m.variant_id, m.attempts, m.trigger_key
     FROM delivery_message m
     WHERE m.run_id = %(run)s AND m.status = 'queued' AND m.due_at <= %(now)s
       AND (%(channel)s::text IS NULL OR m.channel = %(channel)s::text)
@@ -67,7 +67,8 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
        END AS blocked,
        -- With send rules, when this recipient may next be sent to (later than now: outside their window).
        CASE WHEN %(rules)s THEN cs_next_send_time(%(now)s, COALESCE(NULLIF(c.timezone, ''), %(tz)s),
-            %(window_start)s::time, %(window_end)s::time, %(skip_weekends)s, %(local_time)s::time) END AS next_at
+            %(window_start)s::time, %(window_end)s::time, %(skip_weekends)s, %(local_time)s::time) END AS next_at,
+       cl.trigger_key
 FROM claimed cl
 LEFT JOIN audiences_contact c ON c.id = cl.contact_id
 LEFT JOIN compliance_contactpreference p ON p.contact_id = cl.contact_id
@@ -178,7 +179,7 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
         if variant is None or content is None:
             settled.append(Outcome(message_id, "failed", "", "the variant has no content for this channel"))
             continue
-        key = f"{ctx.run.pk}:{contact_id}:{channel}"
+        key = message_key(ctx.run.pk, contact_id, channel, row[16])
         message_context = MessageContext(
             message_id=str(message_id), contact=profile, contact_id=str(contact_id), **base
         )

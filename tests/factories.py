@@ -60,6 +60,7 @@ class CampaignFactory(factory.django.DjangoModelFactory):
     status = CampaignStatus.DRAFT
     channels = factory.LazyFunction(lambda: ["email"])
     audience_rules = factory.LazyFunction(lambda: {"field": "email", "op": "exists"})
+    trigger_event = factory.LazyAttribute(lambda o: "signup" if o.type == CampaignType.TRIGGERED else "")
 
     @factory.post_generation
     def variants(obj, create, extracted, **kwargs):

@@ -24,11 +24,18 @@ DEMO_PASSWORD = "demo-campaigns"
 
 DEMO_CAMPAIGNS: list[dict[str, Any]] = [
     {"name": "Spring sale announcement", "channels": ["email", "sms"], "then": ["schedule"]},
-    {"name": "Welcome series", "type": "triggered", "channels": ["email", "in_app"], "then": ["activate"]},
+    {
+        "name": "Welcome series",
+        "type": "triggered",
+        "channels": ["email", "in_app"],
+        "trigger_event": "signup",
+        "then": ["activate"],
+    },
     {
         "name": "Cart abandonment reminder",
         "type": "triggered",
         "channels": ["email", "whatsapp"],
+        "trigger_event": "cart_abandoned",
         "then": ["activate", "pause"],
     },
     {"name": "Product launch teaser", "channels": ["email"], "then": []},
@@ -36,10 +43,17 @@ DEMO_CAMPAIGNS: list[dict[str, Any]] = [
         "name": "Loyalty points expiry",
         "type": "triggered",
         "channels": ["sms"],
+        "trigger_event": "points_expiring",
         "then": ["activate", "complete"],
     },
     {"name": "Webinar invitation", "channels": ["email", "webhook"], "then": ["schedule", "cancel"]},
-    {"name": "Price drop alert", "type": "triggered", "channels": ["in_app", "sms"], "then": []},
+    {
+        "name": "Price drop alert",
+        "type": "triggered",
+        "channels": ["in_app", "sms"],
+        "trigger_event": "price_dropped",
+        "then": [],
+    },
     {"name": "Black Friday early access", "channels": ["email", "sms", "in_app"], "then": ["schedule"]},
     # Sent while `make run` starts, so the console opens on a run with live progress and an A/B result.
     {"name": "Weekend flash sale", "channels": ["email", "sms"], "then": ["start"]},
@@ -242,6 +256,7 @@ class Command(BaseCommand):
                 type=spec.get("type", "scheduled"),
                 channels=spec["channels"],
                 scheduled_at=now + timedelta(days=index + 1) if spec.get("type", "scheduled") == "scheduled" else None,
+                trigger_event=spec.get("trigger_event", ""),
             )
             Campaign.objects.filter(pk=campaign.pk).update(sandbox_profile=DEMO_SANDBOX_PROFILE)
             for step in spec["then"]:
