@@ -16,8 +16,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from audiences.access import Actor
-from audiences.models import EventType
+from audiences.models import Event, EventType
 from audiences.services import require_contact_write
+from audiences.signals import events_received
 from compliance.audit import audit_record
 
 MAX_BATCH = 1000
@@ -223,7 +224,9 @@ def events_ingest(*, actor: Actor, items: Sequence[Any]) -> IngestResult:
                 inserted = {row[0] for row in cursor.fetchall()}
             result.accepted = len(inserted)
             result.duplicates += len(rows) - len(inserted)
-            _update_catalogue(actor, [r for r in rows if r["event_id"] in inserted], now)
+            stored = [r for r in rows if r["event_id"] in inserted]
+            _update_catalogue(actor, stored, now)
+            events_received.send(sender=Event, organisation=actor.organisation, events=stored)
         audit_record(
             actor=actor,
             action="events.ingest",

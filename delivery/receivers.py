@@ -10,9 +10,10 @@ from django.db import connection
 from django.dispatch import receiver
 
 from audiences.adapters import AdapterError
-from audiences.signals import contacts_deleting
+from audiences.signals import contacts_deleting, events_received
 from campaigns.signals import campaign_transitioned, campaigns_purging
-from delivery import runs
+from delivery import runs, triggers
+from delivery.models import Run
 from delivery.task_service import task_service
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def follow_campaign_transition(
     if action == "start":
         _alarm_remove(campaign)
         runs.runs_on_campaign_start(campaign, occurrence=occurrence)
+    elif action == "activate":
+        triggers.trigger_run_open(campaign)
     elif action == "pause":
         runs.runs_pause(campaign, actor=actor)
     elif action == "resume":
@@ -53,6 +56,9 @@ def follow_campaign_transition(
         _alarm_register(campaign)
     elif action in ("unschedule", "complete"):
         _alarm_remove(campaign)
+        if action == "complete" and campaign.type == "triggered":
+            # Deactivating a triggered campaign cancels the sends still waiting (delays, quiet hours).
+            runs.runs_cancel(campaign, reason=f"campaign completed by {actor.label}", final_status=Run.Status.COMPLETED)
 
 
 def _alarm_register(campaign: Any) -> None:
@@ -69,3 +75,10 @@ def _alarm_remove(campaign: Any) -> None:
     except AdapterError as exc:
         # A stale alarm is harmless: firing checks the campaign's status and time first.
         logger.warning("task_service could not remove campaign %s: %s", campaign.pk, exc)
+
+
+@receiver(events_received)
+def match_events_to_triggers(sender: Any, organisation: Any, events: list[dict[str, Any]], **kwargs: Any) -> None:
+    """Inside the ingestion transaction: decide and queue; workers are asked once it commits."""
+    for run_id in triggers.triggers_on_events(organisation, events):
+        runs.run_kick(run_id, workers=1)

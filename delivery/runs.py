@@ -86,7 +86,7 @@ def runs_resume(campaign: Campaign) -> int:
     return resumed
 
 
-def runs_cancel(campaign: Campaign, *, reason: str = "") -> int:
+def runs_cancel(campaign: Campaign, *, reason: str = "", final_status: str = S.CANCELLED) -> int:
     """Stop every open run for good; their unsent messages become cancelled (set-based)."""
     now = timezone.now()
     cancelled = 0
@@ -98,7 +98,7 @@ def runs_cancel(campaign: Campaign, *, reason: str = "") -> int:
             )
             count = cursor.rowcount
         Run.objects.filter(pk=run.pk).update(
-            status=S.CANCELLED,
+            status=final_status,
             cancelled_count=run.cancelled_count + count,
             finished_at=now,
             status_reason=reason[:500],
@@ -137,8 +137,8 @@ def run_finish_if_done(run_id: Any) -> bool:
     its campaign on: completed, or back to scheduled for a recurring campaign's next occurrence."""
     with transaction.atomic():
         run = Run.objects.select_for_update().filter(pk=run_id, status=S.SENDING).select_related("campaign").first()
-        if run is None:
-            return False
+        if run is None or run.trigger == Run.Trigger.EVENT:
+            return False  # a triggered campaign's standing run stays open while the campaign is active
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT EXISTS (SELECT 1 FROM delivery_message WHERE run_id = %s AND status = 'queued')", [str(run.pk)]
@@ -242,6 +242,12 @@ def delivery_pump(*, now: datetime | None = None) -> dict[str, int]:
         if not any_queued:
             if run_finish_if_done(run.pk):
                 report["finished"] += 1
+        elif any_due and run.trigger == Run.Trigger.EVENT:
+            # Delayed and deferred triggered sends: asked for as soon as they are due (one lane; idempotent).
+            if run.last_progress_at is None or run.last_progress_at <= now - timedelta(seconds=2):
+                with transaction.atomic():
+                    run_kick(run.pk, workers=1)
+                report["kicked"] += 1
         elif any_due and (run.last_progress_at is None or run.last_progress_at <= now - stall):
             with transaction.atomic():
                 run_kick(run.pk)
