@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from delivery.models import InboxMessage, Message, Run, SandboxHandoff
+from delivery.models import InboxMessage, Message, Run, SandboxHandoff, TriggerDecision
 
 
 @admin.register(Run)
@@ -56,6 +56,21 @@ class InboxMessageAdmin(admin.ModelAdmin):
     list_display = ["message_id", "title", "contact_id", "created_at", "read_at"]
     search_fields = ["title", "message_id"]
     show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(TriggerDecision)
+class TriggerDecisionAdmin(admin.ModelAdmin):
+    """Counters of what triggered campaigns decided (read-only)."""
+
+    list_display = ["campaign", "decision", "count", "last_at"]
+    list_filter = ["decision"]
+    list_select_related = ["campaign"]
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
