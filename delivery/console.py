@@ -12,6 +12,7 @@ from campaigns import selectors as campaign_selectors
 from campaigns.models import Campaign
 from delivery.models import Run
 from delivery.selectors import run_estimated_completion, run_list, run_progress
+from delivery.triggers import trigger_decisions
 
 SEGMENTS = [
     ("delivered", "Delivered"),
@@ -22,6 +23,16 @@ SEGMENTS = [
     ("cancelled", "Cancelled"),
     ("sending", "Sending"),
 ]
+DECISIONS = {
+    "matched": "events matched",
+    "filtered_by_condition": "filtered by a condition",
+    "not_in_audience": "not in the audience",
+    "capped": "capped by the frequency limit",
+    "deferred_quiet_hours": "deferred past quiet hours",
+    "skipped_quiet_hours": "skipped in quiet hours",
+    "ignored_paused": "ignored while paused",
+    "queued": "queued to send",
+}
 REASONS = {
     "opted_out": "opted out of everything",
     "unsubscribed": "unsubscribed",
@@ -63,6 +74,9 @@ def campaign_runs_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
             }
         )
     active = any(run.status in Run.ACTIVE_STATUSES and run.status != Run.Status.PAUSED for run in runs)
+    decisions = [(DECISIONS.get(name, name), count) for name, count in sorted(trigger_decisions(campaign).items())]
     return render(
-        request, "delivery/_runs.html", {"campaign": campaign, "rows": rows, "active": active, "segments": SEGMENTS}
+        request,
+        "delivery/_runs.html",
+        {"campaign": campaign, "rows": rows, "active": active, "segments": SEGMENTS, "decisions": decisions},
     )

@@ -317,3 +317,18 @@ def test_activation_needs_an_event(teammate):
     campaign = CampaignFactory(organisation=teammate.organisation, type="triggered", trigger_event="")
     response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/activate/")
     assert response.status_code == 400 and "trigger_event" in response.data
+
+
+def test_the_campaign_page_shows_the_decisions(teammate, contacts, django_capture_on_commit_callbacks):
+    from tests.factories import console_client
+
+    campaign = _campaign(
+        teammate, django_capture_on_commit_callbacks, trigger_conditions={"property": "total", "op": "gt", "value": 5}
+    )
+    _post(
+        teammate,
+        django_capture_on_commit_callbacks,
+        {"id": "c1", "type": "order_completed", "contact": "ana", "properties": {"total": 1}},
+    )
+    panel = console_client(teammate).get(f"/delivery/campaigns/{campaign.pk}/runs/").content.decode()
+    assert "filtered by a condition: <strong>1</strong>" in panel and "events matched: <strong>1</strong>" in panel
