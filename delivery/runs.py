@@ -46,6 +46,24 @@ def run_kick(run_id: Any, *, workers: int | None = None) -> None:
     _on_commit(lambda: [run_send_task.delay(str(run_id)) for _ in range(lanes)])
 
 
+def kick_marker(run_id: Any) -> str:
+    return f"run-kick-pending:{run_id}"
+
+
+def run_kick_coalesced(run_id: Any) -> None:
+    """For streams of small additions (triggered sends): one send task waiting per run is enough. The marker is
+    cleared by the task as it starts, before it claims, so anything added after that asks for a new task."""
+    from django.core.cache import cache
+
+    from delivery.tasks import run_send_task
+
+    def kick() -> None:
+        if cache.add(kick_marker(run_id), 1, timeout=30):
+            run_send_task.delay(str(run_id))
+
+    _on_commit(kick)
+
+
 def _throttled(run_id: Any) -> bool:
     """A throttled run needs one lane: more would only wait for the same tokens."""
     from delivery.throttle import campaign_buckets

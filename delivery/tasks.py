@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.core.cache import cache
 
 from delivery import runs, sending
 
@@ -20,6 +21,7 @@ def run_prepare_task(run_id: str) -> str | None:
 def run_send_task(run_id: str) -> int:
     """Send a run's due messages for a while, then hand over to a fresh task (other runs get their turn and no
     task runs for long). When nothing is left, finish the run."""
+    cache.delete(runs.kick_marker(run_id))  # a send task is running now: later additions ask for another
     claimed, more = sending.run_send_for(run_id, seconds=settings.DELIVERY_TASK_SECONDS)
     if more:
         run_send_task.delay(run_id)
