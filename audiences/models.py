@@ -50,6 +50,9 @@ class Organisation(models.Model):
     unknown_event_contacts = models.CharField(
         max_length=8, choices=[("create", "Create the contact"), ("reject", "Reject the event")], default="create"
     )
+    # At most N marketing messages per contact per channel in D days, days counted in the contact's timezone:
+    # {"email": {"count": 3, "days": 1}}. Checked just before each send.
+    frequency_caps = models.JSONField(default=dict, blank=True)
     # Provider limits per channel shared by every campaign of the organisation, messages per minute:
     # {"email": 6000, "sms": 600}. A channel not listed is unlimited.
     channel_limits_per_minute = models.JSONField(default=dict, blank=True)

@@ -34,6 +34,13 @@ class OrganisationUpdateSerializer(serializers.Serializer):
         help_text='Provider limits shared by all campaigns, messages per minute: {"email": 6000, "sms": 600}.',
     )
 
+    frequency_caps = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField()),
+        required=False,
+        help_text='At most N marketing messages per contact per channel in D days: {"email": {"count": 3, "days": 1}}.',
+    )
+    unknown_event_contacts = serializers.ChoiceField(choices=["create", "reject"], required=False)
+
     def validate_channel_limits_per_minute(self, value: dict[str, int]) -> dict[str, int]:
         channels = {"email", "sms", "whatsapp", "in_app", "webhook"}
         unknown = sorted(set(value) - channels)

@@ -196,10 +196,31 @@ ORGANISATION_SETTINGS = (
     "sms_sender_id",
     "postal_address",
     "channel_limits_per_minute",
+    "frequency_caps",
+    "unknown_event_contacts",
 )
 
 
 CHANNELS = ("email", "sms", "whatsapp", "in_app", "webhook")
+
+
+def _clean_frequency_caps(value: object) -> dict[str, dict[str, int]]:
+    """{channel: {"count": N, "days": D}}: at most N marketing messages per contact in D days (default 1)."""
+    if not isinstance(value, dict):
+        raise ValidationError({"frequency_caps": ['An object such as {"email": {"count": 3, "days": 1}}.']})
+    clean: dict[str, dict[str, int]] = {}
+    for channel, rule in value.items():
+        if channel not in CHANNELS:
+            raise ValidationError({"frequency_caps": [f"Unknown channel {channel!r}."]})
+        if rule in (None, {}):
+            continue
+        count = rule.get("count") if isinstance(rule, dict) else None
+        days = rule.get("days", 1) if isinstance(rule, dict) else None
+        valid = all(isinstance(x, int) and not isinstance(x, bool) for x in (count, days))
+        if not valid or not 1 <= count <= 1000 or not 1 <= days <= 365:  # type: ignore[operator]
+            raise ValidationError({"frequency_caps": [f"{channel}: count 1-1000 and days 1-365."]})
+        clean[channel] = {"count": count, "days": days}  # type: ignore[dict-item]
+    return clean
 
 
 def _clean_channel_limits(value: object) -> dict[str, int]:
@@ -227,6 +248,8 @@ def organisation_update(*, actor: Actor, changes: dict[str, object]) -> Organisa
         raise ValidationError({field: ["This field cannot be changed."] for field in sorted(unknown)})
     if "timezone" in changes:
         _validate_timezone(changes["timezone"])
+    if "frequency_caps" in changes:
+        changes = {**changes, "frequency_caps": _clean_frequency_caps(changes["frequency_caps"])}
     if "channel_limits_per_minute" in changes:
         changes = {**changes, "channel_limits_per_minute": _clean_channel_limits(changes["channel_limits_per_minute"])}
     before = {field: str(getattr(organisation, field)) for field in changes}

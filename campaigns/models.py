@@ -105,6 +105,13 @@ class Campaign(models.Model):
     # variant); empty uses settings.SANDBOX_PROVIDER. Only the sandbox reads it.
     sandbox_profile = models.JSONField(default=dict, blank=True)
 
+    # Marketing messages count against the organisation's frequency caps; transactional ones (receipts, password
+    # resets) never do, and a marketing campaign may opt out explicitly.
+    category = models.CharField(
+        max_length=16, choices=[("marketing", "Marketing"), ("transactional", "Transactional")], default="marketing"
+    )
+    bypass_frequency_cap = models.BooleanField(default=False)
+
     # Triggered campaigns: the event that fires them, conditions on its properties, a delay, quiet hours in the
     # recipient's timezone (else the organisation's default) with what to do in them, and a per-contact limit.
     trigger_event = models.CharField(max_length=100, blank=True, default="")

@@ -95,6 +95,8 @@ class CampaignSerializer(serializers.ModelSerializer):
             "skip_weekends",
             "local_send_time",
             "sandbox_profile",
+            "category",
+            "bypass_frequency_cap",
             "trigger_event",
             "trigger_conditions",
             "trigger_delay_seconds",
@@ -202,6 +204,13 @@ class CampaignWriteSerializer(serializers.Serializer):
     sandbox_profile = serializers.DictField(
         required=False, default=dict, help_text="How the sandbox provider behaves for this campaign."
     )
+    category = serializers.ChoiceField(
+        choices=["marketing", "transactional"],
+        required=False,
+        default="marketing",
+        help_text="Transactional messages never count against frequency caps.",
+    )
+    bypass_frequency_cap = serializers.BooleanField(required=False, default=False)
     trigger_event = serializers.CharField(
         max_length=100, required=False, allow_blank=True, default="", help_text="Triggered campaigns: the event type."
     )

@@ -327,6 +327,8 @@ UPDATABLE_FIELDS = (
     "skip_weekends",
     "local_send_time",
     "sandbox_profile",
+    "category",
+    "bypass_frequency_cap",
     "trigger_event",
     "trigger_conditions",
     "trigger_delay_seconds",
@@ -388,6 +390,8 @@ def campaign_create(
     skip_weekends: bool = False,
     local_send_time: Any = None,
     sandbox_profile: Mapping[str, Any] | None = None,
+    category: str = "marketing",
+    bypass_frequency_cap: bool = False,
     **trigger: Any,
 ) -> Campaign:
     """A new draft. Nothing is sent until it is explicitly scheduled or activated. `trigger` holds the
@@ -422,6 +426,8 @@ def campaign_create(
         skip_weekends=skip_weekends,
         local_send_time=local_send_time,
         sandbox_profile=dict(sandbox_profile or {}),
+        category=category,
+        bypass_frequency_cap=bypass_frequency_cap,
         status_changed_at=timezone.now(),
         **{key: value for key, value in trigger.items() if value is not None or key == "trigger_conditions"},
     )
@@ -625,6 +631,8 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         skip_weekends=origin.skip_weekends,
         local_send_time=origin.local_send_time,
         sandbox_profile=copy.deepcopy(origin.sandbox_profile),
+        category=origin.category,
+        bypass_frequency_cap=origin.bypass_frequency_cap,
         **{field: copy.deepcopy(getattr(origin, field)) for field in TRIGGER_FIELDS},
         audience_combine=origin.audience_combine,
         audience_rules=copy.deepcopy(origin.audience_rules),

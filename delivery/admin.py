@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from delivery.models import InboxMessage, Message, Run, SandboxHandoff, TriggerDecision
+from delivery.models import ContactSendCount, InboxMessage, Message, Run, SandboxHandoff, TriggerDecision
 
 
 @admin.register(Run)
@@ -71,6 +71,22 @@ class TriggerDecisionAdmin(admin.ModelAdmin):
     list_display = ["campaign", "decision", "count", "last_at"]
     list_filter = ["decision"]
     list_select_related = ["campaign"]
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(ContactSendCount)
+class ContactSendCountAdmin(admin.ModelAdmin):
+    """Marketing sends per contact, channel and local day, for frequency caps (read-only)."""
+
+    list_display = ["contact_id", "channel", "day", "count"]
+    list_filter = ["channel", "day"]
+    search_fields = ["contact_id"]
+    show_full_result_count = False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False

@@ -223,3 +223,22 @@ class TriggerDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id} {self.decision}: {self.count}"
+
+
+class ContactSendCount(models.Model):
+    """Marketing messages sent per contact, channel and local day, kept only for organisations with frequency
+    caps (the cap check reads a few rows per contact instead of the message history)."""
+
+    organisation_id = models.UUIDField()
+    contact_id = models.BigIntegerField()
+    channel = models.CharField(max_length=16)
+    day = models.DateField(help_text="In the contact's timezone.")
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["contact_id", "channel", "day"], name="contact_send_count_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contact_id} {self.channel} {self.day}: {self.count}"

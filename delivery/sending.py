@@ -30,6 +30,7 @@ from audiences.adapters import user_profile_provider
 from campaigns.content.render import MessageContext, render_message
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
+from delivery import caps as caps_module
 from delivery import progress, throttle
 from delivery.backends import Outcome, Outgoing, backend_for
 from delivery.models import Run, message_key
@@ -364,9 +365,18 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
                 if row[15] is not None and row[15] > now
             ]
             sendable = [row for row in rows if row[15] is None or row[15] <= now] if deferred else rows
+            caps = caps_module.caps_for(campaign)
+            capped: list[Outcome] = []
+            if caps:
+                refused = caps_module.over_cap(campaign, [r for r in sendable if not r[14]], caps, now)
+                capped = [Outcome(message_id, "skipped", "", "frequency_cap") for message_id in refused]
+                sendable = [row for row in sendable if row[0] not in refused]
             outgoing, outcomes = _render(ctx, sendable)
             outcomes.extend(_hand_off(ctx, outgoing))
-            counts = _record(ctx, rows, [*outcomes, *deferred], timezone.now())
+            counts = _record(ctx, rows, [*outcomes, *deferred, *capped], timezone.now())
+            if caps:
+                sent_ids = {o.message_id for o in outcomes if o.status in SENT_STATUSES}
+                caps_module.count_sends(campaign, sendable, sent_ids, now)
         finally:
             progress.in_flight_done(ctx.run.pk, token)
     return BatchResult(claimed=len(rows), counts=counts)

@@ -332,3 +332,66 @@ def test_the_campaign_page_shows_the_decisions(teammate, contacts, django_captur
     )
     panel = console_client(teammate).get(f"/delivery/campaigns/{campaign.pk}/runs/").content.decode()
     assert "filtered by a condition: <strong>1</strong>" in panel and "events matched: <strong>1</strong>" in panel
+
+
+# --- organisation-wide frequency caps -------------------------------------------------------------------------------
+
+
+def _send_run(persona, capture, **fields):
+    campaign = CampaignFactory(organisation=persona.organisation, sandbox_profile={"failed": 0, "bounced": 0}, **fields)
+    with capture(execute=False):
+        assert persona.api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/").status_code == 200
+        run = Run.objects.get(campaign=campaign)
+        runs.run_prepare(run.pk)
+    sending.run_send_for(run.pk, seconds=10)
+    return campaign, run
+
+
+def test_an_organisation_frequency_cap_spans_scheduled_and_triggered_campaigns(
+    teammate, contacts, django_capture_on_commit_callbacks
+):
+    org = teammate.organisation
+    org.frequency_caps = {"email": {"count": 2, "days": 1}}
+    org.save()
+    _send_run(teammate, django_capture_on_commit_callbacks, name="First")
+    _, second = _send_run(teammate, django_capture_on_commit_callbacks, name="Second")
+    assert Run.objects.get(pk=second.pk).sent_count == 3  # everyone at 2 of 2 now
+    _, third = _send_run(teammate, django_capture_on_commit_callbacks, name="Third")
+    skipped = Message.objects.filter(run=third, status="skipped")
+    assert skipped.count() == 3 and set(skipped.values_list("error", flat=True)) == {"frequency_cap"}
+    # A triggered marketing campaign is capped too; a transactional one and an opted-out one are not.
+    trigger = _campaign(teammate, django_capture_on_commit_callbacks)
+    _post(teammate, django_capture_on_commit_callbacks, {"id": "c1", "type": "order_completed", "contact": "ana"})
+    assert Message.objects.get(run__campaign=trigger).status == "queued"
+    _send(trigger)
+    assert Message.objects.get(run__campaign=trigger).error == "frequency_cap"
+    _, receipts = _send_run(teammate, django_capture_on_commit_callbacks, name="Receipt", category="transactional")
+    _, opted_out = _send_run(teammate, django_capture_on_commit_callbacks, name="Urgent", bypass_frequency_cap=True)
+    assert Run.objects.get(pk=receipts.pk).sent_count == 3 and Run.objects.get(pk=opted_out.pk).sent_count == 3
+
+
+def test_cap_days_are_the_contacts_local_days(teammate, contacts, django_capture_on_commit_callbacks, monkeypatch):
+    from delivery.caps import local_day
+
+    # 23:30 UTC on 25 November is already 26 November in Tokyo and still the 25th in London.
+    now = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)
+    assert str(local_day(now, "Asia/Tokyo", "Europe/London")) == "2026-11-26"
+    assert str(local_day(now, "", "Europe/London")) == "2026-11-25"
+    assert str(local_day(now, "Nowhere/City", "Europe/London")) == "2026-11-25"
+    org = teammate.organisation
+    org.frequency_caps = {"email": {"count": 1, "days": 1}}
+    org.save()
+    monkeypatch.setattr(timezone, "now", lambda: now - timedelta(hours=1))  # 22:30 UTC: 07:30 on the 26th in Tokyo
+    _send_run(teammate, django_capture_on_commit_callbacks, name="Evening")
+    monkeypatch.setattr(timezone, "now", lambda: now + timedelta(hours=1))  # 00:30 UTC on the 26th
+    _, later = _send_run(teammate, django_capture_on_commit_callbacks, name="Night")
+    statuses = {m.contact.external_id: m.status for m in Message.objects.filter(run=later).select_related("contact")}
+    # London contacts are on a new local day; the Tokyo contact is still on the 26th, already used.
+    assert statuses["ana"] == "delivered" and statuses["ben"] == "delivered" and statuses["tokyo"] == "skipped"
+
+
+def test_frequency_caps_are_validated(owner):
+    ok = owner.api.patch("/api/v1/organisation/", {"frequency_caps": {"email": {"count": 3, "days": 7}}}, format="json")
+    assert ok.status_code == 200 and ok.data["frequency_caps"] == {"email": {"count": 3, "days": 7}}
+    bad = owner.api.patch("/api/v1/organisation/", {"frequency_caps": {"email": {"count": 0}}}, format="json")
+    assert bad.status_code == 400 and "frequency_caps" in bad.data
