@@ -11,6 +11,7 @@ from audiences.models import (
     ContactAttribute,
     ContactImport,
     Event,
+    EventFeedCursor,
     EventType,
     Membership,
     Organisation,
@@ -128,3 +129,8 @@ class EventTypeAdmin(admin.ModelAdmin):
     list_display = ["name", "organisation", "total_count", "last_seen_at"]
     search_fields = ["name"]
     readonly_fields = ["organisation", "name", "total_count", "first_seen_at", "last_seen_at", "properties"]
+
+
+@admin.register(EventFeedCursor)
+class EventFeedCursorAdmin(admin.ModelAdmin):
+    list_display = ["organisation", "position", "updated_at"]

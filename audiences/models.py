@@ -349,3 +349,14 @@ class EventType(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class EventFeedCursor(models.Model):
+    """How far this organisation's external event_service feed has been read."""
+
+    organisation = models.OneToOneField(Organisation, on_delete=models.CASCADE, related_name="event_feed_cursor")
+    position = models.CharField(max_length=500, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.organisation} at {self.position or 'the start'}"

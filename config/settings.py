@@ -177,6 +177,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=float(envstr("DELIVERY_PUMP_SECONDS", "2"))),
         "options": {"expires": 10},
     },
+    "event-feed-pull": {
+        "task": "audiences.tasks.event_feed_pull_task",
+        "schedule": timedelta(seconds=float(envstr("EVENT_FEED_PULL_SECONDS", "5"))),
+        "options": {"expires": 30},
+    },
     "purge-deleted-campaigns": {
         "task": "campaigns.tasks.campaigns_purge_deleted_task",
         "schedule": timedelta(hours=1),
@@ -236,6 +241,9 @@ INTELLIGENT_QUERY_TOKEN = envstr("INTELLIGENT_QUERY_TOKEN", "")
 ISA_CREATIVE_URL = envstr("ISA_CREATIVE_URL", "")
 ISA_CREATIVE_TOKEN = envstr("ISA_CREATIVE_TOKEN", "")
 TASK_SERVICE_URL = envstr("TASK_SERVICE_URL", "")
+# An external event_service to pull events from (empty: events arrive only through our event API).
+EVENT_SERVICE_URL = envstr("EVENT_SERVICE_URL", "")
+EVENT_SERVICE_TOKEN = envstr("EVENT_SERVICE_TOKEN", "")
 TASK_SERVICE_TOKEN = envstr("TASK_SERVICE_TOKEN", "")
 EXTERNAL_HTTP_TIMEOUT = float(envstr("EXTERNAL_HTTP_TIMEOUT", "10"))
 # External segments are re-resolved when their members are older than this when a campaign needs them.

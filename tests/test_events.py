@@ -146,3 +146,66 @@ def test_deleting_a_contact_deletes_its_events(teammate):
     contact = Contact.objects.get(external_id="gone")
     assert teammate.api.delete(f"/api/v1/contacts/{contact.pk}/").status_code in (200, 204)
     assert not Event.objects.filter(event_id="d1").exists()
+
+
+# --- the external event_service feed ----------------------------------------------------------------------------
+
+
+def test_events_are_pulled_from_an_external_event_service(settings, teammate):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    from audiences.adapters import AdapterError
+    from audiences.event_feed import HttpEventFeed, event_feed_pull
+    from audiences.models import EventFeedCursor
+    from audiences.tasks import event_feed_pull_task
+
+    pages = {
+        "": ([{"id": "x1", "type": "login", "contact": "f1"}, {"id": "x2", "type": "login", "contact": "f2"}], "p2"),
+        "p2": ([{"id": "x2", "type": "login", "contact": "f2"}, {"id": "x3", "type": "bad type"}], "p3"),
+        "p3": ([], "p3"),
+    }
+    seen = []
+
+    class Feed(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            parts = urlsplit(self.path)
+            seen.append((parts.path, self.headers.get("Authorization")))
+            if "broken" in parts.path:
+                self.send_response(500)
+                self.end_headers()
+                return
+            after = parse_qs(parts.query).get("after", [""])[0]
+            events, following = pages[after]
+            body = json.dumps({"events": events, "next": following}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Feed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        settings.EVENT_SERVICE_URL, settings.EVENT_SERVICE_TOKEN = url, "feed-token"
+        result = event_feed_pull_task()
+        assert result["accepted"] == 2 and result["errors"] == 0  # x2 repeated on page 2, x3 invalid
+        assert seen[0] == (f"/organisations/{teammate.organisation.slug}/events", "Bearer feed-token")
+        stored = set(Event.objects.filter(organisation=teammate.organisation).values_list("event_id", flat=True))
+        assert stored == {"x1", "x2"}
+        assert EventFeedCursor.objects.get(organisation=teammate.organisation).position == "p3"
+        # Read again from the same cursor: nothing new, nothing doubled.
+        again = event_feed_pull(teammate.organisation, feed=HttpEventFeed(url))
+        assert again["accepted"] == 0 and Event.objects.filter(organisation=teammate.organisation).count() == 2
+        teammate.organisation.slug = "broken"
+        with pytest.raises(AdapterError):
+            HttpEventFeed(url).page(teammate.organisation, "")
+    finally:
+        server.shutdown()
+    settings.EVENT_SERVICE_URL = ""
+    assert event_feed_pull_task() == {"organisations": 0, "accepted": 0, "errors": 0}
