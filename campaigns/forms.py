@@ -39,6 +39,63 @@ class CampaignForm(forms.Form):
         widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
     )
 
+    category = forms.ChoiceField(
+        choices=[("marketing", "Marketing"), ("transactional", "Transactional")],
+        initial="marketing",
+        required=False,
+        help_text="Transactional messages (receipts, password resets) never count against frequency caps.",
+    )
+    bypass_frequency_cap = forms.BooleanField(required=False, label="Ignore the organisation's frequency caps")
+    trigger_event = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Triggered by event",
+        help_text="Triggered campaigns: the event type (see Events).",
+        widget=forms.TextInput(attrs={"list": "event-types"}),
+    )
+    trigger_conditions = forms.JSONField(
+        required=False,
+        label="When the event's properties match",
+        help_text='Optional, e.g. {"and": [{"property": "total", "op": "gt", "value": 50}]}.',
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "input code"}),
+    )
+    trigger_delay_seconds = forms.IntegerField(
+        min_value=0,
+        max_value=30 * 24 * 3600,
+        required=False,
+        initial=0,
+        label="Delay (seconds)",
+        help_text="0 sends at once; at most 30 days (2,592,000).",
+    )
+    quiet_hours_start = forms.TimeField(
+        required=False,
+        label="Quiet hours from",
+        widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+        help_text="In the recipient's timezone. Empty: the organisation's default.",
+    )
+    quiet_hours_end = forms.TimeField(
+        required=False, label="Quiet hours until", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
+    )
+    quiet_hours_policy = forms.ChoiceField(
+        choices=[("defer", "Send when quiet hours end"), ("skip", "Skip the send")],
+        initial="defer",
+        label="During quiet hours",
+        required=False,
+    )
+    frequency_limit = forms.ChoiceField(
+        choices=[
+            ("none", "No limit"),
+            ("1h", "Once per hour"),
+            ("24h", "Once per 24 hours"),
+            ("7d", "Once per 7 days"),
+            ("30d", "Once per 30 days"),
+            ("ever", "Once ever"),
+        ],
+        initial="none",
+        label="Per contact",
+        required=False,
+    )
+
     tracking_enabled = forms.BooleanField(
         required=False,
         initial=True,
@@ -111,6 +168,18 @@ class CampaignForm(forms.Form):
         if bad:
             raise forms.ValidationError(f"Not email addresses: {', '.join(bad)}.")
         return addresses
+
+    def clean_trigger_delay_seconds(self) -> int:
+        return self.cleaned_data.get("trigger_delay_seconds") or 0
+
+    def clean_category(self) -> str:
+        return self.cleaned_data.get("category") or "marketing"
+
+    def clean_quiet_hours_policy(self) -> str:
+        return self.cleaned_data.get("quiet_hours_policy") or "defer"
+
+    def clean_frequency_limit(self) -> str:
+        return self.cleaned_data.get("frequency_limit") or "none"
 
     def campaign_data(self) -> dict[str, Any]:
         """cleaned_data split into the campaign fields and its audience, as the services take them."""

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from audiences.access import can_write_campaigns
 from audiences.decorators import member_required
-from audiences.models import Segment
+from audiences.models import EventType, Segment
 from audiences.rules import RuleError
 from campaigns import selectors, services
 from campaigns.audience import audience_estimate, campaign_audience_spec, spec_estimate, validate_audience
@@ -97,7 +97,20 @@ def _form_initial(campaign: Campaign) -> dict[str, Any]:
         "send_window_end": campaign.send_window_end,
         "skip_weekends": campaign.skip_weekends,
         "local_send_time": campaign.local_send_time,
+        "category": campaign.category,
+        "bypass_frequency_cap": campaign.bypass_frequency_cap,
+        "trigger_event": campaign.trigger_event,
+        "trigger_conditions": campaign.trigger_conditions,
+        "trigger_delay_seconds": campaign.trigger_delay_seconds,
+        "quiet_hours_start": campaign.quiet_hours_start,
+        "quiet_hours_end": campaign.quiet_hours_end,
+        "quiet_hours_policy": campaign.quiet_hours_policy,
+        "frequency_limit": campaign.frequency_limit,
     }
+
+
+def _event_types(request: HttpRequest) -> list[str]:
+    return list(EventType.objects.filter(organisation=request.actor.organisation).values_list("name", flat=True))
 
 
 @member_required
@@ -113,7 +126,12 @@ def campaign_create_view(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Draft “{campaign.name}” created.")
             return redirect("campaigns:detail", campaign_id=campaign.pk)
-    return render(request, "campaigns/form.html", {"form": form, "campaign": None}, status=400 if form.errors else 200)
+    return render(
+        request,
+        "campaigns/form.html",
+        {"form": form, "campaign": None, "event_types": _event_types(request)},
+        status=400 if form.errors else 200,
+    )
 
 
 @member_required
@@ -138,7 +156,7 @@ def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     return render(
         request,
         "campaigns/form.html",
-        {"form": form, "campaign": campaign},
+        {"form": form, "campaign": campaign, "event_types": _event_types(request)},
         status=400 if form.errors else 200,
     )
 

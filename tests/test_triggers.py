@@ -395,3 +395,53 @@ def test_frequency_caps_are_validated(owner):
     assert ok.status_code == 200 and ok.data["frequency_caps"] == {"email": {"count": 3, "days": 7}}
     bad = owner.api.patch("/api/v1/organisation/", {"frequency_caps": {"email": {"count": 0}}}, format="json")
     assert bad.status_code == 400 and "frequency_caps" in bad.data
+
+
+def test_the_console_configures_a_triggered_campaign(teammate, contacts, django_capture_on_commit_callbacks):
+    from tests.factories import console_client
+
+    teammate.api.post(EVENTS, {"id": "seen", "type": "cart_abandoned", "contact": "ana"}, format="json")
+    browser = console_client(teammate)
+    page = browser.get("/campaigns/new/").content.decode()
+    assert '<option value="cart_abandoned">' in page
+    response = browser.post(
+        "/campaigns/new/",
+        {
+            "name": "Come back",
+            "type": "triggered",
+            "channels": ["email"],
+            "category": "marketing",
+            "trigger_event": "cart_abandoned",
+            "trigger_conditions": '{"property": "items", "op": "gt", "value": 0}',
+            "trigger_delay_seconds": "3600",
+            "quiet_hours_start": "22:00",
+            "quiet_hours_end": "07:00",
+            "quiet_hours_policy": "defer",
+            "frequency_limit": "7d",
+            "audience_combine": "or",
+            "holdout_percent": "0",
+            "tracking_enabled": "on",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    campaign = Campaign.objects.get(name="Come back")
+    assert (campaign.trigger_event, campaign.trigger_delay_seconds, campaign.frequency_limit) == (
+        "cart_abandoned",
+        3600,
+        "7d",
+    )
+    assert campaign.trigger_conditions == {"property": "items", "op": "gt", "value": 0}
+    bad = browser.post(
+        f"/campaigns/{campaign.pk}/edit/",
+        {
+            "name": "Come back",
+            "type": "triggered",
+            "category": "marketing",
+            "quiet_hours_policy": "defer",
+            "frequency_limit": "7d",
+            "audience_combine": "or",
+            "holdout_percent": "0",
+            "trigger_conditions": '{"property": "items", "op": "between", "value": 1}',
+        },
+    )
+    assert bad.status_code == 400 and "/op" in bad.content.decode()
