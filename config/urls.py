@@ -14,7 +14,7 @@ from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
 from config import views as config_views
-from delivery.api import InboxViewSet, ReceiptView, RunViewSet
+from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
 from delivery.views import task_service_callback_view
 
 router = DefaultRouter(trailing_slash=True)
@@ -50,6 +50,11 @@ urlpatterns = [
     ),
     path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
     path("api/v1/events/", EventIngestView.as_view(), name="api-events"),
+    path(
+        "api/v1/campaigns/<uuid:campaign_pk>/trigger-decisions/",
+        TriggerDecisionsView.as_view(),
+        name="campaign-trigger-decisions",
+    ),
     path("api/v1/", include(router.urls)),
     path("hooks/task-service/<str:token>", task_service_callback_view, name="task-service-callback"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -192,3 +192,20 @@ class InboxViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             raise Http404 from exc
         message = inbox.inbox_mark_read(request.actor, self._contact(), message_id)
         return Response(InboxMessageSerializer(message).data)
+
+
+class TriggerDecisionsView(APIView):
+    """How a triggered campaign's events were decided: matched, filtered_by_condition, not_in_audience, capped,
+    deferred_quiet_hours, skipped_quiet_hours, ignored_paused, queued."""
+
+    @extend_schema(responses={200: inline_serializer("TriggerDecisions", {"decisions": serializers.DictField()})})
+    def get(self, request: Request, campaign_pk: Any) -> Response:
+        from campaigns.models import Campaign
+        from campaigns.selectors import campaign_get
+        from delivery.triggers import trigger_decisions
+
+        try:
+            campaign = campaign_get(request.actor, campaign_pk, include_deleted=True)
+        except Campaign.DoesNotExist as exc:
+            raise Http404 from exc
+        return Response({"decisions": trigger_decisions(campaign)})

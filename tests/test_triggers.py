@@ -445,3 +445,11 @@ def test_the_console_configures_a_triggered_campaign(teammate, contacts, django_
         },
     )
     assert bad.status_code == 400 and "/op" in bad.content.decode()
+
+
+def test_trigger_decisions_through_the_api(teammate, outsider, contacts, django_capture_on_commit_callbacks):
+    campaign = _campaign(teammate, django_capture_on_commit_callbacks)
+    _post(teammate, django_capture_on_commit_callbacks, {"id": "api1", "type": "order_completed", "contact": "ana"})
+    response = teammate.api.get(f"/api/v1/campaigns/{campaign.pk}/trigger-decisions/")
+    assert response.status_code == 200 and response.data == {"decisions": {"matched": 1, "queued": 1}}
+    assert outsider.api.get(f"/api/v1/campaigns/{campaign.pk}/trigger-decisions/").status_code == 404
