@@ -16,16 +16,18 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Any
 
 from django.db import connection
+from django.db.models import Prefetch
 from django.utils import timezone
 
-from audiences import segments as engine
 from audiences.models import Organisation
+from audiences.rules import Compiled
 from campaigns.audience import audience_condition, audience_in_holdout
 from campaigns.content.assignment import assign_variant
-from campaigns.models import Campaign, CampaignStatus, CampaignType
+from campaigns.models import Campaign, CampaignStatus, CampaignType, Variant
 from campaigns.trigger_conditions import compile_conditions
 from delivery.models import Run
 
@@ -71,109 +73,172 @@ def _count(decisions: Mapping[tuple[Any, str], int], now: datetime) -> None:
         )
 
 
-def _capped(run: Run, contact_ids: Sequence[int], frequency_limit: str, now: datetime) -> set[int]:
-    """Contacts this campaign already sent to (or queued for) within its frequency window."""
-    if frequency_limit == "none" or not contact_ids:
+_AUDIENCE_CACHE: dict[Any, tuple[float, Compiled | None]] = {}
+AUDIENCE_CACHE_SECONDS = 30.0
+
+
+def _audience(campaign: Campaign) -> Compiled | None:
+    """The campaign's compiled audience condition. Membership is always evaluated against current contact data;
+    the compiled definition is reused for up to 30 s (an active campaign's own audience cannot change, a segment it
+    uses can), which keeps a stream of events from recompiling it for every batch."""
+    key = (campaign.pk, campaign.updated_at)
+    cached = _AUDIENCE_CACHE.get(key)
+    if cached and cached[0] > monotonic():
+        return cached[1]
+    condition = audience_condition(campaign, refresh_external=False)
+    _AUDIENCE_CACHE[key] = (monotonic() + AUDIENCE_CACHE_SECONDS, condition)
+    return condition
+
+
+def _members(organisation: Organisation, wanted: Mapping[Any, set[int]], campaigns: Mapping[Any, Campaign]) -> set:
+    """(campaign id, contact id) pairs in each campaign's audience, in one query for all campaigns."""
+    parts, params, members = [], [], set()
+    for campaign_id, contact_ids in wanted.items():
+        condition = _audience(campaigns[campaign_id])
+        if condition is None:
+            members.update((campaign_id, contact_id) for contact_id in contact_ids)
+            continue
+        parts.append(
+            "SELECT %s::uuid, id FROM audiences_contact"
+            f" WHERE organisation_id = %s AND id = ANY(%s) AND {condition.sql}"
+        )
+        params.extend([str(campaign_id), str(organisation.pk), sorted(contact_ids), *condition.params])
+    if parts:
+        with connection.cursor() as cursor:
+            cursor.execute(" UNION ALL ".join(parts), params)
+            members.update((row[0], row[1]) for row in cursor.fetchall())
+    return members
+
+
+def _recent_sends(limits: Mapping[Any, tuple[Run, str]], contact_ids: set[int], now: datetime) -> set:
+    """(campaign id, contact id) pairs already sent to or queued within each campaign's frequency window."""
+    limited = {campaign_id: (run, limit) for campaign_id, (run, limit) in limits.items() if limit != "none"}
+    if not limited or not contact_ids:
         return set()
-    window = "" if frequency_limit == "ever" else " AND created_at >= %s"
-    params: list[Any] = [str(run.pk), list(contact_ids)]
-    if frequency_limit != "ever":
-        params.append(now - FREQUENCY_WINDOWS[frequency_limit])
+    ever = any(limit == "ever" for _run, limit in limited.values())
+    oldest = None if ever else now - max(FREQUENCY_WINDOWS[limit] for _run, limit in limited.values())
+    by_run = {str(run.pk): (campaign_id, limit) for campaign_id, (run, limit) in limited.items()}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT DISTINCT contact_id FROM delivery_message WHERE run_id = %s AND contact_id = ANY(%s)"
-            " AND status NOT IN ('cancelled', 'skipped')" + window,
-            params,
+            "SELECT run_id, contact_id, max(created_at) FROM delivery_message"
+            " WHERE run_id = ANY(%s::uuid[]) AND contact_id = ANY(%s) AND status NOT IN ('cancelled', 'skipped')"
+            " AND (%s::timestamptz IS NULL OR created_at >= %s) GROUP BY run_id, contact_id",
+            [list(by_run), sorted(contact_ids), oldest, oldest],
         )
-        return {row[0] for row in cursor.fetchall()}
+        rows = cursor.fetchall()
+    recent = set()
+    for run_id, contact_id, last in rows:
+        campaign_id, limit = by_run[str(run_id)]
+        if limit == "ever" or last >= now - FREQUENCY_WINDOWS[limit]:
+            recent.add((campaign_id, contact_id))
+    return recent
 
 
-def _queue(campaign: Campaign, run: Run, sends: Sequence[Mapping[str, Any]], now: datetime) -> Counter[str]:
-    """Write the message rows (one per channel with an address), due after the delay and outside quiet hours;
-    returns the decisions about quiet hours."""
-    organisation = campaign.organisation
-    quiet_start = campaign.quiet_hours_start or organisation.default_quiet_hours_start
-    quiet_end = campaign.quiet_hours_end or organisation.default_quiet_hours_end
-    variants = list(campaign.variants.order_by("position", "name"))
-    allocations = [(v, v.allocation_percent) for v in variants]
+def _queue(
+    organisation: Organisation, plans: Sequence[tuple[Campaign, Run, Sequence[Mapping[str, Any]]]], now: datetime
+) -> Counter[tuple[Any, str]]:
+    """Write the message rows of every campaign in one statement (one per channel with an address), due after the
+    delay and outside quiet hours; returns the quiet-hours and queued decisions per campaign."""
     rows = []
-    for send in sends:
-        variant = assign_variant(str(campaign.pk), send["contact_id"], allocations)
-        held_out = audience_in_holdout(campaign, send["contact_id"])
-        status = "holdout" if held_out else "control" if variant.is_control else "queued"
-        rows.append(
-            {
-                "c": send["contact_id"],
-                "v": str(variant.pk),
-                "s": status,
-                "k": send["event_id"],
-                "due": (max(send["occurred_at"], now - timedelta(days=1)) if campaign.trigger_delay_seconds else now)
-                + timedelta(seconds=campaign.trigger_delay_seconds),
-            }
-        )
-    for row in rows:
-        row["due"] = max(row["due"], now).isoformat()
-    quiet = quiet_start is not None and quiet_end is not None
+    by_run = {}
+    for campaign, run, sends in plans:
+        by_run[str(run.pk)] = campaign
+        quiet_start = campaign.quiet_hours_start or organisation.default_quiet_hours_start
+        quiet_end = campaign.quiet_hours_end or organisation.default_quiet_hours_end
+        quiet = quiet_start is not None and quiet_end is not None
+        allocations = [(v, v.allocation_percent) for v in campaign.variants.all()]
+        for send in sends:
+            variant = assign_variant(str(campaign.pk), send["contact_id"], allocations)
+            held_out = audience_in_holdout(campaign, send["contact_id"])
+            due = (
+                max(send["occurred_at"], now - timedelta(days=1)) if campaign.trigger_delay_seconds else now
+            ) + timedelta(seconds=campaign.trigger_delay_seconds)
+            rows.append(
+                {
+                    "r": str(run.pk),
+                    "c": send["contact_id"],
+                    "v": str(variant.pk),
+                    "s": "holdout" if held_out else "control" if variant.is_control else "queued",
+                    "k": send["event_id"],
+                    "due": max(due, now).isoformat(),
+                    "qs": quiet_start.isoformat() if quiet else None,
+                    "qe": quiet_end.isoformat() if quiet else None,
+                    "skip": quiet and campaign.quiet_hours_policy == "skip",
+                    "ch": list(campaign.channels),
+                }
+            )
     # Quiet hours [start, end) are the complement of a send window [end, start): cs_next_send_time moves a due
     # time inside them to their end, in the contact's timezone (the organisation's when the contact has none).
-    next_allowed = (
-        "cs_next_send_time(u.due, COALESCE(NULLIF(c.timezone, ''), %(tz)s), %(q_end)s::time, %(q_start)s::time,"
-        " false, NULL)"
-        if quiet
-        else "u.due"
-    )
-    skip = quiet and campaign.quiet_hours_policy == "skip"
-    sql = f"""
+    sql = """
     WITH wanted AS (
-        SELECT u.c AS contact_id, u.v AS variant_id, u.s AS status, u.k AS trigger_key, u.due,
-               {next_allowed} AS due_at, ch.channel, c.email, c.phone
-        FROM json_to_recordset(%(rows)s::json) AS u(c bigint, v uuid, s text, k text, due timestamptz)
+        SELECT u.r AS run_id, u.c AS contact_id, u.v AS variant_id, u.s AS status, u.k AS trigger_key, u.due,
+               u.skip,
+               CASE WHEN u.qs IS NULL THEN u.due
+                    ELSE cs_next_send_time(u.due, COALESCE(NULLIF(c.timezone, ''), %(tz)s), u.qe, u.qs, false, NULL)
+               END AS due_at,
+               ch.channel, c.email, c.phone
+        FROM json_to_recordset(%(rows)s::json)
+             AS u(r uuid, c bigint, v uuid, s text, k text, due timestamptz, qs time, qe time, skip boolean,
+                  ch text[])
         JOIN audiences_contact c ON c.id = u.c
-        CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
+        CROSS JOIN LATERAL unnest(u.ch) AS ch(channel)
     ), kept AS (
         SELECT * FROM wanted
         WHERE (channel <> 'email' OR email <> '') AND (channel NOT IN ('sms', 'whatsapp') OR phone <> '')
-          AND NOT (%(skip)s AND due_at > due)
+          AND NOT (skip AND due_at > due)
     ), inserted AS (
         INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, status, trigger_key, due_at,
                                       attempts, provider_message_id, error, created_at)
-        SELECT %(run)s, contact_id, channel, variant_id, status, trigger_key, due_at, 0, '', '', %(now)s FROM kept
+        SELECT run_id, contact_id, channel, variant_id, status, trigger_key, due_at, 0, '', '', %(now)s FROM kept
         ON CONFLICT ON CONSTRAINT message_idempotency_key DO NOTHING
-        RETURNING status, due_at
+        RETURNING run_id, status
+    ), quiet AS (
+        SELECT run_id, count(DISTINCT (contact_id, trigger_key)) AS n, bool_or(skip) AS skip
+        FROM wanted WHERE due_at > due GROUP BY run_id
+    ), counted AS (
+        SELECT run_id, count(*) FILTER (WHERE status = 'queued') AS queued,
+               count(*) FILTER (WHERE status = 'holdout') AS holdout,
+               count(*) FILTER (WHERE status = 'control') AS control
+        FROM inserted GROUP BY run_id
     )
-    SELECT (SELECT count(DISTINCT (contact_id, trigger_key)) FROM wanted WHERE due_at > due),
-           (SELECT count(*) FROM inserted WHERE status = 'queued'),
-           (SELECT count(*) FROM inserted WHERE status = 'holdout'),
-           (SELECT count(*) FROM inserted WHERE status = 'control')
+    SELECT COALESCE(q.run_id, n.run_id), COALESCE(q.n, 0), COALESCE(q.skip, false),
+           COALESCE(n.queued, 0), COALESCE(n.holdout, 0), COALESCE(n.control, 0)
+    FROM quiet q FULL JOIN counted n ON n.run_id = q.run_id
     """
-    params = {
-        "rows": json.dumps(rows),
-        "tz": str(organisation.timezone),
-        "q_end": quiet_end,
-        "q_start": quiet_start,
-        "channels": list(campaign.channels),
-        "skip": skip,
-        "run": str(run.pk),
-        "now": now,
-    }
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        in_quiet, queued, holdout, control = cursor.fetchone()
+        cursor.execute(sql, {"rows": json.dumps(rows), "tz": str(organisation.timezone), "now": now})
+        results = cursor.fetchall()
+        sends_per_run = Counter(row["r"] for row in rows)
         cursor.execute(
-            "UPDATE delivery_run SET message_count = message_count + %s, holdout_count = holdout_count + %s,"
-            " control_count = control_count + %s, audience_count = audience_count + %s WHERE id = %s",
-            [queued, holdout, control, len(rows), str(run.pk)],
+            "UPDATE delivery_run r SET message_count = r.message_count + u.q, holdout_count = r.holdout_count + u.h,"
+            " control_count = r.control_count + u.ct, audience_count = r.audience_count + u.a"
+            " FROM json_to_recordset(%s::json) AS u(id uuid, q int, h int, ct int, a int) WHERE r.id = u.id",
+            [
+                json.dumps(
+                    [
+                        {"id": str(run_id), "q": queued, "h": holdout, "ct": control, "a": sends_per_run[str(run_id)]}
+                        for run_id, _n, _skip, queued, holdout, control in results
+                    ]
+                )
+            ],
         )
-    decisions: Counter[str] = Counter()
-    if in_quiet:
-        decisions["skipped_quiet_hours" if skip else "deferred_quiet_hours"] += in_quiet
-    decisions["queued"] += len(rows) - (in_quiet if skip else 0)
+    decisions: Counter[tuple[Any, str]] = Counter()
+    skipped: Counter[str] = Counter()
+    for run_id, in_quiet, skip, *_ in results:
+        campaign = by_run[str(run_id)]
+        if in_quiet:
+            decisions[(campaign.pk, "skipped_quiet_hours" if skip else "deferred_quiet_hours")] += in_quiet
+            if skip:
+                skipped[str(run_id)] += in_quiet
+    for run_id, count in sends_per_run.items():
+        decisions[(by_run[run_id].pk, "queued")] += count - skipped[run_id]
     return decisions
 
 
 def triggers_on_events(organisation: Organisation, events: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """Match freshly stored events against the organisation's active triggered campaigns. Returns the runs that
-    now have messages due at once (the caller asks workers to send them after commit)."""
+    """Match freshly stored events against the organisation's active triggered campaigns, all campaigns of a batch
+    together (a handful of statements, whatever the number of campaigns). Returns the runs with messages due at
+    once (the caller asks workers to send them after commit)."""
     if not events:
         return []
     now = timezone.now()
@@ -185,49 +250,64 @@ def triggers_on_events(organisation: Organisation, events: Sequence[Mapping[str,
             status__in=[CampaignStatus.ACTIVE, CampaignStatus.PAUSED],
             deleted_at__isnull=True,
             trigger_event__in=types,
-        ).select_related("organisation")
+        )
+        .select_related("organisation")
+        .prefetch_related(Prefetch("variants", queryset=Variant.objects.order_by("position", "name")))
     )
+    if not campaigns:
+        return []
     decisions: Counter[tuple[Any, str]] = Counter()
-    to_kick = []
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events:
+        by_type.setdefault(event["type"], []).append(event)
+    standing = {
+        run.campaign_id: run
+        for run in Run.objects.filter(campaign__in=campaigns, trigger=Run.Trigger.EVENT).exclude(
+            status__in=[Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED]
+        )
+    }
+    candidates: dict[Any, list[Mapping[str, Any]]] = {}
+    by_id = {campaign.pk: campaign for campaign in campaigns}
     for campaign in campaigns:
-        matching = [event for event in events if event["type"] == campaign.trigger_event]
+        matching = by_type.get(campaign.trigger_event, [])
         decisions[(campaign.pk, "matched")] += len(matching)
         if campaign.status == CampaignStatus.PAUSED:
             # Paused: no new sends are started; the events are counted and otherwise left alone.
             decisions[(campaign.pk, "ignored_paused")] += len(matching)
             continue
-        run = trigger_run_open(campaign)
+        if campaign.pk not in standing:
+            standing[campaign.pk] = trigger_run_open(campaign)
         predicate = compile_conditions(campaign.trigger_conditions)
         passed = [event for event in matching if predicate(event["properties"])]
         decisions[(campaign.pk, "filtered_by_condition")] += len(matching) - len(passed)
-        condition = audience_condition(campaign, refresh_external=False)
-        contact_ids = sorted({event["contact_id"] for event in passed})
-        if condition is not None and contact_ids:
-            members = set(
-                engine.matching_contacts(organisation, condition)
-                .filter(pk__in=contact_ids)
-                .values_list("pk", flat=True)
-            )
-        else:
-            members = set(contact_ids) if condition is None else set()
-        in_audience = [event for event in passed if event["contact_id"] in members]
-        decisions[(campaign.pk, "not_in_audience")] += len(passed) - len(in_audience)
-        capped = _capped(run, contact_ids, campaign.frequency_limit, now)
+        if passed:
+            candidates[campaign.pk] = passed
+    members = _members(organisation, {cid: {e["contact_id"] for e in evs} for cid, evs in candidates.items()}, by_id)
+    recent = _recent_sends(
+        {cid: (standing[cid], by_id[cid].frequency_limit) for cid in candidates},
+        {e["contact_id"] for evs in candidates.values() for e in evs},
+        now,
+    )
+    plans = []
+    for campaign_id, passed in candidates.items():
+        campaign = by_id[campaign_id]
+        in_audience = [event for event in passed if (campaign_id, event["contact_id"]) in members]
+        decisions[(campaign_id, "not_in_audience")] += len(passed) - len(in_audience)
         sends = []
+        taken = set()
         for event in sorted(in_audience, key=lambda e: e["occurred_at"]):
-            if event["contact_id"] in capped:
-                decisions[(campaign.pk, "capped")] += 1
+            key = (campaign_id, event["contact_id"])
+            if key in recent or (campaign.frequency_limit != "none" and key in taken):
+                decisions[(campaign_id, "capped")] += 1
                 continue
-            if campaign.frequency_limit != "none":
-                capped.add(event["contact_id"])  # a second event in the same batch counts against the limit too
+            taken.add(key)  # a second event in the same batch counts against the limit too
             sends.append(event)
         if sends:
-            for decision, count in _queue(campaign, run, sends, now).items():
-                decisions[(campaign.pk, decision)] += count
-            if not campaign.trigger_delay_seconds:
-                to_kick.append(run.pk)
+            plans.append((campaign, standing[campaign_id], sends))
+    if plans:
+        decisions.update(_queue(organisation, plans, now))
     _count(decisions, now)
-    return to_kick
+    return [run.pk for campaign, run, _sends in plans if not campaign.trigger_delay_seconds]
 
 
 def trigger_decisions(campaign: Campaign) -> dict[str, int]:
