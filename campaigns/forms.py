@@ -4,9 +4,11 @@ from typing import Any
 from uuid import UUID
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 from audiences.models import Organisation, Segment
 from campaigns.models import AudienceCombine, CampaignType, Channel
+from campaigns.services import validate_seed_phones
 
 
 class CampaignForm(forms.Form):
@@ -108,6 +110,17 @@ class CampaignForm(forms.Form):
         help_text="Addresses that receive test sends, comma or newline separated (at most 20).",
         widget=forms.Textarea(attrs={"rows": 2}),
     )
+    seed_phones = forms.CharField(
+        required=False,
+        label="Seed phones",
+        help_text="Phones (E.164, e.g. +447700900123) that receive SMS and WhatsApp test sends (at most 20).",
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+    seed_copy_every_send = forms.BooleanField(
+        required=False,
+        label="Seeds get a copy of every send",
+        help_text="Each run also sends every variant once to the seed list and phones, as the recipients see it.",
+    )
 
     include_segments = forms.MultipleChoiceField(
         required=False, label="Send to members of", widget=forms.SelectMultiple(attrs={"size": 5})
@@ -168,6 +181,14 @@ class CampaignForm(forms.Form):
         if bad:
             raise forms.ValidationError(f"Not email addresses: {', '.join(bad)}.")
         return addresses
+
+    def clean_seed_phones(self) -> list[str]:
+        raw = self.cleaned_data.get("seed_phones") or ""
+        phones = [p.strip() for p in raw.replace(",", "\n").splitlines() if p.strip()]
+        try:
+            return validate_seed_phones(phones)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["seed_phones"]) from exc
 
     def clean_trigger_delay_seconds(self) -> int:
         return self.cleaned_data.get("trigger_delay_seconds") or 0

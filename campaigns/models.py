@@ -97,8 +97,10 @@ class Campaign(models.Model):
 
     # Open and click tracking (links rewritten, pixel added); off for privacy-sensitive campaigns.
     tracking_enabled = models.BooleanField(default=True)
-    # Test sends go to these addresses; with seed_copy_every_send they also get a copy of every real send.
+    # Test sends go to these addresses and phones (E.164); with seed_copy_every_send they also get a copy of each
+    # variant every time a run sends (one copy per variant and channel per run, not one per recipient).
     seed_emails = ArrayField(models.EmailField(), default=list, blank=True)
+    seed_phones = ArrayField(models.CharField(max_length=16), default=list, blank=True)
     seed_copy_every_send = models.BooleanField(default=False)
 
     # How the built-in sandbox provider behaves for this campaign (latency, outcome and engagement rates per

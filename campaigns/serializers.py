@@ -106,6 +106,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "frequency_limit",
             "tracking_enabled",
             "seed_emails",
+            "seed_phones",
             "seed_copy_every_send",
             "audience",
             "variants",
@@ -228,6 +229,13 @@ class CampaignWriteSerializer(serializers.Serializer):
     audience = AudienceSerializer(required=False)
     tracking_enabled = serializers.BooleanField(required=False, default=True)
     seed_emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list, max_length=20)
+    seed_phones = serializers.ListField(
+        child=serializers.CharField(max_length=32),
+        required=False,
+        default=list,
+        max_length=20,
+        help_text="E.164 phones that receive SMS and WhatsApp test sends (and seed copies).",
+    )
     seed_copy_every_send = serializers.BooleanField(required=False, default=False)
 
     def validate_name(self, value: str) -> str:
@@ -270,6 +278,9 @@ class PreviewRequestSerializer(serializers.Serializer):
 
 
 class TestSendSerializer(serializers.Serializer):
+    channel = serializers.ChoiceField(
+        choices=["email", "sms", "whatsapp"], required=False, default="email", help_text="Default: email."
+    )
     recipients = serializers.ListField(child=serializers.CharField(max_length=254), required=False, max_length=20)
     variant = serializers.CharField(required=False, allow_blank=True)
     contact_id = serializers.IntegerField(required=False)

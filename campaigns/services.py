@@ -17,6 +17,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from audiences.access import Actor, require_campaign_write
+from audiences.contacts import normalise_phone
 from campaigns import scheduling
 from campaigns.audience import campaign_audience_spec, validate_audience
 from campaigns.content.channels import content_problems
@@ -117,6 +118,28 @@ def _invalid_transition(campaign: Campaign, action: str) -> Conflict:
 
 
 # --- validation ---------------------------------------------------------------------------------------------
+
+
+MAX_SEEDS = 20
+
+
+def validate_seed_phones(phones: Iterable[str]) -> list[str]:
+    """The seed phones in E.164 (spaces and dashes dropped), each once, at most MAX_SEEDS."""
+    clean: list[str] = []
+    bad: list[str] = []
+    for raw in phones:
+        try:
+            phone = normalise_phone(str(raw))
+        except ValidationError:
+            bad.append(str(raw))
+            continue
+        if phone not in clean:
+            clean.append(phone)
+    if bad:
+        raise ValidationError({"seed_phones": [f"Not phone numbers in E.164 form (+447700900123): {', '.join(bad)}."]})
+    if len(clean) > MAX_SEEDS:
+        raise ValidationError({"seed_phones": [f"At most {MAX_SEEDS} phones."]})
+    return clean
 
 
 def _validate_channels(channels: Sequence[str]) -> list[str]:
@@ -314,6 +337,7 @@ DEFAULT_VARIANTS: list[dict[str, Any]] = [{"name": "A", "allocation_percent": 10
 UPDATABLE_FIELDS = (
     "tracking_enabled",
     "seed_emails",
+    "seed_phones",
     "seed_copy_every_send",
     "name",
     "description",
@@ -384,6 +408,7 @@ def campaign_create(
     audience: Mapping[str, Any] | None = None,
     tracking_enabled: bool = True,
     seed_emails: Sequence[str] = (),
+    seed_phones: Sequence[str] = (),
     seed_copy_every_send: bool = False,
     send_window_start: Any = None,
     send_window_end: Any = None,
@@ -420,6 +445,7 @@ def campaign_create(
         messages_per_hour=messages_per_hour,
         tracking_enabled=tracking_enabled,
         seed_emails=list(seed_emails),
+        seed_phones=validate_seed_phones(seed_phones),
         seed_copy_every_send=seed_copy_every_send,
         send_window_start=send_window_start,
         send_window_end=send_window_end,
@@ -465,6 +491,8 @@ def campaign_update(
     for field, value in changes.items():
         if field == "channels":
             value = _validate_channels(value)
+        if field == "seed_phones":
+            value = validate_seed_phones(value)
         if field == "name":
             value = value.strip()
         setattr(campaign, field, value)
@@ -639,6 +667,7 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         holdout_percent=origin.holdout_percent,
         tracking_enabled=origin.tracking_enabled,
         seed_emails=list(origin.seed_emails),
+        seed_phones=list(origin.seed_phones),
         seed_copy_every_send=origin.seed_copy_every_send,
         status_changed_at=timezone.now(),
     )

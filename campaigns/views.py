@@ -81,6 +81,8 @@ def _form_initial(campaign: Campaign) -> dict[str, Any]:
     return {
         "tracking_enabled": campaign.tracking_enabled,
         "seed_emails": "\n".join(campaign.seed_emails),
+        "seed_phones": "\n".join(campaign.seed_phones),
+        "seed_copy_every_send": campaign.seed_copy_every_send,
         "include_segments": [str(link.segment_id) for link in links if link.role == "include"],
         "exclude_segments": [str(link.segment_id) for link in links if link.role == "exclude"],
         "audience_combine": campaign.audience_combine,
@@ -293,6 +295,8 @@ def campaign_audience_estimate_view(request: HttpRequest, campaign_id: Any) -> H
 @member_required
 def campaign_test_send_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     recipients = [a.strip() for a in request.POST.get("recipients", "").replace(",", "\n").splitlines() if a.strip()]
+    channel = request.POST.get("channel") or "email"
+    label = {"email": "Test email sent.", "sms": "Test SMS sent.", "whatsapp": "Test WhatsApp message sent."}
     _run(
         request,
         campaign_id,
@@ -301,8 +305,9 @@ def campaign_test_send_view(request: HttpRequest, campaign_id: Any) -> HttpRespo
             campaign_id=campaign_id,
             recipients=recipients or None,
             variant=request.POST.get("variant") or None,
+            channel=channel,
         ),
-        "Test email sent.",
+        label.get(channel, "Test sent."),
     )
     return redirect("campaigns:detail", campaign_id=campaign_id)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from delivery.models import ContactSendCount, InboxMessage, Message, Run, SandboxHandoff, TriggerDecision
+from delivery.models import ContactSendCount, InboxMessage, Message, Run, SandboxHandoff, SeedSend, TriggerDecision
 
 
 @admin.register(Run)
@@ -92,4 +92,22 @@ class ContactSendCountAdmin(admin.ModelAdmin):
         return False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(SeedSend)
+class SeedSendAdmin(admin.ModelAdmin):
+    """Test sends and seed copies (read-only): what went to the seeds, and what the provider answered."""
+
+    list_display = ["created_at", "campaign", "kind", "channel", "address", "status", "attempts", "error"]
+    list_filter = ["kind", "channel", "status"]
+    search_fields = ["address", "campaign__name", "idempotency_key"]
+    list_select_related = ["campaign"]
+    raw_id_fields = ["campaign", "run", "variant"]
+    readonly_fields = [f.name for f in SeedSend._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False

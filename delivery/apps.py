@@ -5,4 +5,9 @@ class DeliveryConfig(AppConfig):
     name = "delivery"
 
     def ready(self) -> None:
-        from delivery import receivers  # noqa: F401 - connects the cleanup receivers
+        from delivery import (
+            receivers,  # noqa: F401 - connects the cleanup receivers
+            seeds,
+        )
+
+        seeds.register()  # SMS and WhatsApp test sends from the campaign page and API

@@ -242,3 +242,45 @@ class ContactSendCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contact_id} {self.channel} {self.day}: {self.count}"
+
+
+class SeedSend(models.Model):
+    """A message to a seed address or phone: a test send, or the copy of a variant that a run sends to the
+    campaign's seeds. The idempotency key (run, variant, channel, address for copies) makes a repeated task send
+    nothing twice."""
+
+    class Kind(models.TextChoices):
+        TEST = "test", "Test send"
+        COPY = "copy", "Seed copy of a run"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        BOUNCED = "bounced", "Bounced"
+        FAILED = "failed", "Failed"
+
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="seed_sends")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, blank=True, related_name="seed_sends")
+    variant = models.ForeignKey(Variant, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    address = models.CharField(max_length=254)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    provider_message_id = models.CharField(max_length=200, blank=True, default="")
+    error = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["campaign", "-created_at"], name="seed_send_campaign_idx"),
+            models.Index(fields=["next_attempt_at"], condition=models.Q(status="queued"), name="seed_send_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.channel} to {self.address}"

@@ -21,6 +21,7 @@ from audiences.access import Actor, system_actor
 from campaigns import services as campaign_services
 from campaigns.models import Campaign, CampaignStatus
 from config.errors import Conflict
+from delivery import seeds
 from delivery.fanout import run_create, run_fan_out
 from delivery.models import Run
 
@@ -36,6 +37,12 @@ def _enqueue_prepare(run_id: Any) -> None:
     from delivery.tasks import run_prepare_task
 
     _on_commit(lambda: run_prepare_task.delay(str(run_id)))
+
+
+def _enqueue_seed_copies(run_id: Any) -> None:
+    from delivery.tasks import run_seed_copies_task
+
+    _on_commit(lambda: run_seed_copies_task.delay(str(run_id)))
 
 
 def run_kick(run_id: Any, *, workers: int | None = None) -> None:
@@ -147,6 +154,8 @@ def run_prepare(run_id: Any) -> Run | None:
     ):
         with transaction.atomic():
             run_kick(run_id)
+            if seeds.run_seed_copies_plan(Run.objects.select_related("campaign").get(pk=run_id)):
+                _enqueue_seed_copies(run_id)
     return Run.objects.get(pk=run_id)
 
 
@@ -231,7 +240,7 @@ def delivery_pump(*, now: datetime | None = None) -> dict[str, int]:
     """One pass of the engine's safety net (celery-beat runs it every few seconds). Cheap when idle: it reads the
     partial indexes of due campaigns and active runs only."""
     now = now or timezone.now()
-    report = {"fired": 0, "prepared": 0, "kicked": 0, "finished": 0}
+    report = {"fired": 0, "prepared": 0, "kicked": 0, "finished": 0, "seed_copies": 0}
     due = Campaign.objects.filter(
         status=CampaignStatus.SCHEDULED, deleted_at__isnull=True, scheduled_at__lte=now
     ).values_list("pk", flat=True)[:100]
@@ -270,6 +279,10 @@ def delivery_pump(*, now: datetime | None = None) -> dict[str, int]:
             with transaction.atomic():
                 run_kick(run.pk)
             report["kicked"] += 1
+    for run_id in seeds.due_seed_copy_runs(now=now):
+        with transaction.atomic():
+            _enqueue_seed_copies(run_id)
+        report["seed_copies"] += 1
     return report
 
 

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.core.cache import cache
 
-from delivery import runs, sending
+from delivery import runs, seeds, sending
 
 
 @shared_task(name="delivery.tasks.run_prepare_task")
@@ -39,3 +39,8 @@ def campaign_schedule_fire_task(campaign_id: str) -> str | None:
 @shared_task(name="delivery.tasks.delivery_pump_task")
 def delivery_pump_task() -> dict[str, Any]:
     return runs.delivery_pump()
+
+
+@shared_task(name="delivery.tasks.run_seed_copies_task")
+def run_seed_copies_task(run_id: str) -> int:
+    return seeds.run_seed_copies_send(run_id)

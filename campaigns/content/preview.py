@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -109,6 +110,16 @@ def campaign_preview(
     }
 
 
+# Campaigns never import delivery (STYLE.md §11), which owns the channel backends: delivery registers here the
+# function that hands SMS and WhatsApp test sends to the backend configured for the channel.
+PhoneSender = Callable[..., list[dict[str, Any]]]
+_phone_senders: dict[str, PhoneSender] = {}
+
+
+def register_test_sender(channel: str, sender: PhoneSender) -> None:
+    _phone_senders[channel] = sender
+
+
 def campaign_test_send(
     *,
     actor: Actor,
@@ -116,10 +127,65 @@ def campaign_test_send(
     recipients: list[str] | None = None,
     variant: str | None = None,
     contact_id: int | None = None,
+    channel: str = "email",
 ) -> dict[str, Any]:
-    """Send the email of a variant to seed addresses now, rendered for a real or sample contact."""
+    """Send a variant to seed addresses (email) or phones (SMS, WhatsApp) now, rendered for a real or sample
+    contact. The links in it are not that contact's: a seed who clicks unsubscribe unsubscribes nobody."""
     require_campaign_write(actor)
     campaign = campaign_get(actor, campaign_id)
+    if channel not in ("email", "sms", "whatsapp"):
+        raise ValidationError({"channel": ["Test sends go by email, SMS or WhatsApp."]})
+    if channel not in campaign.channels:
+        raise ValidationError({"channel": [f"This campaign sends {', '.join(campaign.channels) or 'nothing yet'}."]})
+    if channel == "email":
+        return _test_send_email(actor, campaign, recipients, variant, contact_id)
+    return _test_send_phone(actor, campaign, channel, recipients, variant, contact_id)
+
+
+def _seed_render(campaign: Campaign, channel: str, variant: str | None, contact_id: int | None) -> tuple[Variant, dict]:
+    chosen = _variant(campaign, variant)
+    if chosen.is_control:
+        raise ValidationError({"variant": ["The control variant sends nothing."]})
+    profile, _ = preview_contact(campaign, contact_id)
+    context = message_context(campaign, profile, "0", f"test-{uuid.uuid4().hex}")
+    try:
+        return chosen, render_message(channel, chosen.content.get(channel, {}), context)
+    except TemplateProblem as exc:
+        raise ValidationError({"content": [str(exc)]}) from exc
+
+
+def _test_send_phone(
+    actor: Actor, campaign: Campaign, channel: str, recipients: list[str] | None, variant: str | None, contact: Any
+) -> dict[str, Any]:
+    from campaigns.services import validate_seed_phones  # services imports this module's neighbours
+
+    try:
+        phones = validate_seed_phones(recipients or campaign.seed_phones)
+    except ValidationError as exc:
+        raise ValidationError({"recipients": exc.message_dict["seed_phones"]}) from exc
+    if not phones:
+        raise ValidationError({"recipients": ["Give phone numbers, or set the campaign's seed phones."]})
+    sender = _phone_senders.get(channel)
+    if sender is None:
+        raise Conflict(f"No backend sends {channel} test messages here.", code="no_backend")
+    chosen, rendered = _seed_render(campaign, channel, variant, contact)
+    results = sender(campaign=campaign, variant=chosen, channel=channel, payload=rendered, addresses=phones)
+    failed = [r for r in results if r["status"] not in ("sent", "delivered")]
+    audit_record(
+        actor=actor,
+        action="campaign.test_send",
+        target=campaign,
+        details={"variant": chosen.name, "channel": channel, "recipients": phones, "results": results},
+    )
+    if failed and len(failed) == len(results):
+        reasons = "; ".join(f"{r['address']}: {r['error'] or r['status']}" for r in failed)
+        raise Conflict(f"The provider did not take the test message: {reasons}", code="provider_error")
+    return {"sent_to": phones, "variant": chosen.name, "channel": channel, "body": rendered["body"], "results": results}
+
+
+def _test_send_email(
+    actor: Actor, campaign: Campaign, recipients: list[str] | None, variant: str | None, contact_id: int | None
+) -> dict[str, Any]:
     addresses = list(dict.fromkeys(recipients or campaign.seed_emails))
     if not addresses:
         raise ValidationError({"recipients": ["Give addresses, or set the campaign's seed list."]})
@@ -133,10 +199,7 @@ def campaign_test_send(
             bad.append(address)
     if bad:
         raise ValidationError({"recipients": [f"Not email addresses: {', '.join(bad)}."]})
-    preview = campaign_preview(
-        actor=actor, campaign_id=campaign.pk, channel="email", variant=variant, contact_id=contact_id
-    )
-    email = preview["rendered"]
+    chosen, email = _seed_render(campaign, "email", variant, contact_id)
     if not email["from_email"]:
         raise ValidationError({"content": ["Set a From address (or the organisation's sender) first."]})
     message = EmailMultiAlternatives(
@@ -157,6 +220,6 @@ def campaign_test_send(
         actor=actor,
         action="campaign.test_send",
         target=campaign,
-        details={"variant": preview["variant"], "recipients": addresses},
+        details={"variant": chosen.name, "channel": "email", "recipients": addresses},
     )
-    return {"sent_to": addresses, "variant": preview["variant"], "subject": message.subject}
+    return {"sent_to": addresses, "variant": chosen.name, "channel": "email", "subject": message.subject}
