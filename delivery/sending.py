@@ -27,7 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.adapters import user_profile_provider
-from campaigns.content.render import MessageContext, render_message
+from campaigns.content.render import Renderer, Sender
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
 from delivery import caps as caps_module
@@ -155,17 +155,18 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
     profiles = user_profile_provider()
     outgoing: list[Outgoing] = []
     settled: list[Outcome] = []
-    base = {
-        "organisation_id": str(organisation.pk),
-        "organisation_name": organisation.name,
-        "postal_address": organisation.postal_address,
-        "sender_name": organisation.sender_name,
-        "sender_email": organisation.sender_email,
-        "reply_to": organisation.reply_to_email,
-        "campaign_name": campaign.name,
-        "tracking": campaign.tracking_enabled,
-        "webhook_secret": organisation.webhook_secret,
-    }
+    sender = Sender(
+        organisation_id=str(organisation.pk),
+        organisation_name=organisation.name,
+        postal_address=organisation.postal_address,
+        sender_name=organisation.sender_name,
+        sender_email=organisation.sender_email,
+        reply_to=organisation.reply_to_email,
+        campaign_name=campaign.name,
+        tracking=campaign.tracking_enabled,
+        webhook_secret=organisation.webhook_secret,
+    )
+    renderers: dict[tuple[str, str], Renderer] = {}  # per variant and channel: the run's constant work done once
     for row in rows:
         message_id, contact_id, channel, variant_id, blocked = row[0], row[1], row[2], str(row[3]), row[14]
         if blocked:
@@ -181,11 +182,11 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
             settled.append(Outcome(message_id, "failed", "", "the variant has no content for this channel"))
             continue
         key = message_key(ctx.run.pk, contact_id, channel, row[16])
-        message_context = MessageContext(
-            message_id=str(message_id), contact=profile, contact_id=str(contact_id), **base
-        )
         try:
-            payload = render_message(channel, content, message_context)
+            renderer = renderers.get((variant_id, channel))
+            if renderer is None:
+                renderer = renderers[variant_id, channel] = Renderer(channel, content, sender)
+            payload = renderer.render(str(message_id), profile, str(contact_id))
         except TemplateProblem as exc:
             settled.append(Outcome(message_id, "failed", "", f"template: {exc}"[:500]))
             continue

@@ -6,13 +6,14 @@ import hashlib
 import hmac
 import json
 import re
+from dataclasses import replace
 from urllib.parse import unquote
 
 import pytest
 from django.test import Client
 
 from campaigns.content import links
-from campaigns.content.render import MessageContext, html_to_text, render_message
+from campaigns.content.render import MessageContext, Renderer, html_to_text, render_message
 
 CTX = MessageContext(
     message_id="m-123",
@@ -68,8 +69,6 @@ def test_links_are_rewritten_and_signed_except_ours_and_non_web():
 
 
 def test_tracking_can_be_switched_off():
-    from dataclasses import replace
-
     email = render_message("email", EMAIL, replace(CTX, tracking=False))
     assert "/t/c/" not in email["html"] and "/t/o/" not in email["html"]
     assert 'href="https://shop.example/sale?a=1&amp;b=2"' in email["html"]
@@ -167,10 +166,14 @@ def test_click_endpoint_redirects_only_to_the_signed_target():
     assert response.status_code == 302
     assert response["Location"] == "https://shop.example/a?b=c"
     token = url.rsplit("/", 1)[1]
-    _, signature = token.split(".")
-    forged = links._b64(b"m-9\nhttps://evil.example/")
-    assert client.get(f"/t/c/{forged}.{signature}").status_code == 404
+    message_part, _target, signature = token.rsplit(".", 2)
+    forged = links._b64(b"https://evil.example/")
+    assert client.get(f"/t/c/{message_part}.{forged}.{signature}").status_code == 404
     assert client.get("/t/c/nonsense?next=https://evil.example").status_code == 404
+    assert client.get(f"/t/c/{message_part}?next=https://evil.example").status_code == 404
+    # A token in the format issued before the two-part scheme still redirects.
+    old = client.get(f"/t/c/{links.sign('click', 'm-9', 'https://shop.example/old')}")
+    assert (old.status_code, old["Location"]) == (302, "https://shop.example/old")
     pixel = client.get(f"/t/o/{links.sign('open', 'm-9')}.gif")
     assert (pixel.status_code, pixel["Content-Type"]) == (200, "image/gif")
 
@@ -197,12 +200,129 @@ def test_generated_text_part_is_personalised_and_its_links_tracked():
         '<p><a href="https://shop.example/sale">Sale</a> <a href="https://shop.example/{{ contact.attributes.plan }}">'
         "Yours</a></p>",
     }
-    text = render_message("email", content, CTX)["text"]
+    email = render_message("email", content, CTX)
+    text = email["text"]
     assert text.startswith("Hi Ada\n\nPro perks")
-    assert f"Sale ({links.click_url('m-123', 'https://shop.example/sale')})" in text
-    assert f"Yours ({links.click_url('m-123', 'https://shop.example/pro')})" in text
+    sale, yours = re.findall(r"(?:Sale|Yours) \((\S+)\)", text)
+    assert links.read_click(sale.rsplit("/", 1)[1]) == ("m-123", "https://shop.example/sale")
+    assert links.read_click(yours.rsplit("/", 1)[1]) == ("m-123", "https://shop.example/pro")
+    assert f'href="{sale}"' in email["html"] and f'href="{yours}"' in email["html"]  # the same links as the HTML
     untracked = render_message("email", content, MessageContext(**{**CTX.__dict__, "tracking": False}))["text"]
     assert "Sale (https://shop.example/sale)" in untracked and "Yours (https://shop.example/pro)" in untracked
     # Template code that looks like markup cannot be converted once; each rendered body is converted instead.
     odd = {"subject": "s", "html": "<p>{% if 1 < 2 %}small{% endif %} <b>bold</b></p>"}
     assert render_message("email", odd, CTX)["text"].startswith("small bold")
+
+
+def _click_token(html: str, index: int = 0) -> str:
+    return [h for h in re.findall(r'href="([^"]+)"', html) if "/t/c/" in h][index].rsplit("/", 1)[1]
+
+
+def test_a_message_signs_once_and_its_links_share_the_run_signed_parts():
+    content = {
+        "subject": "s",
+        "html": '<a href="https://shop.example/a">A</a>'
+        '<a href="https://shop.example/{{ contact.attributes.plan }}">B</a>',
+    }
+    first = render_message("email", content, CTX)["html"]
+    other = render_message("email", content, replace(CTX, message_id="m-456", contact_id="43"))["html"]
+    a1, b1, a2 = _click_token(first, 0), _click_token(first, 1), _click_token(other, 0)
+    message_part = a1.rsplit(".", 2)[0]
+    assert b1.startswith(message_part + ".")  # one message signature for all of the message's links
+    assert a1.rsplit(".", 2)[1:] == a2.rsplit(".", 2)[1:]  # the link part: signed once for the run
+    assert links.read_click(a2) == ("m-456", "https://shop.example/a")
+    assert links.read_click(b1) == ("m-123", "https://shop.example/pro")
+    assert f"/t/o/{message_part}.gif" in first  # the open pixel carries the same message part
+    assert links.read_open(f"{message_part}") == "m-123"
+    assert links.read_open(links.sign("open", "m-1")) == "m-1"  # pixels issued in the old format
+
+
+def test_tampered_or_mismatched_click_tokens_are_refused():
+    scope, other_scope = links.link_scope("org-1", "<a>"), links.link_scope("org-2", "<a>")
+    message = links.message_token("m-1", scope)
+    link = links.link_token(scope, "https://good.example/")
+    assert links.read_click(f"{message}.{link}") == ("m-1", "https://good.example/")
+    m_id, m_scope, m_sig = message.split(".")
+    target, t_sig = link.split(".")
+    evil = links._b64(b"https://evil.example/")
+    for bad in [
+        f"{message}.{evil}.{t_sig}",  # another target under this link's signature
+        f"{message}.{links.link_token(other_scope, 'https://good.example/')}",  # a link part of another scope
+        f"{links.message_token('m-1', other_scope)}.{link}",  # a message part of another scope
+        f"{links._b64(b'm-2')}.{m_scope}.{m_sig}.{link}",  # another message id
+        f"{m_id}.{links._b64(other_scope)}.{m_sig}.{link}",  # the scope swapped in the message part
+        f"{m_id}.{m_scope}.{t_sig}.{target}.{m_sig}",  # signatures swapped between the halves
+        f"{m_id}.{m_scope}.{m_sig}.{target}.{t_sig[:-2]}AA",
+        f"{m_id}.{m_scope[:-1]}.{m_sig}.{link}",  # a short scope
+        f"{message}.{target}",
+        f"{message}.{link}.x",
+        f"{message}.{links.link_token(scope, 'https://good.example/').replace('.', '')}",
+        f"{link}",  # a link part alone reads as an old-format token with the wrong key
+        f"{message}",
+        "a.b.c.d.e",
+        "....",
+    ]:
+        with pytest.raises(links.BadToken):
+            links.read_click(bad)
+    with pytest.raises(links.BadToken):  # a message part is not a link part: separate keys
+        links.read_click(f"{message}.{m_id}.{m_sig}")
+
+
+def test_the_fast_signature_is_hmac_sha256():
+    payload = b"org\n42\nm-1\n1700000000"
+    expected = hmac.digest(links._key("unsubscribe"), payload, "sha256")[:16]
+    assert links._mac("unsubscribe", payload) == expected
+    assert (
+        links.sign("unsubscribe", "org", "42", "m-1", "1700000000") == f"{links._b64(payload)}.{links._b64(expected)}"
+    )
+
+
+def test_a_run_renderer_renders_what_render_message_does():
+    content = {**EMAIL, "text": "Hi {{ contact.first_name }} {{ unsubscribe_url }}"}
+    renderer = Renderer("email", content, CTX.sender())
+    by_renderer = renderer.render("m-123", CTX.contact, "42")
+    by_message = render_message("email", content, CTX)
+    unsubscribe = re.compile(r"/u/[\w.-]+|/p/[\w.-]+|unsubscribe%20[\w.-]+")  # carry their issue second
+    assert {k: unsubscribe.sub("", str(v)) for k, v in by_renderer.items()} == {
+        k: unsubscribe.sub("", str(v)) for k, v in by_message.items()
+    }
+    sms = Renderer("sms", {"body": "Hi {{ contact.first_name }}"}, CTX.sender())
+    assert sms.render("m-1", {"first_name": "Bo"}, "7")["body"] == "Hi Bo"
+    assert sms.render("m-2", {"first_name": "Cy"}, "8")["body"] == "Hi Cy"
+
+
+def test_parts_rendered_in_one_pass_keep_their_own_scope_and_escaping():
+    content = {
+        "subject": "{% set plan = 'secret' %}<b>{{ contact.first_name }}</b> & co",
+        "preheader": "{{ plan }}<i>",
+        "text": "Plan: {{ plan }} {{ contact.attributes.plan }} <{{ contact.first_name }}>",
+        "html": "<html><body><p>{{ plan }}|{{ contact.first_name }}</p>{{ unsubscribe_url }}</body></html>",
+    }
+    ctx = replace(CTX, contact={"first_name": "<Ada>", "attributes": {"plan": "pro"}})
+    email = render_message("email", content, ctx)
+    assert email["subject"] == "<b><Ada></b> & co"  # text parts are not escaped
+    assert email["preheader"] == "<i>"  # a `set` in the subject is not seen by the next part
+    assert email["text"].startswith("Plan:  pro <<Ada>>")
+    assert "<p>|&lt;Ada&gt;</p>" in email["html"]  # the HTML autoescapes
+    assert ">&lt;i&gt;</div>" in email["html"]  # the preheader is escaped once where it enters the HTML
+
+
+def test_the_sandbox_deadline_and_bounds_hold_in_the_combined_pass():
+    from campaigns.content.templates import TemplateProblem
+
+    for field, source in [
+        ("subject", "{{ ''.__class__.__mro__ }}"),
+        ("text", "{{ contact.attributes.update({'plan': 'free'}) }}"),
+        ("html", "{{ ''.__class__.__mro__[1].__subclasses__() }}"),
+    ]:
+        try:
+            email = render_message("email", {**EMAIL, field: source}, CTX)
+        except TemplateProblem:
+            continue
+        assert "<class" not in email[field] and "&lt;class" not in email[field]
+    with pytest.raises(TemplateProblem, match="KB"):
+        render_message("email", {**EMAIL, "text": "{% for i in range(600) %}{{ 'x' * 1000 }}{% endfor %}"}, CTX)
+    slow = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}{{ c * 1 }}{% endfor %}"
+    with pytest.raises(TemplateProblem, match="too long"):
+        render_message("email", {**EMAIL, "preheader": slow + "{% endfor %}{% endfor %}"}, CTX)
+    assert CTX.contact["attributes"] == {"plan": "pro"}

@@ -1,5 +1,7 @@
 """Rendering a message: content + contact + message id → what each channel sends. A pure function of its inputs
-(no queries), so bulk sending can call it for every recipient with templates compiled once per run."""
+(no queries), so bulk sending can call it for every recipient: `Renderer(channel, content, sender)` once per run
+(templates compiled, the run's constant parts built), then `.render(message_id, contact, contact_id)` per message.
+`render_message` renders one message that way."""
 
 from __future__ import annotations
 
@@ -7,16 +9,17 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from html import escape
 from html.parser import HTMLParser
 from typing import Any
 
 from campaigns.content import links
 from campaigns.content.sms import sms_length
-from campaigns.content.templates import TemplateProblem, compiled
+from campaigns.content.templates import CompiledParts, TemplateProblem, compiled, compiled_parts, render_globals
 
 SIGNATURE_HEADER = "X-Campaign-Signature"
 
@@ -39,16 +42,18 @@ class MessageContext:
     webhook_secret: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    def template_context(self, unsubscribe: str, preferences: str) -> dict[str, Any]:
-        return {
-            "contact": dict(self.contact),
-            "campaign": {"name": self.campaign_name},
-            "organisation": {"name": self.organisation_name, "postal_address": self.postal_address},
-            "unsubscribe_url": unsubscribe,
-            "preferences_url": preferences,
-            "message_id": self.message_id,
-            **self.extra,
-        }
+    def sender(self) -> Sender:
+        return Sender(
+            organisation_id=self.organisation_id,
+            organisation_name=self.organisation_name,
+            postal_address=self.postal_address,
+            sender_name=self.sender_name,
+            sender_email=self.sender_email,
+            reply_to=self.reply_to,
+            campaign_name=self.campaign_name,
+            tracking=self.tracking,
+            webhook_secret=self.webhook_secret,
+        )
 
 
 class _TextFromHtml(HTMLParser):
@@ -99,12 +104,13 @@ def html_to_text(body: str) -> str:
 
 
 @lru_cache(maxsize=512)
-def text_template_from_html(source: str, *, tracked: bool = False) -> str:
-    """The text part's template when the marketer left it empty: the HTML template's source turned into text once
-    (its template code passes through as text), then rendered per message like any template. Converting every
-    rendered HTML body instead costs more than the rest of rendering together. Empty when the conversion does not
-    leave a usable template (template code that looks like markup); rendering then converts each body."""
-    derived = html_to_text(links.tracked_template_source(source) if tracked else source)
+def text_template_from_html(source: str) -> str:
+    """The text part's template when the marketer left it empty: the HTML template's source (tracked links
+    already rewritten, if tracking) turned into text once (its template code passes through as text), then
+    rendered per message like any template. Converting every rendered HTML body instead costs more than the rest of
+    rendering together. Empty when the conversion does not leave a usable template (template code that looks like
+    markup); rendering then converts each body."""
+    derived = html_to_text(source)
     try:
         compiled(derived, html=False)
     except TemplateProblem:
@@ -112,136 +118,255 @@ def text_template_from_html(source: str, *, tracked: bool = False) -> str:
     return derived
 
 
-def _footer_html(unsubscribe: str, postal_address: str, organisation_name: str) -> str:
-    address = escape(postal_address).replace("\n", "<br>")
-    return (
-        '<div class="cs-footer" style="margin-top:24px;font-size:12px;color:#667085;text-align:center">'
-        f"<p>{escape(organisation_name)}<br>{address}</p>"
-        f'<p><a href="{escape(unsubscribe, quote=True)}">Unsubscribe</a></p></div>'
+_BODY_OPEN = re.compile(r"<body[^>]*>")
+_PREHEADER = '<div style="display:none;max-height:0;overflow:hidden">{}</div>'
+_PIXEL = '<img src="{}" width="1" height="1" alt="" style="display:none">'
+
+
+@dataclass(frozen=True)
+class Sender:
+    """What rendering needs that is the same for every message of a run."""
+
+    organisation_id: str
+    organisation_name: str
+    postal_address: str
+    sender_name: str = ""
+    sender_email: str = ""
+    reply_to: str = ""
+    campaign_name: str = ""
+    tracking: bool = True
+    webhook_secret: str = ""
+
+
+@dataclass(frozen=True)
+class _EmailProgram:
+    """An email content compiled for one organisation: everything about it that does not depend on the recipient."""
+
+    parts: CompiledParts  # subject, preheader, [text,] HTML: one render pass per message
+    convert_text: bool  # no text template: each rendered body is converted (template code that looks like markup)
+    table: links.LinkTable | None  # None without tracking
+    footer_always: bool  # the HTML never links to unsubscribe_url itself
+    body_open: int | None  # where every rendered body's <body> tag ends, or None: searched per message
+
+
+@lru_cache(maxsize=256)
+def _email_program(
+    subject: str, preheader: str, html_source: str, text: str, tracking: bool, organisation_id: str
+) -> _EmailProgram:
+    table = links.LinkTable(links.link_scope(organisation_id, html_source)) if tracking else None
+    # Links are routed through click tracking inside the template, and their link parts signed, once per run.
+    html = links.tracked_template_source(html_source, table) if table else html_source
+    compiled(html_source, html=True)  # problems are reported against the marketer's source, not the rewrite
+    text = text or text_template_from_html(html)
+    sources = ((subject, False), (preheader, False), *(((text, False),) if text else ()), (html, True))
+    opening = _BODY_OPEN.search(html)
+    # Data before the first <body> tag renders as itself (no template code, no newline to normalise): the tag
+    # ends at the same offset in every rendered body.
+    static_opening = opening and not re.search(r"[{}\r]", html[: opening.end()])
+    return _EmailProgram(
+        parts=compiled_parts(sources),
+        convert_text=not text,
+        table=table,
+        footer_always="unsubscribe_url" not in html_source,
+        body_open=opening.end() if static_opening else None,
     )
 
 
-def render_email(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, Any]:
-    token = links.unsubscribe_token(ctx.organisation_id, ctx.contact_id, ctx.message_id)
-    unsubscribe = links.unsubscribe_url(ctx.organisation_id, ctx.contact_id, ctx.message_id, token=token)
-    preferences = links.preferences_url(ctx.organisation_id, ctx.contact_id)
-    variables = ctx.template_context(unsubscribe, preferences)
-    subject = compiled(content.get("subject", ""), html=False).render(variables).strip()
-    preheader = compiled(content.get("preheader", ""), html=False).render(variables).strip()
-    html_source = content.get("html", "")
-    keep = frozenset({unsubscribe, preferences})
-    if ctx.tracking:
-        # Links are routed through click tracking inside the template (rewritten once per template).
-        track = links.tracker(ctx.message_id, keep)
-        body = compiled(links.tracked_template_source(html_source), html=True).render(
-            {**variables, "cs_link": track, "cs_track": track}
+def _before_body_end(body: str, html: str) -> str:
+    return body.replace("</body>", html + "</body>") if "</body>" in body else body + html
+
+
+class Renderer:
+    """One channel's content rendered for many recipients: templates compiled once (into one pass for an email),
+    the context prototype, footer, headers and the signed link parts of the run worked out once, then
+    `render(message_id, contact, contact_id)` per message — a pure function of those and the content."""
+
+    def __init__(self, channel: str, content: Mapping[str, Any], sender: Sender) -> None:
+        self.channel = channel
+        self.content = content
+        self.sender = sender
+        self.base = links.site_base()
+        self.prototype = {
+            **render_globals(),
+            "campaign": {"name": sender.campaign_name},
+            "organisation": {"name": sender.organisation_name, "postal_address": sender.postal_address},
+        }
+        self.render = getattr(self, f"_{channel}")
+        if channel == "email":
+            self._prepare_email()
+        elif channel == "webhook":
+            self.payload = compiled(content.get("payload_template", "") or "{}", html=False)
+        else:
+            fields = {"sms": ("body",), "whatsapp": ("body",), "in_app": ("title", "body", "action_url")}[channel]
+            self.templates = {name: compiled(content.get(name, ""), html=False) for name in fields}
+
+    def _variables(
+        self, message_id: str, contact: Mapping[str, Any], unsubscribe: str, preferences: str, extra: Mapping | None
+    ) -> dict[str, Any]:
+        variables = {
+            **self.prototype,
+            # The sandbox is immutable: a dict profile is passed as is, anything else copied into one.
+            "contact": contact if type(contact) is dict else dict(contact),
+            "unsubscribe_url": unsubscribe,
+            "preferences_url": preferences,
+            "message_id": message_id,
+        }
+        if extra:
+            variables.update(extra)
+        return variables
+
+    # Email
+
+    def _prepare_email(self) -> None:
+        content, sender = self.content, self.sender
+        self.program = _email_program(
+            content.get("subject", ""),
+            content.get("preheader", ""),
+            content.get("html", ""),
+            content.get("text", ""),
+            sender.tracking,
+            sender.organisation_id,
         )
-    else:
-        body = compiled(html_source, html=True).render(variables)
-    if "unsubscribe_url" not in html_source or (ctx.postal_address and ctx.postal_address not in body):
-        # Every marketing email carries an unsubscribe link and the sender's postal address (CAN-SPAM, GDPR).
-        footer = _footer_html(unsubscribe, ctx.postal_address, ctx.organisation_name)
-        body = body.replace("</body>", footer + "</body>") if "</body>" in body else body + footer
-    if preheader:
-        # The preview text mail clients show after the subject: first in the body, hidden when opened.
-        hidden = f'<div style="display:none;max-height:0;overflow:hidden">{escape(preheader)}</div>'
-        opening = re.search(r"<body[^>]*>", body)
-        body = body[: opening.end()] + hidden + body[opening.end() :] if opening else hidden + body
-    if content.get("text"):
-        text = compiled(content["text"], html=False).render(variables)
-    elif derived := text_template_from_html(html_source, tracked=ctx.tracking):
-        track_vars = {"cs_link": track, "cs_track": track} if ctx.tracking else {}
-        text = compiled(derived, html=False).render({**variables, **track_vars})
-    else:
-        text = html_to_text(body)
-    if "unsubscribe" not in text.lower() or unsubscribe not in text:
-        text = f"{text}\n\n--\n{ctx.organisation_name}\n{ctx.postal_address}\nUnsubscribe: {unsubscribe}".strip()
-    if ctx.tracking:
-        pixel_url = escape(links.open_url(ctx.message_id), quote=True)
-        pixel = f'<img src="{pixel_url}" width="1" height="1" alt="" style="display:none">'
-        body = body.replace("</body>", pixel + "</body>") if "</body>" in body else body + pixel
-    from_name = content.get("from_name") or ctx.sender_name
-    from_email = content.get("from_email") or ctx.sender_email
-    domain = (from_email.rsplit("@", 1)[-1] if "@" in from_email else "localhost").lower()
-    headers = {
-        # RFC 2369 + RFC 8058: one-click unsubscribe from the mail client, by HTTPS POST or by mail.
-        "List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{domain}?subject=unsubscribe%20{token}>",
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        "Message-ID": f"<{ctx.message_id}@{domain}>",
-        "X-Campaign-Message-Id": ctx.message_id,
-    }
-    return {
-        "subject": subject,
-        "preheader": preheader,
-        "html": body,
-        "text": text,
-        "from": f"{from_name} <{from_email}>" if from_name else from_email,
-        "from_email": from_email,
-        "reply_to": content.get("reply_to") or ctx.reply_to,
-        "headers": headers,
-    }
+        escaped_base = escape(self.base, quote=True)
+        self.unsubscribe_base = f"{self.base}/u/"
+        self.preferences_base = f"{self.base}/p/"
+        self.escaped_unsubscribe_base = f"{escaped_base}/u/"
+        self.click_base = f"{self.base}/t/c/"
+        self.pixel_base = f"{escaped_base}/t/o/"
+        if self.program.table:
+            self.scope_part = links.message_token("", self.program.table.scope).split(".")[1]
+        address = escape(sender.postal_address).replace("\n", "<br>")
+        self.footer_head = (
+            '<div class="cs-footer" style="margin-top:24px;font-size:12px;color:#667085;text-align:center">'
+            f'<p>{escape(sender.organisation_name)}<br>{address}</p><p><a href="'
+        )
+        self.footer_tail = '">Unsubscribe</a></p></div>'
+        self.text_footer = f"\n\n--\n{sender.organisation_name}\n{sender.postal_address}\nUnsubscribe: "
+        from_name = content.get("from_name") or sender.sender_name
+        self.from_email = content.get("from_email") or sender.sender_email
+        self.from_header = f"{from_name} <{self.from_email}>" if from_name else self.from_email
+        self.reply_to = content.get("reply_to") or sender.reply_to
+        self.domain = (self.from_email.rsplit("@", 1)[-1] if "@" in self.from_email else "localhost").lower()
+        self.mailto = f"<mailto:unsubscribe@{self.domain}?subject=unsubscribe%20"
 
+    def _email(
+        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+    ) -> dict[str, Any]:
+        sender, program = self.sender, self.program
+        issued = str(int(time.time()))
+        token = links.sign("unsubscribe", sender.organisation_id, contact_id, message_id, issued)
+        unsubscribe = self.unsubscribe_base + token
+        preferences = self.preferences_base + links.sign("preferences", sender.organisation_id, contact_id, issued)
+        variables = self._variables(message_id, contact, unsubscribe, preferences, extra)
+        if program.table:
+            # One signature per message: every click URL is this message part plus a link part signed per run.
+            message_part = links.message_token(message_id, program.table.scope)
+            click_prefix = f"{self.click_base}{message_part}."
+            variables["cs_click"] = click_prefix
+            variables["cs_track"] = partial(program.table.url, click_prefix, (unsubscribe, preferences))
+        rendered = program.parts.render_variables(variables)
+        subject, preheader, body = rendered[0].strip(), rendered[1].strip(), rendered[-1]
+        footer = ""
+        if program.footer_always or (sender.postal_address and sender.postal_address not in body):
+            # Every marketing email carries an unsubscribe link and the sender's postal address (CAN-SPAM, GDPR).
+            # The token is base64url: only the configured base needs escaping, once per run.
+            footer = f"{self.footer_head}{self.escaped_unsubscribe_base}{token}{self.footer_tail}"
+        if preheader:
+            # The preview text mail clients show after the subject: first in the body, hidden when opened.
+            hidden = _PREHEADER.format(escape(preheader))
+            end = program.body_open
+            if end is None:
+                opening = _BODY_OPEN.search(body)
+                end = opening.end() if opening else 0
+            body = body[:end] + hidden + body[end:]
+        if program.convert_text:
+            if footer:
+                body, footer = _before_body_end(body, footer), ""
+            text = html_to_text(body)
+        else:
+            text = rendered[2]
+        if "unsubscribe" not in text.lower() or unsubscribe not in text:
+            text = f"{text}{self.text_footer}{unsubscribe}".strip()
+        if program.table:
+            footer += _PIXEL.format(f"{self.pixel_base}{message_part}.gif")
+        if footer:
+            body = _before_body_end(body, footer)
+        return {
+            "subject": subject,
+            "preheader": preheader,
+            "html": body,
+            "text": text,
+            "from": self.from_header,
+            "from_email": self.from_email,
+            "reply_to": self.reply_to,
+            "headers": {
+                # RFC 2369 + RFC 8058: one-click unsubscribe from the mail client, by HTTPS POST or by mail.
+                "List-Unsubscribe": f"<{unsubscribe}>, {self.mailto}{token}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                "Message-ID": f"<{message_id}@{self.domain}>",
+                "X-Campaign-Message-Id": message_id,
+            },
+        }
 
-def render_sms(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, Any]:
-    variables = ctx.template_context("", links.preferences_url(ctx.organisation_id, ctx.contact_id))
-    body = compiled(content.get("body", ""), html=False).render(variables).strip()
-    return {"body": body, "length": sms_length(body).as_dict()}
+    # The other channels
 
+    def _sms(
+        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+    ) -> dict[str, Any]:
+        preferences = links.preferences_url(self.sender.organisation_id, contact_id)
+        variables = self._variables(message_id, contact, "", preferences, extra)
+        body = self.templates["body"].render_variables(variables).strip()
+        return {"body": body, "length": sms_length(body).as_dict()}
 
-def render_whatsapp(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, Any]:
-    variables = ctx.template_context("", "")
-    body = compiled(content.get("body", ""), html=False).render(variables).strip()
-    return {
-        "body": body,
-        "characters": len(body),
-        "template_name": content.get("template_name", ""),
-        "template_language": content.get("template_language", ""),
-    }
+    def _whatsapp(
+        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+    ) -> dict[str, Any]:
+        body = self.templates["body"].render_variables(self._variables(message_id, contact, "", "", extra)).strip()
+        return {
+            "body": body,
+            "characters": len(body),
+            "template_name": self.content.get("template_name", ""),
+            "template_language": self.content.get("template_language", ""),
+        }
 
+    def _in_app(
+        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+    ) -> dict[str, Any]:
+        variables = self._variables(message_id, contact, "", "", extra)
+        rendered = {name: template.render_variables(variables).strip() for name, template in self.templates.items()}
+        return {**rendered, "icon_url": self.content.get("icon_url", "")}
 
-def render_in_app(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, Any]:
-    variables = ctx.template_context("", "")
-    return {
-        "title": compiled(content.get("title", ""), html=False).render(variables).strip(),
-        "body": compiled(content.get("body", ""), html=False).render(variables).strip(),
-        "action_url": compiled(content.get("action_url", ""), html=False).render(variables).strip(),
-        "icon_url": content.get("icon_url", ""),
-    }
+    def _webhook(
+        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+    ) -> dict[str, Any]:
+        payload = self.payload.render_variables(self._variables(message_id, contact, "", "", extra))
+        problems = []
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            problems.append(f"The rendered payload is not JSON: {exc}")
+        body = payload.encode()
+        headers = {"Content-Type": "application/json", **(self.content.get("headers") or {})}
+        headers[SIGNATURE_HEADER] = webhook_signature(self.sender.webhook_secret, body)
+        headers["X-Campaign-Message-Id"] = message_id
+        return {
+            "method": self.content.get("method") or "POST",
+            "url": self.content.get("url", ""),
+            "headers": headers,
+            "body": payload,
+            "problems": problems,
+        }
 
 
 def webhook_signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def render_webhook(content: Mapping[str, Any], ctx: MessageContext) -> dict[str, Any]:
-    variables = ctx.template_context("", "")
-    payload = compiled(content.get("payload_template", "") or "{}", html=False).render(variables)
-    problems = []
-    try:
-        json.loads(payload)
-    except ValueError as exc:
-        problems.append(f"The rendered payload is not JSON: {exc}")
-    body = payload.encode()
-    headers = {"Content-Type": "application/json", **(content.get("headers") or {})}
-    headers[SIGNATURE_HEADER] = webhook_signature(ctx.webhook_secret, body)
-    headers["X-Campaign-Message-Id"] = ctx.message_id
-    return {
-        "method": content.get("method") or "POST",
-        "url": content.get("url", ""),
-        "headers": headers,
-        "body": payload,
-        "problems": problems,
-    }
-
-
-RENDERERS = {
-    "email": render_email,
-    "sms": render_sms,
-    "whatsapp": render_whatsapp,
-    "in_app": render_in_app,
-    "webhook": render_webhook,
-}
+CHANNELS = ("email", "sms", "whatsapp", "in_app", "webhook")
 
 
 def render_message(channel: str, content: Mapping[str, Any], ctx: MessageContext) -> dict[str, Any]:
-    return RENDERERS[channel](content, ctx)
+    """One message. Bulk sending makes one Renderer per content and run instead and calls it per recipient."""
+    if channel not in CHANNELS:
+        raise KeyError(channel)
+    return Renderer(channel, content, ctx.sender()).render(ctx.message_id, ctx.contact, ctx.contact_id, ctx.extra)
