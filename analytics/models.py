@@ -25,8 +25,11 @@ class EngagementEvent(models.Model):
     channel = models.CharField(max_length=16)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     occurred_at = models.DateTimeField()
-    # Opens and clicks by privacy proxies and link scanners rather than people.
+    # Opens and clicks by privacy proxies and link scanners rather than people; `classification` says which rule
+    # decided (analytics.engagement.classify), e.g. "apple_mpp", "scanner_ua", "too_fast", "provider".
     is_machine = models.BooleanField(default=False)
+    classification = models.CharField(max_length=32, blank=True, default="", db_default="")
+    url = models.CharField(max_length=2048, blank=True, default="", db_default="", help_text="Clicks: the target.")
     value = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
     # Repeats of the same event (a retried receipt, a replayed batch) are dropped on this key.
     dedupe_key = models.CharField(max_length=160, unique=True)
@@ -39,3 +42,44 @@ class EngagementEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of message {self.message_id}"
+
+
+class MetricDelta(models.Model):
+    """Counts that a change added to a campaign's metrics, per run, variant, channel, minute and metric.
+
+    Written by PostgreSQL triggers on delivery_message (status changes) and analytics_engagementevent (inserts),
+    one aggregated row per key and statement, so every writer (sending, receipts, tracking, unsubscribes) is
+    counted in its own transaction and reads never scan message rows. Append-only, so concurrent writers never
+    wait on a shared counter row; analytics.services.metrics_compact folds old rows into one per key."""
+
+    id = models.BigAutoField(primary_key=True)
+    campaign_id = models.UUIDField()
+    run_id = models.UUIDField()
+    variant_id = models.UUIDField()
+    channel = models.CharField(max_length=16)
+    bucket = models.DateTimeField(help_text="The minute the change belongs to.")
+    metric = models.CharField(max_length=32)
+    count = models.BigIntegerField()
+    amount = models.DecimalField(max_digits=16, decimal_places=2, default=0)
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["campaign_id", "bucket"], name="metricdelta_campaign_idx"),
+            models.Index(fields=["created_at"], name="metricdelta_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.count:+d} at {self.bucket}"
+
+
+class MessageFirst(models.Model):
+    """The first open / click / conversion (and first human one) of each message: unique counts come from these
+    rows being inserted once."""
+
+    pk = models.CompositePrimaryKey("message_id", "kind")
+    message_id = models.BigIntegerField()
+    kind = models.CharField(max_length=24)
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.message_id}"

@@ -48,6 +48,16 @@ class CampaignForm(forms.Form):
         help_text="Transactional messages (receipts, password resets) never count against frequency caps.",
     )
     bypass_frequency_cap = forms.BooleanField(required=False, label="Ignore the organisation's frequency caps")
+    conversion_event = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Conversion event",
+        help_text="An event of this type within the attribution window after a message counts as a conversion.",
+        widget=forms.TextInput(attrs={"list": "event-types"}),
+    )
+    attribution_days = forms.IntegerField(
+        required=False, min_value=1, max_value=30, initial=7, label="Attribution window (days)"
+    )
     trigger_event = forms.CharField(
         max_length=100,
         required=False,
@@ -201,6 +211,9 @@ class CampaignForm(forms.Form):
 
     def clean_frequency_limit(self) -> str:
         return self.cleaned_data.get("frequency_limit") or "none"
+
+    def clean_attribution_days(self) -> int:
+        return self.cleaned_data.get("attribution_days") or 7
 
     def campaign_data(self) -> dict[str, Any]:
         """cleaned_data split into the campaign fields and its audience, as the services take them."""

@@ -114,6 +114,13 @@ class Campaign(models.Model):
     )
     bypass_frequency_cap = models.BooleanField(default=False)
 
+    # Conversions: an event of this type from a recipient within `attribution_days` of the campaign's last
+    # message to them counts as the campaign's conversion (last touch), with the event's `value` or `revenue`.
+    conversion_event = models.CharField(max_length=100, blank=True, default="")
+    attribution_days = models.PositiveSmallIntegerField(
+        default=7, validators=[MinValueValidator(1), MaxValueValidator(30)], help_text="1 to 30 days."
+    )
+
     # Triggered campaigns: the event that fires them, conditions on its properties, a delay, quiet hours in the
     # recipient's timezone (else the organisation's default) with what to do in them, and a per-contact limit.
     trigger_event = models.CharField(max_length=100, blank=True, default="")

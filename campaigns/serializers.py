@@ -97,6 +97,8 @@ class CampaignSerializer(serializers.ModelSerializer):
             "sandbox_profile",
             "category",
             "bypass_frequency_cap",
+            "conversion_event",
+            "attribution_days",
             "trigger_event",
             "trigger_conditions",
             "trigger_delay_seconds",
@@ -212,6 +214,14 @@ class CampaignWriteSerializer(serializers.Serializer):
         help_text="Transactional messages never count against frequency caps.",
     )
     bypass_frequency_cap = serializers.BooleanField(required=False, default=False)
+    conversion_event = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Event type that counts as a conversion.",
+    )
+    attribution_days = serializers.IntegerField(min_value=1, max_value=30, required=False, default=7)
     trigger_event = serializers.CharField(
         max_length=100, required=False, allow_blank=True, default="", help_text="Triggered campaigns: the event type."
     )

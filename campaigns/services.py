@@ -353,6 +353,8 @@ UPDATABLE_FIELDS = (
     "sandbox_profile",
     "category",
     "bypass_frequency_cap",
+    "conversion_event",
+    "attribution_days",
     "trigger_event",
     "trigger_conditions",
     "trigger_delay_seconds",
@@ -417,6 +419,8 @@ def campaign_create(
     sandbox_profile: Mapping[str, Any] | None = None,
     category: str = "marketing",
     bypass_frequency_cap: bool = False,
+    conversion_event: str = "",
+    attribution_days: int = 7,
     **trigger: Any,
 ) -> Campaign:
     """A new draft. Nothing is sent until it is explicitly scheduled or activated. `trigger` holds the
@@ -454,6 +458,8 @@ def campaign_create(
         sandbox_profile=dict(sandbox_profile or {}),
         category=category,
         bypass_frequency_cap=bypass_frequency_cap,
+        conversion_event=conversion_event.strip(),
+        attribution_days=attribution_days,
         status_changed_at=timezone.now(),
         **{key: value for key, value in trigger.items() if value is not None or key == "trigger_conditions"},
     )
@@ -661,6 +667,8 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         sandbox_profile=copy.deepcopy(origin.sandbox_profile),
         category=origin.category,
         bypass_frequency_cap=origin.bypass_frequency_cap,
+        conversion_event=origin.conversion_event,
+        attribution_days=origin.attribution_days,
         **{field: copy.deepcopy(getattr(origin, field)) for field in TRIGGER_FIELDS},
         audience_combine=origin.audience_combine,
         audience_rules=copy.deepcopy(origin.audience_rules),

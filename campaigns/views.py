@@ -101,6 +101,8 @@ def _form_initial(campaign: Campaign) -> dict[str, Any]:
         "local_send_time": campaign.local_send_time,
         "category": campaign.category,
         "bypass_frequency_cap": campaign.bypass_frequency_cap,
+        "conversion_event": campaign.conversion_event,
+        "attribution_days": campaign.attribution_days,
         "trigger_event": campaign.trigger_event,
         "trigger_conditions": campaign.trigger_conditions,
         "trigger_delay_seconds": campaign.trigger_delay_seconds,

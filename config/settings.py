@@ -182,6 +182,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=float(envstr("EVENT_FEED_PULL_SECONDS", "5"))),
         "options": {"expires": 30},
     },
+    # Folds each metric key's older deltas into one row, so metric reads stay a few thousand rows at most.
+    "metrics-compact": {
+        "task": "analytics.tasks.metrics_compact_task",
+        "schedule": timedelta(seconds=float(envstr("METRICS_COMPACT_SECONDS", "60"))),
+        "options": {"expires": 60},
+    },
     "purge-deleted-campaigns": {
         "task": "campaigns.tasks.campaigns_purge_deleted_task",
         "schedule": timedelta(hours=1),

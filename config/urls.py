@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from analytics import views as tracking
+from analytics.api import CampaignMetricsView, CampaignReportCsvView, CampaignReportPdfView, OverviewView
 from audiences import console_urls
 from audiences.api import ApiKeyViewSet, OrganisationView, WebhookSecretRotateView
 from audiences.event_api import EventIngestView, EventTypeViewSet
@@ -38,6 +39,7 @@ urlpatterns = [
     path("segments/", include(console_urls.segment_patterns)),
     path("contacts/", include(console_urls.contact_patterns)),
     path("events/", include(console_urls.event_patterns)),
+    path("analytics/", include("analytics.urls")),
     path("admin/", admin.site.urls),
     path("t/c/<str:token>", tracking.click_redirect_view, name="track-click"),
     path("t/o/<str:token>.gif", tracking.open_pixel_view, name="track-open"),
@@ -48,6 +50,10 @@ urlpatterns = [
         RunViewSet.as_view({"get": "list"}),
         name="campaign-runs",
     ),
+    path("api/v1/campaigns/<uuid:campaign_pk>/metrics/", CampaignMetricsView.as_view(), name="campaign-metrics"),
+    path("api/v1/campaigns/<uuid:campaign_pk>/report.pdf", CampaignReportPdfView.as_view(), name="campaign-report-pdf"),
+    path("api/v1/campaigns/<uuid:campaign_pk>/report.csv", CampaignReportCsvView.as_view(), name="campaign-report-csv"),
+    path("api/v1/analytics/overview/", OverviewView.as_view(), name="analytics-overview"),
     path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
     path("api/v1/events/", EventIngestView.as_view(), name="api-events"),
     path(

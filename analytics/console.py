@@ -1,0 +1,86 @@
+"""Console pages: a campaign's report (live totals polled by htmx, charts, breakdowns, holdout comparison; PDF and
+CSV downloads) and the organisation overview."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from analytics import reports
+from analytics.selectors import campaign_metrics, organisation_overview
+from audiences.decorators import member_required
+from campaigns import selectors as campaign_selectors
+from campaigns.models import Campaign
+
+OVERVIEW_SORTS = {
+    "name": lambda row: row["campaign"].name.lower(),
+    "created": lambda row: row["campaign"].created_at,
+    "sent": lambda row: row["counts"]["sent"],
+    "delivery_rate": lambda row: row["rates"]["delivery_rate"] or 0,
+    "open_rate": lambda row: row["rates"]["open_rate"] or 0,
+    "click_rate": lambda row: row["rates"]["click_rate"] or 0,
+    "conversion_rate": lambda row: row["rates"]["conversion_rate"] or 0,
+    "unsubscribe_rate": lambda row: row["rates"]["unsubscribe_rate"] or 0,
+}
+
+
+OVERVIEW_COLUMNS = [
+    ("name", "Campaign"),
+    ("created", "Created"),
+    ("sent", "Sent"),
+    ("delivery_rate", "Delivery"),
+    ("open_rate", "Open"),
+    ("click_rate", "Click"),
+    ("conversion_rate", "Conversion"),
+    ("unsubscribe_rate", "Unsubscribe"),
+]
+
+
+def _campaign(request: HttpRequest, campaign_id: Any) -> Campaign:
+    try:
+        return campaign_selectors.campaign_get(request.actor, campaign_id, include_deleted=True)
+    except Campaign.DoesNotExist as exc:
+        raise Http404("No such campaign") from exc
+
+
+@member_required
+def campaign_report_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    campaign = _campaign(request, campaign_id)
+    return render(request, "analytics/report.html", reports.report_context(campaign))
+
+
+@member_required
+def campaign_live_metrics_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    """The live tiles of the report (htmx polls this every 2 s)."""
+    campaign = _campaign(request, campaign_id)
+    return render(request, "analytics/_live.html", {"campaign": campaign, "metrics": campaign_metrics(campaign)})
+
+
+@member_required
+def campaign_report_pdf_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    campaign = _campaign(request, campaign_id)
+    response = HttpResponse(reports.report_pdf(campaign), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.pdf"'
+    return response
+
+
+@member_required
+def campaign_report_csv_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    campaign = _campaign(request, campaign_id)
+    response = HttpResponse(reports.report_csv(campaign), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.csv"'
+    return response
+
+
+@member_required
+def overview_view(request: HttpRequest) -> HttpResponse:
+    sort = request.GET.get("sort", "-created")
+    key = sort.lstrip("-")
+    if key not in OVERVIEW_SORTS:
+        sort, key = "-created", "created"
+    rows = sorted(
+        organisation_overview(request.actor.organisation), key=OVERVIEW_SORTS[key], reverse=sort.startswith("-")
+    )
+    return render(request, "analytics/overview.html", {"rows": rows, "sort": sort, "columns": OVERVIEW_COLUMNS})

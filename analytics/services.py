@@ -1,0 +1,239 @@
+"""Recording engagement (opens and clicks from the tracking endpoints, conversions from the events API) and keeping
+the metric deltas compact. Every write is one set-based statement, idempotent on its dedupe key; the metric
+triggers (migration 0003) turn the stored events into counts in the same transaction.
+
+Machine opens and clicks — privacy proxies and link scanners, not people — are flagged, and each flag says which
+rule decided (METHODOLOGY, shown on reports):
+- `apple_mpp`: Apple Mail Privacy Protection fetches every image through Apple's proxies (17.0.0.0/8) with a bare
+  `Mozilla/5.0` user agent, whether or not the message is read.
+- `scanner_ua`: a user agent of a known security scanner, link checker or HTTP library.
+- `head_request`: a HEAD request (link checkers; mail clients GET).
+- `too_fast`: an open within 2 s or a click within 10 s of the hand-off — faster than a person opens mail.
+- `provider`: the provider said so (the sandbox reproduces proxy opens).
+Google's image proxy fetches an image when a person opens the message, so it counts as human.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+METHODOLOGY = (
+    "Machine opens and clicks are counted in totals and left out of the human figures: Apple Mail Privacy "
+    "Protection (Apple proxy addresses with a bare user agent), known security scanners and link checkers (user "
+    "agent, HEAD requests), opens within 2 s and clicks within 10 s of sending, and those the provider flags."
+)
+APPLE_PROXY = ipaddress.ip_network("17.0.0.0/8")
+SCANNER_UA = re.compile(
+    r"barracuda|mimecast|proofpoint|symantec|messagelabs|forcepoint|trend ?micro|sophos|fortinet|cisco|ironport|"
+    r"safelinks|linkscanner|urldefense|bot\b|crawler|spider|python-requests|python-httpx|curl/|wget/|go-http-client|"
+    r"java/|okhttp|headlesschrome|phantomjs|microsoft office|ms-office|outlook-ios-linkpreview|preview",
+    re.IGNORECASE,
+)
+TOO_FAST = {"open": 2.0, "click": 10.0}
+
+MESSAGE_SQL = """
+SELECT m.id, r.organisation_id, r.campaign_id, m.run_id, m.variant_id, m.contact_id, m.channel, m.sent_at
+FROM delivery_message m JOIN delivery_run r ON r.id = m.run_id
+WHERE m.id = %s AND m.status IN ('sent', 'delivered', 'bounced')
+"""
+
+INSERT_SQL = """
+INSERT INTO analytics_engagementevent (organisation_id, campaign_id, run_id, message_id, variant_id, contact_id,
+                                       channel, kind, occurred_at, is_machine, classification, url, value, dedupe_key)
+SELECT r.organisation_id, r.campaign_id, m.run_id, m.id, m.variant_id, m.contact_id, m.channel, u.kind,
+       u.at, u.machine, u.why, u.url, u.value, u.dedupe
+FROM json_to_recordset(%s::json)
+     AS u(message_id bigint, kind text, at timestamptz, machine boolean, why text, url text, value numeric,
+          dedupe text)
+JOIN delivery_message m ON m.id = u.message_id AND m.status IN ('sent', 'delivered', 'bounced')
+JOIN delivery_run r ON r.id = m.run_id
+ORDER BY u.dedupe
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+
+def classify(
+    kind: str, *, user_agent: str, ip: str, method: str = "GET", seconds_after_send: float | None = None
+) -> tuple[bool, str]:
+    """Whether an open or click came from a machine, and the rule that said so."""
+    ua = (user_agent or "").strip()
+    if method.upper() == "HEAD":
+        return True, "head_request"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        address = None
+    if kind == "open" and (ua == "Mozilla/5.0" or (address is not None and address in APPLE_PROXY)):
+        return True, "apple_mpp"
+    if not ua or (SCANNER_UA.search(ua) and "googleimageproxy" not in ua.lower()):
+        return True, "scanner_ua"
+    if seconds_after_send is not None and seconds_after_send < TOO_FAST.get(kind, 0):
+        return True, "too_fast"
+    return False, ""
+
+
+def _parse_message_id(raw: str) -> int | None:
+    # Previews, test sends and seed copies carry ids like "preview-…" / "seed-…": nothing to attribute.
+    return int(raw) if raw.isdigit() else None
+
+
+def engagement_record_tracking(
+    *, kind: str, message_id: str, user_agent: str, ip: str, method: str = "GET", url: str = "", at: Any = None
+) -> bool:
+    """An open (pixel) or click (redirect) of a sent message. Repeats count in the totals; a repeat from the
+    same client within 5 s (a mail client loading the image twice) is one. Returns whether it was stored."""
+    message = _parse_message_id(message_id)
+    if message is None:
+        return False
+    now = at or timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(MESSAGE_SQL, [message])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    sent_at = row[7]
+    seconds = (now - sent_at).total_seconds() if sent_at else None
+    machine, why = classify(kind, user_agent=user_agent, ip=ip, method=method, seconds_after_send=seconds)
+    client = hashlib.blake2b(f"{ip}|{user_agent}|{url}".encode(), digest_size=6).hexdigest()
+    dedupe = f"track:{kind}:{message}:{client}:{int(now.timestamp() // 5)}"
+    stored = engagement_record_many(
+        [{"message_id": message, "kind": kind, "at": now, "machine": machine, "why": why, "url": url, "dedupe": dedupe}]
+    )
+    return stored == 1
+
+
+def engagement_record_many(events: Sequence[Mapping[str, Any]]) -> int:
+    """Store many engagement events in one statement, each attributed through its message (run, campaign, variant,
+    channel, contact); unknown or unsent messages are dropped, repeated dedupe keys ignored. Returns how many
+    were new. The bulk path for tracking, providers' engagement webhooks and the benchmark."""
+    if not events:
+        return 0
+    rows = [
+        {
+            "message_id": e["message_id"],
+            "kind": e["kind"],
+            "at": (e.get("at") or timezone.now()).isoformat(),
+            "machine": bool(e.get("machine")),
+            "why": e.get("why", ""),
+            "url": (e.get("url") or "")[:2048],
+            "value": None if e.get("value") is None else str(e["value"]),
+            "dedupe": e["dedupe"][:160],
+        }
+        for e in events
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(INSERT_SQL, [json.dumps(rows)])
+        return cursor.rowcount
+
+
+# --- conversions from the events API ---------------------------------------------------------------------------------
+
+CONVERSION_SQL = """
+WITH ev AS (
+    SELECT * FROM json_to_recordset(%(events)s::json)
+        AS e(event_id text, contact_id bigint, type text, occurred_at timestamptz, value numeric)
+), campaigns AS (
+    SELECT c.id, c.conversion_event, c.attribution_days FROM campaigns_campaign c
+    WHERE c.organisation_id = %(org)s AND c.conversion_event = ANY(%(types)s) AND c.deleted_at IS NULL
+), touched AS (
+    -- Last touch per campaign: the latest message of the campaign to that contact within the window before the
+    -- event. Held-out recipients "touch" when their run started sending, so their conversions form the baseline.
+    SELECT DISTINCT ON (e.event_id, c.id)
+           e.event_id, e.occurred_at, e.value, m.id AS message_id, m.status, c.id AS campaign_id
+    FROM ev e
+    JOIN campaigns c ON c.conversion_event = e.type
+    JOIN delivery_run r ON r.campaign_id = c.id
+         AND r.created_at >= e.occurred_at - make_interval(days => c.attribution_days + 1)
+    JOIN delivery_message m ON m.run_id = r.id AND m.contact_id = e.contact_id
+    WHERE (m.status IN ('sent', 'delivered', 'bounced')
+           AND m.sent_at <= e.occurred_at AND m.sent_at >= e.occurred_at - make_interval(days => c.attribution_days))
+       OR (m.status = 'holdout' AND r.started_sending_at <= e.occurred_at
+           AND r.started_sending_at >= e.occurred_at - make_interval(days => c.attribution_days))
+    ORDER BY e.event_id, c.id, COALESCE(m.sent_at, r.started_sending_at) DESC
+)
+INSERT INTO analytics_engagementevent (organisation_id, campaign_id, run_id, message_id, variant_id, contact_id,
+                                       channel, kind, occurred_at, is_machine, classification, url, value, dedupe_key)
+SELECT %(org)s, t.campaign_id, m.run_id, m.id, m.variant_id, m.contact_id, m.channel, 'conversion', t.occurred_at,
+       false, CASE WHEN t.status = 'holdout' THEN 'holdout' ELSE '' END, '', t.value,
+       'conversion:' || t.campaign_id || ':' || t.event_id
+FROM touched t JOIN delivery_message m ON m.id = t.message_id
+ORDER BY 14
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+
+def _event_value(properties: Mapping[str, Any]) -> str | None:
+    for key in ("value", "revenue", "amount", "total"):
+        if key in properties:
+            try:
+                return str(Decimal(str(properties[key])).quantize(Decimal("0.01")))
+            except (InvalidOperation, ValueError):
+                return None
+    return None
+
+
+def conversions_from_events(organisation: Any, events: Sequence[Mapping[str, Any]]) -> int:
+    """Attribute stored events to the campaigns that name their type as the conversion event (in the ingestion
+    transaction). A repeated event id converts nothing twice."""
+    if not events:
+        return 0
+    types = sorted({e["type"] for e in events})
+    rows = [
+        {
+            "event_id": str(e["event_id"]),
+            "contact_id": e["contact_id"],
+            "type": e["type"],
+            "occurred_at": e["occurred_at"].isoformat() if isinstance(e["occurred_at"], datetime) else e["occurred_at"],
+            "value": _event_value(e.get("properties") or {}),
+        }
+        for e in events
+        if e.get("contact_id")
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM campaigns_campaign"
+            " WHERE organisation_id = %s AND conversion_event = ANY(%s))",
+            [str(organisation.pk), types],
+        )
+        if not cursor.fetchone()[0]:
+            return 0
+        cursor.execute(CONVERSION_SQL, {"events": json.dumps(rows), "org": str(organisation.pk), "types": types})
+        return cursor.rowcount
+
+
+# --- compaction ------------------------------------------------------------------------------------------------------
+
+COMPACT_SQL = """
+WITH old AS (
+    SELECT campaign_id, run_id, variant_id, channel, bucket, metric
+    FROM analytics_metricdelta WHERE created_at < %(cutoff)s
+    GROUP BY 1, 2, 3, 4, 5, 6 HAVING count(*) > 1
+    LIMIT %(keys)s
+), moved AS (
+    DELETE FROM analytics_metricdelta d USING old o
+    WHERE d.created_at < %(cutoff)s AND d.campaign_id = o.campaign_id AND d.run_id = o.run_id
+      AND d.variant_id = o.variant_id AND d.channel = o.channel AND d.bucket = o.bucket AND d.metric = o.metric
+    RETURNING d.campaign_id, d.run_id, d.variant_id, d.channel, d.bucket, d.metric, d.count, d.amount, d.created_at
+)
+INSERT INTO analytics_metricdelta (campaign_id, run_id, variant_id, channel, bucket, metric, count, amount, created_at)
+SELECT campaign_id, run_id, variant_id, channel, bucket, metric, sum(count), sum(amount), max(created_at)
+FROM moved GROUP BY 1, 2, 3, 4, 5, 6
+"""
+
+
+def metrics_compact(*, older_than: timedelta = timedelta(seconds=30), keys: int = 50_000) -> int:
+    """Fold each key's deltas older than `older_than` into one row (sums unchanged), so reads stay short however
+    long a campaign runs. Safe beside writers: new deltas are newer than the cutoff. Returns keys folded."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(COMPACT_SQL, {"cutoff": timezone.now() - older_than, "keys": keys})
+        return cursor.rowcount
