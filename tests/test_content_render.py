@@ -326,3 +326,12 @@ def test_the_sandbox_deadline_and_bounds_hold_in_the_combined_pass():
     with pytest.raises(TemplateProblem, match="too long"):
         render_message("email", {**EMAIL, "preheader": slow + "{% endfor %}{% endfor %}"}, CTX)
     assert CTX.contact["attributes"] == {"plan": "pro"}
+
+
+def test_a_full_link_table_starts_over_and_its_links_still_verify():
+    table = links.LinkTable(links.link_scope("org-1", "<a>"))
+    table.MAX_TARGETS = 2
+    message = table.message_part("m-1")
+    urls = [table.url("", (), f"https://shop.example/{n}") for n in range(5)]
+    assert len(table.parts) <= 2
+    assert [links.read_click(f"{message}.{url}")[1] for url in urls] == [f"https://shop.example/{n}" for n in range(5)]

@@ -131,3 +131,15 @@ def test_unknown_variables_are_warnings():
 
 def test_internal_filters_are_harmless_in_marketer_templates():
     assert render("{% filter cs_track %}https://x.example/{% endfilter %}", {}, html=True) == "https://x.example/"
+
+
+def test_dict_lookups_keep_the_sandbox_semantics():
+    context = {"contact": {"first_name": "Ada", "items": "a key", "_secret": "s", "attributes": {}}}
+    # A dict attribute wins over a key of the same name, as in Jinja; methods that mutate stay refused.
+    assert render("{{ contact.items is callable }}", context, html=False) == "True"
+    assert render("{{ contact.first_name }}|{{ contact.missing }}|{{ contact._secret }}", context, html=False) == (
+        "Ada||s"
+    )
+    with pytest.raises(TemplateProblem):
+        render("{{ contact.attributes.setdefault('plan', 'free') }}", context, html=False)
+    assert context["contact"]["attributes"] == {}

@@ -105,10 +105,11 @@ def link_scope(organisation_id: str, template: str) -> bytes:
     return hashlib.blake2b(f"{organisation_id}\n{template}".encode(), digest_size=SCOPE_BYTES).digest()
 
 
-def message_token(message_id: str, scope: bytes) -> str:
-    """The message half of every click token of a message, and its open pixel's token."""
+def message_token(message_id: str, scope: bytes, *, scope_part: str = "") -> str:
+    """The message half of every click token of a message, and its open pixel's token (`scope_part`: the
+    scope's encoding, when the caller keeps it for a run)."""
     payload = message_id.encode()
-    return f"{_b64(payload)}.{_b64(scope)}.{_b64(_mac('message', scope + payload))}"
+    return f"{_b64(payload)}.{scope_part or _b64(scope)}.{_b64(_mac('message', scope + payload))}"
 
 
 def link_token(scope: bytes, target: str) -> str:
@@ -192,11 +193,15 @@ def read_unsubscribe(token: str, *, now: float | None = None) -> tuple[str, str,
 class LinkTable:
     """A run's signed link parts, one per target: the link half of every click token is signed once per run."""
 
-    MAX_TARGETS = 10_000  # personalised targets differ per recipient: bound the memory, not the correctness
+    MAX_TARGETS = 2_000  # personalised targets differ per recipient: bound the memory, not the correctness
 
     def __init__(self, scope: bytes) -> None:
         self.scope = scope
+        self.scope_part = _b64(scope)
         self.parts: dict[str, str] = {}
+
+    def message_part(self, message_id: str) -> str:
+        return message_token(message_id, self.scope, scope_part=self.scope_part)
 
     def part(self, target: str) -> str:
         part = self.parts.get(target)

@@ -149,7 +149,7 @@ class _EmailProgram:
     body_open: int | None  # where every rendered body's <body> tag ends, or None: searched per message
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)  # each holds its run's link table (at most LinkTable.MAX_TARGETS parts)
 def _email_program(
     subject: str, preheader: str, html_source: str, text: str, tracking: bool, organisation_id: str
 ) -> _EmailProgram:
@@ -233,8 +233,6 @@ class Renderer:
         self.escaped_unsubscribe_base = f"{escaped_base}/u/"
         self.click_base = f"{self.base}/t/c/"
         self.pixel_base = f"{escaped_base}/t/o/"
-        if self.program.table:
-            self.scope_part = links.message_token("", self.program.table.scope).split(".")[1]
         address = escape(sender.postal_address).replace("\n", "<br>")
         self.footer_head = (
             '<div class="cs-footer" style="margin-top:24px;font-size:12px;color:#667085;text-align:center">'
@@ -260,7 +258,7 @@ class Renderer:
         variables = self._variables(message_id, contact, unsubscribe, preferences, extra)
         if program.table:
             # One signature per message: every click URL is this message part plus a link part signed per run.
-            message_part = links.message_token(message_id, program.table.scope)
+            message_part = program.table.message_part(message_id)
             click_prefix = f"{self.click_base}{message_part}."
             variables["cs_click"] = click_prefix
             variables["cs_track"] = partial(program.table.url, click_prefix, (unsubscribe, preferences))
