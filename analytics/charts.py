@@ -75,6 +75,10 @@ def line_chart(
             f"{x(i):.1f},{top + plot_h - plot_h * float(p.get(key, 0) or 0) / peak:.1f}" for i, p in enumerate(points)
         )
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+        if count <= 60:  # few points (a short campaign): dots, so a single minute still shows
+            for pair in coords.split():
+                cx, cy = pair.split(",")
+                parts.append(f'<circle cx="{cx}" cy="{cy}" r="3" fill="{colour}"/>')
         legend_x = left + number * 110
         parts.append(f'<rect x="{legend_x}" y="{height - 10}" width="10" height="4" fill="{colour}"/>')
         parts.append(f'<text x="{legend_x + 14}" y="{height - 5}" style="{FONT}">{escape(label)}</text>')
