@@ -10,7 +10,9 @@ from html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 PALETTE = ["#3b5bdb", "#2f9e44", "#f08c00", "#c92a2a", "#7048e8", "#0c8599", "#868e96"]
-FONT = "font-family:Helvetica,Arial,sans-serif;font-size:11px;fill:#475467"
+# Presentation attributes rather than CSS in style="": WeasyPrint's SVG renderer reads these.
+FONT = 'font-family="Helvetica,Arial,sans-serif" font-size="11" fill="#475467"'
+TITLE = 'font-family="Helvetica,Arial,sans-serif" font-size="12" font-weight="bold" fill="#1d2330"'
 
 
 def _nice_max(value: float) -> float:
@@ -44,16 +46,16 @@ def line_chart(
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
         f' role="img" aria-label="{escape(title or "chart")}">',
-        f'<text x="{left}" y="14" style="{FONT};font-weight:bold;fill:#1d2330">{escape(title)}</text>',
+        f'<text x="{left}" y="14" {TITLE}>{escape(title)}</text>',
     ]
     if not points:
-        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" style="{FONT}">No data yet</text>')
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" {FONT}>No data yet</text>')
         return mark_safe("".join(parts) + "</svg>")  # noqa: S308 - built from escaped parts
     peak = _nice_max(max(float(p.get(key, 0) or 0) for p in points for key, _ in series))
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaecf0"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" style="{FONT}">{peak * i / 4:g}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" {FONT}>{peak * i / 4:g}</text>')
     count = len(points)
     span = (
         (datetime.fromisoformat(str(points[-1]["at"])) - datetime.fromisoformat(str(points[0]["at"]))).total_seconds()
@@ -66,7 +68,7 @@ def line_chart(
 
     for index in sorted({0, count // 2, count - 1}):
         parts.append(
-            f'<text x="{x(index):.1f}" y="{height - 18}" text-anchor="middle" style="{FONT}">'
+            f'<text x="{x(index):.1f}" y="{height - 18}" text-anchor="middle" {FONT}>'
             f"{escape(_label(str(points[index]['at']), span))}</text>"
         )
     for number, (key, label) in enumerate(series):
@@ -81,7 +83,7 @@ def line_chart(
                 parts.append(f'<circle cx="{cx}" cy="{cy}" r="3" fill="{colour}"/>')
         legend_x = left + number * 110
         parts.append(f'<rect x="{legend_x}" y="{height - 10}" width="10" height="4" fill="{colour}"/>')
-        parts.append(f'<text x="{legend_x + 14}" y="{height - 5}" style="{FONT}">{escape(label)}</text>')
+        parts.append(f'<text x="{legend_x + 14}" y="{height - 5}" {FONT}>{escape(label)}</text>')
     return mark_safe("".join(parts) + "</svg>")  # noqa: S308 - built from escaped parts
 
 
@@ -101,19 +103,19 @@ def bar_chart(
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
         f' role="img" aria-label="{escape(title or "chart")}">',
-        f'<text x="4" y="14" style="{FONT};font-weight:bold;fill:#1d2330">{escape(title)}</text>',
+        f'<text x="4" y="14" {TITLE}>{escape(title)}</text>',
     ]
     for number, (label, value, interval) in enumerate(bars):
         y = top + number * row
         w = plot_w * value / peak if peak else 0
         colour = PALETTE[number % len(PALETTE)]
         text = f"{value:.1%}" if percent else f"{value:g}"
-        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" style="{FONT}">{escape(label)}</text>')
+        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" {FONT}>{escape(label)}</text>')
         parts.append(f'<rect x="{left}" y="{y + 4}" width="{max(w, 1):.1f}" height="16" fill="{colour}" rx="2"/>')
         if interval:
             lo, hi = (left + plot_w * bound / peak for bound in interval)
             parts.append(f'<line x1="{lo:.1f}" x2="{hi:.1f}" y1="{y + 12}" y2="{y + 12}" stroke="#1d2330"/>')
             for end in (lo, hi):
                 parts.append(f'<line x1="{end:.1f}" x2="{end:.1f}" y1="{y + 7}" y2="{y + 17}" stroke="#1d2330"/>')
-        parts.append(f'<text x="{left + plot_w + 6}" y="{y + 15}" style="{FONT}">{escape(text)}</text>')
+        parts.append(f'<text x="{left + plot_w + 6}" y="{y + 15}" {FONT}>{escape(text)}</text>')
     return mark_safe("".join(parts) + "</svg>")  # noqa: S308 - built from escaped parts

@@ -66,7 +66,7 @@ class MetricDelta(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["campaign_id", "bucket"], name="metricdelta_campaign_idx"),
-            models.Index(fields=["created_at"], name="metricdelta_created_idx"),
+            models.Index(fields=["campaign_id", "created_at"], name="metricdelta_updated_idx"),
         ]
 
     def __str__(self) -> str:

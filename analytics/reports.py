@@ -64,18 +64,6 @@ LEFT JOIN analytics_messagefirst fv ON fv.message_id = m.id AND fv.kind = 'conve
 WHERE m.status NOT IN ('holdout', 'control') AND ({condition})
 """
 
-HOLDOUT_SQL = """
-SELECT count(*) FILTER (WHERE m.status = 'holdout'),
-       count(f.message_id) FILTER (WHERE m.status = 'holdout'),
-       count(*) FILTER (WHERE m.status IN ('sent', 'delivered', 'bounced')),
-       count(t.message_id) FILTER (WHERE m.status IN ('sent', 'delivered', 'bounced'))
-FROM delivery_message m
-JOIN delivery_run r ON r.id = m.run_id AND r.campaign_id = %s
-LEFT JOIN analytics_messagefirst f ON f.message_id = m.id AND f.kind = 'holdout_conversion'
-LEFT JOIN analytics_messagefirst t ON t.message_id = m.id AND t.kind = 'conversion'
-WHERE m.status IN ('holdout', 'sent', 'delivered', 'bounced')
-"""
-
 
 def _segment_breakdown(campaign: Any) -> list[dict[str, Any]]:
     rows = []
@@ -104,12 +92,12 @@ def _segment_breakdown(campaign: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _holdout(campaign: Any) -> dict[str, Any] | None:
-    with connection.cursor() as cursor:
-        cursor.execute(HOLDOUT_SQL, [str(campaign.pk)])
-        held, held_converted, treated, treated_converted = cursor.fetchone()
+def _holdout(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Conversion of the recipients sent the campaign against the held-out ones, from the metric deltas."""
+    held, held_converted = metrics["counts"]["held_out_holdout"], metrics["counts"]["held_out_converted"]
     if not held:
         return None
+    treated, treated_converted = metrics["counts"]["sent"], metrics["counts"]["converted"]
     held_rate = held_converted / held
     treated_rate = treated_converted / treated if treated else None
     return {
@@ -150,7 +138,7 @@ def report_context(campaign: Any, *, interval: str | None = None) -> dict[str, A
         ),
         "variant_chart": charts.bar_chart(variant_bars, title="Click rate by variant (95 % Wilson interval)"),
         "segments": _segment_breakdown(campaign),
-        "holdout": _holdout(campaign),
+        "holdout": _holdout(metrics),
         "methodology": METHODOLOGY,
         "generated_at": timezone.now(),
     }

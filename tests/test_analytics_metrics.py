@@ -125,6 +125,8 @@ def test_a_scripted_run_gives_exact_counts_and_rates(teammate, django_capture_on
         "cancelled": 0,
         "skipped": 0,
         "held_out": 0,
+        "held_out_holdout": 0,
+        "held_out_converted": 0,
         "opened_unique": 3,
         "opened_total": 4,
         "opened_human_unique": 2,

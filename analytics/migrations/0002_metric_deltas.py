@@ -44,7 +44,7 @@ class Migration(migrations.Migration):
                 ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
             ],
             options={
-                'indexes': [models.Index(fields=['campaign_id', 'bucket'], name='metricdelta_campaign_idx'), models.Index(fields=['created_at'], name='metricdelta_created_idx')],
+                'indexes': [models.Index(fields=['campaign_id', 'bucket'], name='metricdelta_campaign_idx'), models.Index(fields=['campaign_id', 'created_at'], name='metricdelta_updated_idx')],
             },
         ),
     ]

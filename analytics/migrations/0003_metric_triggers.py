@@ -32,18 +32,22 @@ END $$;
 
 CREATE OR REPLACE FUNCTION cs_metrics_message_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- +1 for each row's new status, -1 for its old one, summed per key: unchanged rows cancel out. Two hash
+    -- aggregates and no join of the transition tables (run, variant and channel never change in an UPDATE).
     INSERT INTO analytics_metricdelta (campaign_id, run_id, variant_id, channel, bucket, metric, count, amount)
     SELECT r.campaign_id, d.run_id, d.variant_id, d.channel, date_trunc('minute', now()), d.metric, sum(d.n), 0
     FROM (
-        SELECT n.run_id, n.variant_id, n.channel, v.metric, v.n
-        FROM new_rows n
-        JOIN old_rows o ON o.id = n.id
-        CROSS JOIN LATERAL (VALUES
-            ('st:' || n.status, 1),
-            ('st:' || o.status, -1),
-            ('sent', (n.status IN {SENT_CLASS})::int - (o.status IN {SENT_CLASS})::int)
-        ) AS v(metric, n)
-        WHERE n.status <> o.status AND v.n <> 0
+        SELECT n.run_id, n.variant_id, n.channel, 'st:' || n.status AS metric, count(*) AS n
+        FROM new_rows n GROUP BY 1, 2, 3, 4
+        UNION ALL
+        SELECT o.run_id, o.variant_id, o.channel, 'st:' || o.status, -count(*)
+        FROM old_rows o GROUP BY 1, 2, 3, 4
+        UNION ALL
+        SELECT n.run_id, n.variant_id, n.channel, 'sent', count(*)
+        FROM new_rows n WHERE n.status IN {SENT_CLASS} GROUP BY 1, 2, 3
+        UNION ALL
+        SELECT o.run_id, o.variant_id, o.channel, 'sent', -count(*)
+        FROM old_rows o WHERE o.status IN {SENT_CLASS} GROUP BY 1, 2, 3
     ) d
     JOIN delivery_run r ON r.id = d.run_id
     GROUP BY r.campaign_id, d.run_id, d.variant_id, d.channel, d.metric
