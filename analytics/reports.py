@@ -36,7 +36,8 @@ RATE_LABELS = [
 COUNT_LABELS = [
     ("queued", "Queued"),
     ("sent", "Sent"),
-    ("delivered", "Delivered"),
+    ("delivered", "Delivered (not bounced)"),
+    ("delivery_confirmed", "Delivery confirmed by receipt"),
     ("bounced", "Bounced"),
     ("failed", "Failed"),
     ("opened_unique", "Opened (unique)"),

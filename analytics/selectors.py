@@ -5,14 +5,16 @@ Counts: queued, sent (handed to a provider), delivered, bounced, failed, cancell
 (unique and total, and the same for people only), clicked (likewise), converted (unique, total and value),
 unsubscribed, complained. Rates, each over the count that could have done it:
 
-    delivery = delivered / sent          bounce = bounced / sent
+    delivered = sent - bounced (accepted by the provider and not bounced; `delivery_confirmed` counts the
+                                explicit delivery receipts, which SMTP and webhooks never send)
+    delivery = delivered / (sent + failed)     bounce = bounced / sent
     open = unique opens / delivered       click = unique clicks / delivered
     click-to-open = unique clicks / unique opens
     conversion = converted recipients / delivered
     unsubscribe = unsubscribes / delivered     complaint = complaints / delivered
 
-Channels whose provider sends no delivery receipts (webhooks) count a message delivered when it is handed over
-(see DELIVERED_ON_HANDOFF), so their rates are not all empty.
+Defining delivered by the absence of a bounce (as Braze and most ESPs do) keeps the rates meaningful on channels
+whose providers confirm nothing, and keeps the delivery-rate alert from firing while receipts are still on their way.
 """
 
 from __future__ import annotations
@@ -51,10 +53,8 @@ ENGAGEMENT_METRICS = (
     "unsubscribe",
     "complaint",
 )
-# A webhook's 2xx is the receiver taking the message: there is no later receipt, so sent counts as delivered.
-DELIVERED_ON_HANDOFF = ("webhook", "in_app")
 DELIVERY_ALERT_BELOW = 0.95
-DELIVERY_ALERT_MIN_SENT = 100
+DELIVERY_ALERT_MIN_SENT = 10  # fewer messages say too little to raise an alert
 INTERVALS = {"minute": "minute", "hour": "hour", "day": "day"}
 
 
@@ -97,12 +97,12 @@ def metrics_from_sums(sums: Mapping[str, Any], channel: str | None = None) -> di
         return Decimal(value[1]) if isinstance(value, tuple) else Decimal(0)
 
     sent = count("sent")
-    delivered = count("st:delivered") + (count("sent") - count("st:bounced") if channel in DELIVERED_ON_HANDOFF else 0)
-    delivered = max(delivered, 0)
+    delivered = max(sent - count("st:bounced"), 0)
     counts = {
         "queued": count("st:queued"),
         "sent": sent,
         "delivered": delivered,
+        "delivery_confirmed": count("st:delivered"),
         "bounced": count("st:bounced"),
         "failed": count("st:failed"),
         "cancelled": count("st:cancelled"),
@@ -124,7 +124,7 @@ def metrics_from_sums(sums: Mapping[str, Any], channel: str | None = None) -> di
         "complained": count("complaint"),
     }
     rates = {
-        "delivery_rate": _ratio(delivered, sent),
+        "delivery_rate": _ratio(delivered, sent + counts["failed"]),
         "bounce_rate": _ratio(counts["bounced"], sent),
         "open_rate": _ratio(counts["opened_unique"], delivered),
         "human_open_rate": _ratio(counts["opened_human_unique"], delivered),
@@ -168,7 +168,7 @@ def campaign_metrics(
     flt = flt or MetricFilter()
     by_key = _grouped(_rows(campaign.pk, ["channel", "variant_id", "run_id"], flt), 3)
     variants = {str(v.pk): v for v in campaign.variants.all()}
-    # Counts are computed per channel first (delivered-on-hand-off depends on it), then added up per breakdown.
+    # Counts are computed per key first, then added up per breakdown.
     computed = {
         (channel, str(variant_id), str(run_id)): metrics_from_sums(sums, channel)
         for (channel, variant_id, run_id), sums in by_key.items()
@@ -214,7 +214,7 @@ def campaign_metrics(
 def _with_rates(counts: dict[str, int], revenue: Decimal) -> dict[str, Any]:
     sums = {
         "sent": counts.get("sent", 0),
-        "st:delivered": counts.get("delivered", 0),
+        "st:delivered": counts.get("delivery_confirmed", 0),
         "st:queued": counts.get("queued", 0),
         "st:bounced": counts.get("bounced", 0),
         "st:failed": counts.get("failed", 0),
@@ -247,7 +247,6 @@ def campaign_series(campaign: Any, *, flt: MetricFilter, interval: str) -> list[
     points: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     names = {
         "sent": "sent",
-        "st:delivered": "delivered",
         "st:bounced": "bounced",
         "st:failed": "failed",
         "open_unique": "opened",
@@ -258,14 +257,18 @@ def campaign_series(campaign: Any, *, flt: MetricFilter, interval: str) -> list[
         "unsubscribe": "unsubscribed",
         "complaint": "complained",
     }
-    for channel, bucket, metric, count, _amount in rows:
+    for _channel, bucket, metric, count, _amount in rows:
         name = names.get(metric)
         if name:
             points[bucket][name] += int(count)
-        if metric == "sent" and channel in DELIVERED_ON_HANDOFF:
-            points[bucket]["delivered"] += int(count)
+        if metric in ("sent", "st:bounced"):  # delivered = sent - bounced, per bucket
+            points[bucket]["delivered"] += int(count) if metric == "sent" else -int(count)
     return [
-        {"at": bucket.replace(tzinfo=UTC).isoformat(), **{n: points[bucket].get(n, 0) for n in names.values()}}
+        {
+            "at": bucket.replace(tzinfo=UTC).isoformat(),
+            "delivered": points[bucket].get("delivered", 0),
+            **{n: points[bucket].get(n, 0) for n in names.values()},
+        }
         for bucket in sorted(points)
     ]
 

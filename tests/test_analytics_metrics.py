@@ -120,6 +120,7 @@ def test_a_scripted_run_gives_exact_counts_and_rates(teammate, django_capture_on
         "queued": 0,
         "sent": 20,
         "delivered": 19,
+        "delivery_confirmed": 19,
         "bounced": 1,
         "failed": 0,
         "cancelled": 0,
@@ -196,6 +197,7 @@ def test_status_changes_move_counts(teammate, django_capture_on_commit_callbacks
     assert teammate.api.post("/api/v1/receipts/", receipts, format="json").status_code == 200
     counts = campaign_metrics(campaign)["counts"]
     assert (counts["sent"], counts["delivered"], counts["failed"]) == (3, 3, 1)
+    assert campaign_metrics(campaign)["rates"]["delivery_rate"] == pytest.approx(3 / 4)
     assert counts["sent"] == Run.objects.get(pk=run.pk).sent_count  # the same story as the run's own counters
 
 
@@ -324,6 +326,15 @@ def test_delivery_rate_alert(teammate, django_capture_on_commit_callbacks):
     finally:
         selectors.DELIVERY_ALERT_MIN_SENT = original
     assert alert and "75.0%" in alert
+
+
+def test_smtp_sends_without_receipts_are_delivered_unless_they_bounce(teammate, django_capture_on_commit_callbacks):
+    """SMTP and webhooks confirm nothing: a hand-off that did not bounce counts as delivered, and no alert."""
+    campaign, run = _scripted_run(teammate, django_capture_on_commit_callbacks, contacts=4)
+    Message.objects.filter(run=run).update(status="sent")  # as the SMTP backend leaves them
+    metrics = campaign_metrics(campaign)
+    assert (metrics["counts"]["delivered"], metrics["counts"]["delivery_confirmed"]) == (4, 0)
+    assert metrics["rates"]["delivery_rate"] == 1.0 and metrics["alert"] is None
 
 
 def test_an_event_is_visible_in_the_api_well_within_a_second(teammate, django_capture_on_commit_callbacks):
