@@ -56,9 +56,26 @@ class ContactPreference(models.Model):
     unsubscribed_at = models.DateTimeField(null=True, blank=True)
     # Channels the contact turned off, e.g. ["sms"].
     disabled_channels = ArrayField(models.CharField(max_length=16), default=list, blank=True)
+    # Campaign categories the contact turned off ("marketing", "transactional"); campaigns declare theirs.
+    disabled_categories = ArrayField(models.CharField(max_length=16), default=list, blank=True)
+    # Personal quiet hours in the contact's timezone (the organisation's without one): marketing messages due
+    # inside them wait until they end. Both or neither.
+    quiet_hours_start = models.TimeField(null=True, blank=True)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     history = HistoricalRecords(bases=[HistoryActorMixin])
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(quiet_hours_start__isnull=True, quiet_hours_end__isnull=True)
+                    | models.Q(quiet_hours_start__isnull=False, quiet_hours_end__isnull=False)
+                ),
+                name="preference_quiet_hours_both_or_neither",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"preferences of contact {self.contact_id}"
@@ -77,6 +94,8 @@ class Suppression(models.Model):
         COMPLAINT = "complaint", "Complaint"
         MANUAL = "manual", "Added by hand"
         IMPORT = "import", "Imported"
+        # An erased contact's address, kept only as a keyed hash (compliance.hashing) so it stays suppressed.
+        ERASED = "erased", "Erased contact"
 
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="suppressions")
     address = models.CharField(max_length=254)
@@ -88,6 +107,77 @@ class Suppression(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organisation", "address"], name="suppression_unique_address")]
+        indexes = [
+            # "Has this organisation erased anyone?" — asked by every send-time claim.
+            models.Index(fields=["organisation"], condition=models.Q(reason="erased"), name="suppression_erased_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.address} ({self.reason})"
+
+
+class Unsubscribe(models.Model):
+    """One unsubscribe as it arrived: from which message (and so campaign, run, channel) when the link named one,
+    how, and the reason if the recipient gave one. Plain ids for the delivery side: compliance never imports it."""
+
+    class Source(models.TextChoices):
+        PAGE = "page", "Unsubscribe page"
+        ONE_CLICK = "one_click", "One-click (RFC 8058)"
+        PREFERENCES = "preferences", "Preference centre"
+        API = "api", "API"
+        CONSOLE = "console", "Console"
+
+    id = models.BigAutoField(primary_key=True)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    # Nulled when the contact is erased; the row (and its counts) stays.
+    contact = models.ForeignKey("audiences.Contact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    campaign_id = models.UUIDField(null=True, blank=True)
+    run_id = models.UUIDField(null=True, blank=True)
+    message_id = models.BigIntegerField(null=True, blank=True)
+    channel = models.CharField(max_length=16, blank=True, default="")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # A replayed link or a one-click POST followed by the page records one unsubscribe per message.
+            models.UniqueConstraint(
+                fields=["contact", "message_id"], condition=models.Q(message_id__isnull=False), name="unsub_once"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organisation", "campaign_id", "-created_at"], name="unsub_campaign_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"unsubscribe of contact {self.contact_id} ({self.source})"
+
+
+class OutboxEvent(models.Model):
+    """A consent change to push to account_service, written in the same transaction as the change (so none is
+    lost or sent for a change that rolled back) and pushed by compliance.tasks with retries and backoff. The
+    payload is the contact's whole state after the change, so pushes are idempotent and a late retry of an older
+    state is recognisable by `sequence` (the event id)."""
+
+    id = models.BigAutoField(primary_key=True)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    contact_id = models.BigIntegerField()
+    kind = models.CharField(max_length=32)
+    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    created_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"], condition=models.Q(delivered_at__isnull=True), name="outbox_due_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of contact {self.contact_id} ({'pushed' if self.delivered_at else 'pending'})"

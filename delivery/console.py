@@ -37,6 +37,7 @@ REASONS = {
     "opted_out": "opted out of everything",
     "unsubscribed": "unsubscribed",
     "channel_disabled": "turned the channel off",
+    "category_disabled": "turned this kind of message off",
     "suppressed": "address suppressed",
     "no_email": "no email address",
     "no_phone": "no phone number",

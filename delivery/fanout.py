@@ -17,6 +17,7 @@ from django.utils import timezone
 from audiences.rules import Compiled
 from campaigns.audience import audience_resolution_select
 from campaigns.models import Campaign, Channel
+from compliance.selectors import consent_params
 from delivery.models import Message, Run
 
 # Channels that need an address on the contact, and the staging flag saying the contact has one.
@@ -61,19 +62,39 @@ def _due_at(campaign: Campaign, *, now: Any) -> tuple[str, list[Any], str, list[
     return "due.at", [], join, params
 
 
-def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str]) -> int:
-    """Flag staged recipients who opted out, unsubscribed, turned channels off or whose address is suppressed.
-    Each statement touches only the matching rows (few), not the audience."""
+def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str], category: str) -> int:
+    """Flag staged recipients who opted out, unsubscribed (marketing only), turned the campaign's category or
+    channels off, or whose address is suppressed. Each statement touches only the matching rows (few), not the
+    audience — except the erased-address check, which hashes the audience's addresses and runs only for
+    organisations that erased someone."""
+    consent = consent_params(organisation_id, category)
     cursor.execute(
         "UPDATE fan_out_recipients r SET blocked = CASE WHEN p.global_opt_out THEN 'opted_out'"
-        " WHEN p.unsubscribed_at IS NOT NULL THEN 'unsubscribed' END,"
+        " WHEN p.unsubscribed_at IS NOT NULL AND %(category)s = 'marketing' THEN 'unsubscribed'"
+        " WHEN %(category)s = ANY(p.disabled_categories) THEN 'category_disabled' END,"
         " disabled = NULLIF(p.disabled_channels, '{}')"
         " FROM compliance_contactpreference p"
-        " WHERE p.contact_id = r.contact_id AND p.organisation_id = %s"
-        " AND (p.global_opt_out OR p.unsubscribed_at IS NOT NULL OR p.disabled_channels <> '{}')",
-        [organisation_id],
+        " WHERE p.contact_id = r.contact_id AND p.organisation_id = %(org)s"
+        " AND (p.global_opt_out OR p.unsubscribed_at IS NOT NULL OR p.disabled_channels <> '{}'"
+        " OR p.disabled_categories <> '{}')",
+        {"org": organisation_id, "category": category},
     )
     flagged = cursor.rowcount
+    if consent["erased"]:
+        for flag, has, address, applies in (
+            ("email_suppressed", "has_email", "lower(c.email)", Channel.EMAIL in channels),
+            ("phone_suppressed", "has_phone", "c.phone", Channel.SMS in channels or Channel.WHATSAPP in channels),
+        ):
+            if not applies:
+                continue
+            cursor.execute(
+                f"UPDATE fan_out_recipients r SET {flag} = true FROM audiences_contact c"
+                f" WHERE c.id = r.contact_id AND r.{has} AND EXISTS (SELECT 1 FROM compliance_suppression s"
+                "  WHERE s.organisation_id = %(org)s AND s.address = cs_address_hash("
+                f"{address}, %(ipad)s, %(opad)s))",
+                {"org": organisation_id, "ipad": consent["ipad"], "opad": consent["opad"]},
+            )
+            flagged += cursor.rowcount
     if Channel.EMAIL in channels:
         cursor.execute(
             "UPDATE fan_out_recipients r SET email_suppressed = true FROM compliance_suppression s"
@@ -141,14 +162,17 @@ def run_fan_out(run_id: Any) -> Run | None:
             select.params,
         )
         audience = cursor.rowcount
-        flagged = _mark_consent(cursor, organisation_id=str(campaign.organisation_id), channels=channels)
+        flagged = _mark_consent(
+            cursor, organisation_id=str(campaign.organisation_id), channels=channels, category=campaign.category
+        )
         cursor.execute(
             "SELECT count(*) FILTER (WHERE is_holdout AND blocked IS NULL),"
             " count(*) FILTER (WHERE blocked = 'opted_out'), count(*) FILTER (WHERE blocked = 'unsubscribed'),"
+            " count(*) FILTER (WHERE blocked = 'category_disabled'),"
             " count(*) FILTER (WHERE NOT has_email AND blocked IS NULL),"
             " count(*) FILTER (WHERE NOT has_phone AND blocked IS NULL) FROM fan_out_recipients"
         )
-        holdout, opted_out, unsubscribed, no_email, no_phone = cursor.fetchone()
+        holdout, opted_out, unsubscribed, category_disabled, no_email, no_phone = cursor.fetchone()
         channel_disabled = suppressed = 0
         if flagged:  # a pass over the audience only when someone in it has a channel off or a suppressed address
             cursor.execute(
@@ -192,6 +216,7 @@ def run_fan_out(run_id: Any) -> Run | None:
         excluded = {
             "opted_out": opted_out,
             "unsubscribed": unsubscribed,
+            "category_disabled": category_disabled,
             "channel_disabled": channel_disabled,
             "suppressed": suppressed,
             "no_email": no_email if Channel.EMAIL in channels else 0,

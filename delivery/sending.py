@@ -30,6 +30,7 @@ from audiences.adapters import user_profile_provider
 from campaigns.content.render import Renderer, Sender
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
+from compliance.selectors import consent_params
 from delivery import caps as caps_module
 from delivery import progress, throttle
 from delivery.backends import Outcome, Outgoing, backend_for
@@ -57,18 +58,28 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
        CASE
          WHEN c.id IS NULL THEN 'contact_deleted'
          WHEN p.global_opt_out THEN 'opted_out'
-         WHEN p.unsubscribed_at IS NOT NULL THEN 'unsubscribed'
+         WHEN p.unsubscribed_at IS NOT NULL AND %(category)s = 'marketing' THEN 'unsubscribed'
          WHEN cl.channel = ANY(p.disabled_channels) THEN 'channel_disabled'
+         WHEN %(category)s = ANY(p.disabled_categories) THEN 'category_disabled'
          WHEN cl.channel = 'email' AND c.email = '' THEN 'no_email'
          WHEN cl.channel IN ('sms', 'whatsapp') AND c.phone = '' THEN 'no_phone'
          WHEN cl.channel = 'email' AND EXISTS (SELECT 1 FROM compliance_suppression s
               WHERE s.organisation_id = %(org)s AND s.address = c.email) THEN 'suppressed'
          WHEN cl.channel IN ('sms', 'whatsapp') AND EXISTS (SELECT 1 FROM compliance_suppression s
               WHERE s.organisation_id = %(org)s AND s.address = c.phone) THEN 'suppressed'
+         -- Erased contacts' addresses are suppressed by keyed hash only (compliance.hashing).
+         WHEN %(erased)s AND cl.channel IN ('email', 'sms', 'whatsapp')
+              AND EXISTS (SELECT 1 FROM compliance_suppression s
+                  WHERE s.organisation_id = %(org)s AND s.address = cs_address_hash(
+                  CASE WHEN cl.channel = 'email' THEN lower(c.email) ELSE c.phone END, %(ipad)s, %(opad)s))
+              THEN 'suppressed'
        END AS blocked,
        -- With send rules, when this recipient may next be sent to (later than now: outside their window).
-       CASE WHEN %(rules)s THEN cs_next_send_time(%(now)s, COALESCE(NULLIF(c.timezone, ''), %(tz)s),
-            %(window_start)s::time, %(window_end)s::time, %(skip_weekends)s, %(local_time)s::time) END AS next_at,
+       -- And past the recipient's own quiet hours, for marketing (GREATEST ignores NULLs).
+       GREATEST(CASE WHEN %(rules)s THEN cs_next_send_time(%(now)s, COALESCE(NULLIF(c.timezone, ''), %(tz)s),
+            %(window_start)s::time, %(window_end)s::time, %(skip_weekends)s, %(local_time)s::time) END,
+            CASE WHEN %(category)s = 'marketing' THEN cs_quiet_hours_end(%(now)s,
+                 COALESCE(NULLIF(c.timezone, ''), %(tz)s), p.quiet_hours_start, p.quiet_hours_end) END) AS next_at,
        cl.trigger_key
 FROM claimed cl
 LEFT JOIN audiences_contact c ON c.id = cl.contact_id
@@ -352,6 +363,7 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
         "window_end": campaign.send_window_end,
         "skip_weekends": campaign.skip_weekends,
         "local_time": campaign.local_send_time,
+        **consent_params(campaign.organisation_id, campaign.category),
     }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(CLAIM_SQL, params)
