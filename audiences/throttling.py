@@ -22,6 +22,22 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), window
 
 
+def window_count(identity: str, rate: str, *, add: int = 1) -> tuple[int, int, int]:
+    """Count one more hit (or none: add=0) for `identity` in the current fixed window of `rate`. Returns (used,
+    limit, when the window ends as a Unix time). An atomic INCR, so racing requests are all counted."""
+    limit, window = parse_rate(rate)
+    now = time.time()
+    window_start = int(now // window) * window
+    key = f"throttle:{identity}:{window_start}"
+    cache.add(key, 0, timeout=window + 1)
+    try:
+        used = cache.incr(key, add) if add else int(cache.get(key) or 0)
+    except ValueError:  # expired between add and incr
+        cache.add(key, add, timeout=window + 1)
+        used = add
+    return used, limit, window_start + window
+
+
 class ApiKeyRateThrottle(BaseThrottle):
     def __init__(self) -> None:
         self._wait = 0.0
@@ -38,23 +54,10 @@ class ApiKeyRateThrottle(BaseThrottle):
         identity = self._identity(request)
         if identity is None:
             return True
-        limit, window = parse_rate(settings.API_RATE_LIMIT)
-        now = time.time()
-        window_start = int(now // window) * window
-        key = f"throttle:{identity}:{window_start}"
-        cache.add(key, 0, timeout=window + 1)
-        try:
-            used = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=window + 1)
-            used = 1
-        request.rate_limit = {
-            "limit": limit,
-            "remaining": max(limit - used, 0),
-            "reset": window_start + window,
-        }
+        used, limit, reset = window_count(identity, settings.API_RATE_LIMIT)
+        request.rate_limit = {"limit": limit, "remaining": max(limit - used, 0), "reset": reset}
         if used > limit:
-            self._wait = window_start + window - now
+            self._wait = reset - time.time()
             return False
         return True
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from campaigns import content_views, views
+from campaigns import content_views, unsubscribes, views
 
 app_name = "campaigns"
 
@@ -18,5 +18,7 @@ urlpatterns = [
     path("<uuid:campaign_id>/test-send/", views.campaign_test_send_view, name="test-send"),
     path("<uuid:campaign_id>/delete/", views.campaign_delete_view, name="delete"),
     path("<uuid:campaign_id>/restore/", views.campaign_restore_view, name="restore"),
+    path("<uuid:campaign_id>/unsubscribes/", unsubscribes.campaign_unsubscribes_view, name="unsubscribes"),
+    path("<uuid:campaign_id>/unsubscribes.csv", unsubscribes.campaign_unsubscribes_csv_view, name="unsubscribes-csv"),
     path("<uuid:campaign_id>/<str:action>/", views.campaign_transition_view, name="transition"),
 ]

@@ -188,6 +188,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=float(envstr("METRICS_COMPACT_SECONDS", "60"))),
         "options": {"expires": 60},
     },
+    # Retries consent changes account_service has not accepted yet (a no-op without ACCOUNT_SERVICE_URL).
+    "compliance-outbox": {
+        "task": "compliance.tasks.compliance_outbox_push_task",
+        "schedule": timedelta(seconds=float(envstr("ACCOUNT_SERVICE_RETRY_SECONDS", "30"))),
+        "options": {"expires": 60},
+    },
     "purge-deleted-campaigns": {
         "task": "campaigns.tasks.campaigns_purge_deleted_task",
         "schedule": timedelta(hours=1),
@@ -251,6 +257,16 @@ TASK_SERVICE_URL = envstr("TASK_SERVICE_URL", "")
 EVENT_SERVICE_URL = envstr("EVENT_SERVICE_URL", "")
 EVENT_SERVICE_TOKEN = envstr("EVENT_SERVICE_TOKEN", "")
 TASK_SERVICE_TOKEN = envstr("TASK_SERVICE_TOKEN", "")
+# account_service receives every unsubscribe and preference change through the outbox (empty: no push; our
+# preference store is the source of truth either way).
+ACCOUNT_SERVICE_URL = envstr("ACCOUNT_SERVICE_URL", "")
+ACCOUNT_SERVICE_TOKEN = envstr("ACCOUNT_SERVICE_TOKEN", "")
+ACCOUNT_SERVICE_MAX_ATTEMPTS = envint("ACCOUNT_SERVICE_MAX_ATTEMPTS", 20)
+ACCOUNT_SERVICE_RETRY_BASE_SECONDS = float(envstr("ACCOUNT_SERVICE_RETRY_BASE_SECONDS", "30"))
+# Public unsubscribe and preference pages, per client IP: all requests, and requests with a bad token (past that,
+# the IP is refused until the window ends) - "<count>/<seconds>".
+RECIPIENT_LINK_RATE_LIMIT = envstr("RECIPIENT_LINK_RATE_LIMIT", "60/60")
+RECIPIENT_LINK_FAILURE_LIMIT = envstr("RECIPIENT_LINK_FAILURE_LIMIT", "10/600")
 EXTERNAL_HTTP_TIMEOUT = float(envstr("EXTERNAL_HTTP_TIMEOUT", "10"))
 # External segments are re-resolved when their members are older than this when a campaign needs them.
 EXTERNAL_SEGMENT_MAX_AGE_SECONDS = envint("EXTERNAL_SEGMENT_MAX_AGE_SECONDS", 300)

@@ -14,6 +14,7 @@ from audiences.event_api import EventIngestView, EventTypeViewSet
 from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
+from campaigns.unsubscribes import CampaignUnsubscribesView
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
 from delivery.views import task_service_callback_view
@@ -43,6 +44,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("t/c/<str:token>", tracking.click_redirect_view, name="track-click"),
     path("t/o/<str:token>.gif", tracking.open_pixel_view, name="track-open"),
+    path("", include("delivery.consent_urls")),
     path("api/v1/organisation/", OrganisationView.as_view(), name="api-organisation"),
     path("api/v1/organisation/webhook-secret/rotate/", WebhookSecretRotateView.as_view(), name="api-webhook-rotate"),
     path(
@@ -53,6 +55,11 @@ urlpatterns = [
     path("api/v1/campaigns/<uuid:campaign_pk>/metrics/", CampaignMetricsView.as_view(), name="campaign-metrics"),
     path("api/v1/campaigns/<uuid:campaign_pk>/report.pdf", CampaignReportPdfView.as_view(), name="campaign-report-pdf"),
     path("api/v1/campaigns/<uuid:campaign_pk>/report.csv", CampaignReportCsvView.as_view(), name="campaign-report-csv"),
+    path(
+        "api/v1/campaigns/<uuid:campaign_pk>/unsubscribes/",
+        CampaignUnsubscribesView.as_view(),
+        name="campaign-unsubscribes",
+    ),
     path("api/v1/analytics/overview/", OverviewView.as_view(), name="analytics-overview"),
     path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
     path("api/v1/events/", EventIngestView.as_view(), name="api-events"),
