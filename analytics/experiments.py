@@ -1,0 +1,386 @@
+"""A/B statistics for a campaign's variants: pure functions over counts (scipy), and `experiment_comparison`, which
+feeds them a campaign's metrics.
+
+Methods (each chosen so the numbers can be checked against published references):
+
+- Rate per variant: unique people who did it / delivered. Open and click rates count people only (machine opens and
+  link scanners excluded), so privacy proxies cannot pick a winner. Interval: Wilson score at the chosen level.
+- Difference to the baseline (variant minus baseline): Newcombe's hybrid score interval (method 10 in Newcombe 1998,
+  "Interval estimation for the difference between independent proportions"), built from the two Wilson intervals.
+  These intervals are unadjusted; the significance flags use the Holm-adjusted p-values.
+- Pairwise p-value against the baseline: the chi-square test of the 2x2 table without Yates' continuity correction
+  (the same as the pooled two-proportion z-test, chi2 = z^2). Yates' correction is conservative and disagrees with
+  the interval above; with a marketing-sized sample the two differ in the fourth decimal anyway.
+- All variants together: chi-square test of independence (scipy.stats.chi2_contingency, correction=False; scipy
+  applies the correction only to 2x2 tables, so passing False keeps 2x2 and larger tables the same test).
+- More than two variants: the k-1 pairwise p-values against the baseline are Holm-Bonferroni adjusted.
+- Sample-ratio mismatch: chi-square goodness of fit of the assigned counts against the allocation; p < 0.001 means
+  the assignment is broken and the results cannot be trusted (no winner is named).
+- Revenue per recipient: every delivered recipient counts, those without a conversion as 0. Means and variances come
+  from per-variant sums and sums of squares (one SQL query grouped by message), compared with Welch's t-test
+  (scipy.stats.ttest_ind_from_stats, equal_var=False — the same as ttest_ind(equal_var=False) on the raw values).
+- Continuous monitoring (auto-winner): a mixture sequential probability ratio test (Johari, Pekelis & Walsh 2017,
+  "Always valid inference"): with a normal mixture N(0, tau^2) over the difference, the likelihood ratio
+  Lambda = sqrt(V / (V + tau^2)) * exp(d^2 tau^2 / (2 V (V + tau^2))) is a martingale under no difference, so
+  stopping at the first look with Lambda >= 1/alpha keeps the false-winner rate at or below alpha however often one
+  looks (Ville's inequality). With k-1 comparisons each uses alpha / (k-1).
+
+Control variants (sent nothing) are left out: no opens, clicks or attributed conversions can happen in them. The
+baseline is the first other variant by position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.db import connection
+from scipy import stats
+
+from audiences.segments import wilson_interval
+
+METRICS = {
+    # metric: (numerator count, label)
+    "open": ("opened_human_unique", "Open rate (people)"),
+    "click": ("clicked_human_unique", "Click rate (people)"),
+    "conversion": ("converted", "Conversion rate"),
+}
+LEVELS = (0.90, 0.95, 0.99)
+SRM_ALPHA = 0.001
+# Mixture scale tau of the sequential test, per metric: about the size of difference worth detecting.
+MSPRT_TAU = {"open": 0.02, "click": 0.01, "conversion": 0.005}
+
+
+def z_for(level: float) -> float:
+    return float(stats.norm.ppf(1 - (1 - level) / 2))
+
+
+def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for successes / trials."""
+    return wilson_interval(successes, trials, z=z_for(level))
+
+
+def newcombe_difference(x1: int, n1: int, x2: int, n2: int, level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """p1 - p2 and Newcombe's hybrid score interval for it."""
+    p1, p2 = x1 / n1, x2 / n2
+    l1, u1 = wilson(x1, n1, level)
+    l2, u2 = wilson(x2, n2, level)
+    d = p1 - p2
+    return d, (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+@dataclass(frozen=True)
+class ChiSquare:
+    statistic: float
+    p_value: float
+    dof: int
+
+
+def chi_square_independence(successes: Sequence[int], trials: Sequence[int]) -> ChiSquare | None:
+    """Chi-square test of independence of the (success, failure) x variant table; None when a row or column is
+    empty (the test is undefined)."""
+    table = np.array([[x, n - x] for x, n in zip(successes, trials, strict=True)], dtype=float)
+    if len(table) < 2 or (table.sum(axis=0) == 0).any() or (table.sum(axis=1) == 0).any():
+        return None
+    result = stats.chi2_contingency(table, correction=False)
+    return ChiSquare(float(result.statistic), float(result.pvalue), int(result.dof))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class SampleRatio:
+    statistic: float
+    p_value: float
+    expected: list[float]
+    mismatch: bool
+
+
+def sample_ratio_check(assigned: Sequence[int], allocation: Sequence[float]) -> SampleRatio | None:
+    """Chi-square goodness of fit of the assigned counts against the allocation (normalised to the total)."""
+    total, weight = sum(assigned), sum(allocation)
+    if total == 0 or weight <= 0 or len(assigned) < 2 or any(a <= 0 for a in allocation):
+        return None
+    expected = [total * a / weight for a in allocation]
+    result = stats.chisquare(list(assigned), f_exp=expected)
+    p_value = float(result.pvalue)
+    return SampleRatio(float(result.statistic), p_value, expected, p_value < SRM_ALPHA)
+
+
+@dataclass(frozen=True)
+class Moments:
+    n: int
+    total: float
+    total_squares: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def variance(self) -> float:
+        """Sample variance (n - 1) from the sums, clamped at 0 against rounding."""
+        if self.n < 2:
+            return 0.0
+        return max((self.total_squares - self.total * self.total / self.n) / (self.n - 1), 0.0)
+
+
+def welch(a: Moments, b: Moments) -> tuple[float, float] | None:
+    """Welch's t-test (statistic, two-sided p) of b against a from their moments; None when undefined."""
+    if a.n < 2 or b.n < 2 or (a.variance == 0 and b.variance == 0):
+        return None
+    result = stats.ttest_ind_from_stats(
+        b.mean, math.sqrt(b.variance), b.n, a.mean, math.sqrt(a.variance), a.n, equal_var=False
+    )
+    return float(result.statistic), float(result.pvalue)
+
+
+def msprt_lambda(x1: Any, n1: Any, x2: Any, n2: Any, tau: float) -> Any:
+    """Mixture SPRT likelihood ratio for p2 - p1 with a N(0, tau^2) mixture (arrays welcome). 0 when the
+    variance estimate is 0 (nothing or everything happened), which never decides."""
+    x1, n1, x2, n2 = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (x1, n1, x2, n2)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p1 = np.where(n1 > 0, x1 / n1, 0.0)
+        p2 = np.where(n2 > 0, x2 / n2, 0.0)
+        v = p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2
+        t2 = tau * tau
+        log_lambda = 0.5 * np.log(v / (v + t2)) + (p2 - p1) ** 2 * t2 / (2 * v * (v + t2))
+        out = np.where(v > 0, np.exp(np.minimum(log_lambda, 700.0)), 0.0)
+    return out if out.ndim else float(out)
+
+
+@dataclass(frozen=True)
+class SequentialDecision:
+    winner: int | None  # index into the arms, or None
+    reason: str
+    lambdas: list[float]  # per non-baseline arm, against the baseline (arm 0)
+    threshold: float
+
+
+def sequential_decision(
+    successes: Sequence[int],
+    trials: Sequence[int],
+    *,
+    level: float,
+    tau: float,
+    min_sample: int,
+    assigned: Sequence[int] | None = None,
+    allocation: Sequence[float] | None = None,
+) -> SequentialDecision:
+    """One look of the auto-winner: arm 0 is the baseline. A winner is named only when every arm has
+    `min_sample` trials, the sample ratio matches, and a mixture SPRT crosses 1 / (alpha / (k - 1))."""
+    k = len(successes)
+    alpha = 1 - level
+    threshold = (k - 1) / alpha if k > 1 else math.inf
+    if k < 2:
+        return SequentialDecision(None, "Needs at least two variants.", [], threshold)
+    if assigned is not None and allocation is not None:
+        srm = sample_ratio_check(assigned, allocation)
+        if srm and srm.mismatch:
+            return SequentialDecision(
+                None,
+                f"Sample ratio mismatch (p = {srm.p_value:.2g}): the assignment is off, no decision.",
+                [],
+                threshold,
+            )
+    small = [i for i, n in enumerate(trials) if n < min_sample]
+    if small:
+        return SequentialDecision(
+            None,
+            f"Too small a sample: every variant needs {min_sample:,} delivered (smallest {min(trials):,}).",
+            [],
+            threshold,
+        )
+    lambdas = [float(msprt_lambda(successes[0], trials[0], successes[i], trials[i], tau)) for i in range(1, k)]
+    rates = [x / n for x, n in zip(successes, trials, strict=True)]
+    better = [i for i in range(1, k) if lambdas[i - 1] >= threshold and rates[i] > rates[0]]
+    if better:
+        best = max(better, key=lambda i: rates[i])
+        return SequentialDecision(best, "Better than the baseline under continuous monitoring.", lambdas, threshold)
+    if all(lambdas[i - 1] >= threshold and rates[i] < rates[0] for i in range(1, k)):
+        return SequentialDecision(0, "Every other variant is worse than the baseline.", lambdas, threshold)
+    return SequentialDecision(None, "No significant difference yet.", lambdas, threshold)
+
+
+# --- a campaign's comparison -----------------------------------------------------------------------------------------
+
+REVENUE_SQL = """
+SELECT variant_id, count(*), sum(v), sum(v * v)
+FROM (SELECT message_id, variant_id, sum(value) AS v FROM analytics_engagementevent
+      WHERE campaign_id = %s AND kind = 'conversion' AND value IS NOT NULL AND classification <> 'holdout'
+      GROUP BY message_id, variant_id) per_message
+GROUP BY variant_id
+"""
+
+
+def _revenue_sums(campaign_id: Any) -> dict[str, tuple[int, float, float]]:
+    with connection.cursor() as cursor:
+        cursor.execute(REVENUE_SQL, [str(campaign_id)])
+        return {str(v): (int(c), float(s), float(ss)) for v, c, s, ss in cursor.fetchall()}
+
+
+def _assigned(counts: dict[str, int]) -> int:
+    # Every message given the variant, whatever happened to it since (held-out recipients are a separate split).
+    control = counts["held_out"] - counts["held_out_holdout"]
+    return counts["queued"] + counts["sent"] + counts["failed"] + counts["cancelled"] + counts["skipped"] + control
+
+
+def experiment_comparison(campaign: Any, metric: str = "click", level: float = 0.95) -> dict[str, Any]:
+    """Every non-control variant's rate with its interval, the difference to the baseline with its interval and
+    (Holm-adjusted) p-value, the chi-square test across variants, the sample-ratio check, revenue per recipient
+    with Welch's t-test, and the winner when one is significant at `level`."""
+    from analytics.selectors import campaign_metrics
+
+    if metric not in METRICS:
+        raise ValueError(f"metric is one of {', '.join(METRICS)}")
+    if level not in LEVELS:
+        raise ValueError(f"level is one of {', '.join(str(v) for v in LEVELS)}")
+    count_key, label = METRICS[metric]
+    alpha = 1 - level
+    metrics = campaign_metrics(campaign)
+    variants = [v for v in campaign.variants.order_by("position", "name") if not v.is_control]
+    rows: list[dict[str, Any]] = []
+    for variant in variants:
+        entry = metrics["by_variant"].get(str(variant.pk))
+        counts = entry["counts"] if entry else None
+        delivered = counts["delivered"] if counts else 0
+        successes = counts[count_key] if counts else 0
+        rows.append(
+            {
+                "id": str(variant.pk),
+                "name": variant.name,
+                "allocation_percent": variant.allocation_percent,
+                "assigned": _assigned(counts) if counts else 0,
+                "delivered": delivered,
+                "successes": successes,
+                "rate": successes / delivered if delivered else None,
+                "interval": list(wilson(successes, delivered, level)) if delivered else None,
+                "is_baseline": False,
+                "difference": None,
+                "revenue_per_recipient": None,
+            }
+        )
+    result: dict[str, Any] = {
+        "campaign": str(campaign.pk),
+        "metric": metric,
+        "metric_label": label,
+        "level": level,
+        "variants": rows,
+        "baseline": None,
+        "chi_square": None,
+        "sample_ratio": None,
+        "revenue": None,
+        "winner": None,
+        "significant": False,
+        "warnings": [],
+        "methods": {
+            "interval": "Wilson score",
+            "difference": "Newcombe hybrid score (unadjusted)",
+            "pairwise_test": "chi-square 2x2 without continuity correction (= pooled z-test)",
+            "multiple_comparisons": "Holm-Bonferroni" if len(rows) > 2 else "none (one comparison)",
+            "overall_test": "chi-square test of independence (scipy chi2_contingency, correction=False)",
+            "sample_ratio": f"chi-square goodness of fit against the allocation, mismatch at p < {SRM_ALPHA}",
+            "revenue": "revenue per delivered recipient, Welch's t-test",
+        },
+    }
+    if len(rows) < 2:
+        result["warnings"].append("Fewer than two variants to compare.")
+        return result
+    baseline = rows[0]
+    baseline["is_baseline"] = True
+    result["baseline"] = baseline["id"]
+
+    srm = sample_ratio_check([r["assigned"] for r in rows], [r["allocation_percent"] for r in rows])
+    if srm:
+        result["sample_ratio"] = {
+            "statistic": srm.statistic,
+            "p_value": srm.p_value,
+            "expected": srm.expected,
+            "mismatch": srm.mismatch,
+        }
+        if srm.mismatch:
+            result["warnings"].append(
+                f"Sample ratio mismatch (p = {srm.p_value:.2g}): the variants did not get their allocated shares, "
+                "so these results cannot be trusted."
+            )
+
+    measured = [r for r in rows if r["delivered"]]
+    chi = chi_square_independence([r["successes"] for r in measured], [r["delivered"] for r in measured])
+    if chi:
+        result["chi_square"] = {
+            "statistic": chi.statistic,
+            "p_value": chi.p_value,
+            "dof": chi.dof,
+            "significant": chi.p_value < alpha,
+        }
+
+    others = [r for r in rows[1:] if r["delivered"] and baseline["delivered"]]
+    p_values = []
+    for row in others:
+        d, (low, high) = newcombe_difference(
+            row["successes"], row["delivered"], baseline["successes"], baseline["delivered"], level
+        )
+        pair = chi_square_independence(
+            [baseline["successes"], row["successes"]], [baseline["delivered"], row["delivered"]]
+        )
+        p_values.append(pair.p_value if pair else 1.0)
+        row["difference"] = {"estimate": d, "interval": [low, high], "p_value": p_values[-1]}
+    for row, adjusted in zip(others, holm(p_values) if len(others) > 1 else p_values, strict=True):
+        row["difference"]["p_adjusted"] = adjusted
+        row["difference"]["significant"] = adjusted < alpha
+
+    _revenue(campaign, rows, baseline, level, result)
+
+    if srm and srm.mismatch:
+        result["winner_reason"] = "No winner while the sample ratio is off."
+    else:
+        better = [r for r in others if r["difference"]["significant"] and r["difference"]["estimate"] > 0]
+        worse = [r for r in others if r["difference"]["significant"] and r["difference"]["estimate"] < 0]
+        if better:
+            result["winner"] = max(better, key=lambda r: r["rate"])["id"]
+        elif others and len(worse) == len(rows) - 1:
+            result["winner"] = baseline["id"]
+        result["significant"] = result["winner"] is not None
+        result["winner_reason"] = (
+            f"Significant at {level:.0%}." if result["winner"] else f"No significant difference at {level:.0%} yet."
+        )
+    for row in rows:
+        row["is_winner"] = row["id"] == result["winner"]
+    return result
+
+
+def _revenue(campaign: Any, rows: list[dict[str, Any]], baseline: dict[str, Any], level: float, result: dict) -> None:
+    sums = _revenue_sums(campaign.pk)
+    if not sums:
+        return
+    alpha = 1 - level
+    moments = {}
+    for row in rows:
+        converted, total, squares = sums.get(row["id"], (0, 0.0, 0.0))
+        # Recipients without a conversion add 0 to both sums: only n changes.
+        moments[row["id"]] = m = Moments(max(row["delivered"], converted), total, squares)
+        row["revenue_per_recipient"] = {"mean": m.mean, "sd": math.sqrt(m.variance), "n": m.n, "total": total}
+    p_values, compared = [], []
+    for row in rows[1:]:
+        test = welch(moments[baseline["id"]], moments[row["id"]])
+        if test:
+            row["revenue_per_recipient"]["t"], row["revenue_per_recipient"]["p_value"] = test
+            p_values.append(test[1])
+            compared.append(row)
+    for row, adjusted in zip(compared, holm(p_values) if len(compared) > 1 else p_values, strict=True):
+        row["revenue_per_recipient"]["p_adjusted"] = adjusted
+        row["revenue_per_recipient"]["significant"] = adjusted < alpha
+    result["revenue"] = {"available": True, "test": "Welch's t-test", "baseline": baseline["id"]}
