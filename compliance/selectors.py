@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import datetime as dt
+import json
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
+from django.utils import timezone
 
+from audiences.models import Role
 from compliance.hashing import pads
-from compliance.models import Suppression, Unsubscribe
+from compliance.models import AuditLogEntry, Suppression, Unsubscribe
 
 
 def has_erased_addresses(organisation_id: Any) -> bool:
@@ -47,4 +53,91 @@ def unsubscribe_csv_rows(queryset: QuerySet[Unsubscribe]) -> Iterator[tuple[Any,
             u.source,
             u.reason,
             u.message_id or "",
+        )
+
+
+def suppression_list(organisation: Any, *, search: str = "", reason: str = "") -> QuerySet[Suppression]:
+    queryset = Suppression.objects.filter(organisation=organisation).order_by("-created_at", "-id")
+    if search:
+        queryset = queryset.filter(address__startswith=search.strip().lower())
+    if reason:
+        if reason not in Suppression.Reason.values:
+            raise ValidationError({"reason": [f"One of {', '.join(Suppression.Reason.values)}."]})
+        queryset = queryset.filter(reason=reason)
+    return queryset
+
+
+# Who may read the audit log: it names every actor and what they changed.
+AUDIT_READERS = frozenset({Role.ADMIN, Role.COMPLIANCE})
+
+
+def _moment(name: str, raw: str, *, end: bool) -> dt.datetime:
+    try:
+        if len(raw) == 10:
+            day = dt.date.fromisoformat(raw)
+            moment = dt.datetime.combine(day + dt.timedelta(days=1) if end else day, dt.time())
+        else:
+            moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValidationError({name: ["An ISO date (2026-05-01) or date-time."]}) from exc
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, timezone.get_current_timezone())
+    return moment
+
+
+def audit_filters(params: Mapping[str, str]) -> dict[str, Any]:
+    """Validated audit-log filters from query parameters (a ValidationError names the bad ones)."""
+    filters: dict[str, Any] = {}
+    for name in ("action", "target_type", "target_id", "actor"):
+        value = (params.get(name) or "").strip()
+        if value:
+            filters[name] = value[:200]
+    errors: dict[str, list[str]] = {}
+    for name, end in (("since", False), ("until", True)):
+        raw = (params.get(name) or "").strip()
+        if raw:
+            try:
+                filters[name] = _moment(name, raw, end=end)
+            except ValidationError as exc:
+                errors.update(exc.message_dict)
+    if errors:
+        raise ValidationError(errors)
+    return filters
+
+
+def audit_log(actor: Any, filters: Mapping[str, Any]) -> QuerySet[AuditLogEntry]:
+    if actor.role not in AUDIT_READERS:
+        raise PermissionDenied("Only admins and compliance officers can read the audit log.")
+    queryset = AuditLogEntry.objects.filter(organisation=actor.organisation)
+    action = filters.get("action")
+    if action:
+        queryset = (
+            queryset.filter(action__startswith=action) if action.endswith(".") else queryset.filter(action=action)
+        )
+    if filters.get("target_type"):
+        queryset = queryset.filter(target_type=filters["target_type"])
+    if filters.get("target_id"):
+        queryset = queryset.filter(target_id=filters["target_id"])
+    if filters.get("actor"):
+        queryset = queryset.filter(actor_label__icontains=filters["actor"])
+    if filters.get("since"):
+        queryset = queryset.filter(occurred_at__gte=filters["since"])
+    if filters.get("until"):
+        queryset = queryset.filter(occurred_at__lt=filters["until"])
+    return queryset.order_by("-occurred_at", "-id")
+
+
+AUDIT_CSV_HEADER = ("occurred_at", "action", "target_type", "target_id", "target", "actor", "details")
+
+
+def audit_csv_rows(queryset: QuerySet[AuditLogEntry]) -> Iterator[tuple[Any, ...]]:
+    for entry in queryset.iterator(chunk_size=2000):
+        yield (
+            entry.occurred_at.isoformat(),
+            entry.action,
+            entry.target_type,
+            entry.target_id,
+            entry.target_repr,
+            entry.actor_label,
+            json.dumps(entry.details, sort_keys=True, cls=DjangoJSONEncoder),
         )

@@ -15,6 +15,7 @@ from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
 from campaigns.unsubscribes import CampaignUnsubscribesView
+from compliance.api import AuditLogViewSet, ContactPreferencesView, SuppressionViewSet
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
 from delivery.views import task_service_callback_view
@@ -28,6 +29,8 @@ router.register("content-templates", ContentTemplateViewSet, basename="content-t
 router.register("runs", RunViewSet, basename="run")
 router.register("inbox", InboxViewSet, basename="inbox")
 router.register("event-types", EventTypeViewSet, basename="event-type")
+router.register("suppressions", SuppressionViewSet, basename="suppression")
+router.register("audit-log", AuditLogViewSet, basename="audit-log")
 
 urlpatterns = [
     path("", config_views.home, name="home"),
@@ -45,6 +48,7 @@ urlpatterns = [
     path("t/c/<str:token>", tracking.click_redirect_view, name="track-click"),
     path("t/o/<str:token>.gif", tracking.open_pixel_view, name="track-open"),
     path("", include("delivery.consent_urls")),
+    path("compliance/", include("compliance.urls")),
     path("api/v1/organisation/", OrganisationView.as_view(), name="api-organisation"),
     path("api/v1/organisation/webhook-secret/rotate/", WebhookSecretRotateView.as_view(), name="api-webhook-rotate"),
     path(
@@ -62,6 +66,7 @@ urlpatterns = [
     ),
     path("api/v1/analytics/overview/", OverviewView.as_view(), name="analytics-overview"),
     path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
+    path("api/v1/contacts/<int:contact_pk>/preferences/", ContactPreferencesView.as_view(), name="contact-preferences"),
     path("api/v1/events/", EventIngestView.as_view(), name="api-events"),
     path(
         "api/v1/campaigns/<uuid:campaign_pk>/trigger-decisions/",

@@ -1,0 +1,15 @@
+from django.urls import path
+
+from compliance import views
+
+app_name = "compliance"
+
+urlpatterns = [
+    path("contacts/<int:contact_id>/", views.contact_consent_view, name="contact"),
+    path("suppressions/", views.suppression_list_view, name="suppressions"),
+    path("suppressions/add/", views.suppression_add_view, name="suppression-add"),
+    path("suppressions/import/", views.suppression_import_view, name="suppression-import"),
+    path("suppressions/<int:suppression_id>/remove/", views.suppression_remove_view, name="suppression-remove"),
+    path("audit/", views.audit_log_view, name="audit"),
+    path("audit.csv", views.audit_log_csv_view, name="audit-csv"),
+]
