@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--keep", action="store_true", help="leave the campaign in the bench database")
+    parser.add_argument("--reuse", action="store_true", help="measure the campaign a --keep run left (no loading)")
     args = parser.parse_args()
     _setup_database()
     import django
@@ -59,12 +60,10 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection, transaction
     from django.utils import timezone
-    from rest_framework.test import APIClient
 
-    from analytics import reports, services
-    from audiences.access import Actor, system_actor
-    from audiences.models import Organisation, Role
-    from audiences.services import api_key_create
+    from analytics import services
+    from audiences.access import system_actor
+    from audiences.models import Organisation
     from campaigns import services as campaign_services
     from delivery.fanout import run_create
 
@@ -73,6 +72,12 @@ def main() -> None:
         slug="bench-analytics", defaults={"name": "Bench analytics", "postal_address": "1 Bench Street"}
     )
     actor = system_actor(organisation, "bench")
+    if args.reuse:
+        from campaigns.models import Campaign
+
+        campaign = Campaign.objects.filter(organisation=organisation).order_by("-created_at").first()
+        _measure(campaign, organisation, args)
+        return
     campaign = campaign_services.campaign_create(
         actor=actor,
         name=f"Analytics bench {time.time_ns()}",
@@ -136,7 +141,35 @@ def main() -> None:
         stored += services.engagement_record_many(events)
     elapsed = time.perf_counter() - started
     print(f"ingestion: {stored:,} engagement events in {elapsed:.2f}s = {stored / elapsed:,.0f} events/s")
+    _measure(campaign, organisation, args)
+    if not args.keep:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM analytics_engagementevent WHERE campaign_id = %s", [str(campaign.pk)])
+            cursor.execute("DELETE FROM analytics_metricdelta WHERE campaign_id = %s", [str(campaign.pk)])
+            cursor.execute("ALTER TABLE delivery_message DISABLE TRIGGER cs_metrics_message_delete")
+            cursor.execute("DELETE FROM delivery_message WHERE run_id = %s", [str(run.pk)])
+            cursor.execute("ALTER TABLE delivery_message ENABLE TRIGGER cs_metrics_message_delete")
+            cursor.execute("TRUNCATE analytics_messagefirst")
+            cursor.execute("VACUUM delivery_message")
 
+
+def _measure(campaign, organisation, args) -> None:
+    from datetime import timedelta
+
+    from django.db import connection
+    from rest_framework.test import APIClient
+
+    from analytics import reports, services
+    from audiences.access import Actor
+    from audiences.models import Role
+    from audiences.services import api_key_create
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM delivery_message m JOIN delivery_run r ON r.id = m.run_id WHERE r.campaign_id = %s",
+            [str(campaign.pk)],
+        )
+        print(f"campaign {campaign.name}: {cursor.fetchone()[0]:,} message rows")
     key = api_key_create(
         actor=Actor(organisation=organisation, role=Role.ADMIN, system="bench"), name="bench", role=Role.ANALYST
     )
@@ -172,15 +205,6 @@ def main() -> None:
     started = time.perf_counter()
     pdf = reports.report_pdf(campaign)
     print(f"PDF report: {len(pdf):,} bytes in {time.perf_counter() - started:.2f}s")
-    if not args.keep:
-        with connection.cursor() as cursor:
-            cursor.execute("DELETE FROM analytics_engagementevent WHERE campaign_id = %s", [str(campaign.pk)])
-            cursor.execute("DELETE FROM analytics_metricdelta WHERE campaign_id = %s", [str(campaign.pk)])
-            cursor.execute("ALTER TABLE delivery_message DISABLE TRIGGER cs_metrics_message_delete")
-            cursor.execute("DELETE FROM delivery_message WHERE run_id = %s", [str(run.pk)])
-            cursor.execute("ALTER TABLE delivery_message ENABLE TRIGGER cs_metrics_message_delete")
-            cursor.execute("TRUNCATE analytics_messagefirst")
-            cursor.execute("VACUUM delivery_message")
 
 
 if __name__ == "__main__":
