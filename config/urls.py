@@ -18,6 +18,7 @@ from campaigns.unsubscribes import CampaignUnsubscribesView
 from compliance.api import AuditLogViewSet, ContactPreferencesView, SuppressionViewSet
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
+from delivery.gdpr_api import ContactEraseView, ContactExportView
 from delivery.views import task_service_callback_view
 
 router = DefaultRouter(trailing_slash=True)
@@ -67,6 +68,8 @@ urlpatterns = [
     path("api/v1/analytics/overview/", OverviewView.as_view(), name="analytics-overview"),
     path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
     path("api/v1/contacts/<int:contact_pk>/preferences/", ContactPreferencesView.as_view(), name="contact-preferences"),
+    path("api/v1/contacts/<int:contact_pk>/export/", ContactExportView.as_view(), name="contact-export"),
+    path("api/v1/contacts/<int:contact_pk>/erase/", ContactEraseView.as_view(), name="contact-erase"),
     path("api/v1/events/", EventIngestView.as_view(), name="api-events"),
     path(
         "api/v1/campaigns/<uuid:campaign_pk>/trigger-decisions/",
