@@ -182,7 +182,12 @@ def campaign_content_preview_view(request: HttpRequest, campaign_id: Any) -> Htt
         return render(request, "campaigns/_preview.html", context)
     variant = variants[min(max(index, 0), len(variants) - 1)]
     content = variant["content"].get(channel, {})
-    problems = content_problems(channel, content, allowed_senders=services.allowed_senders(campaign.organisation))
+    problems = content_problems(
+        channel,
+        content,
+        allowed_senders=services.allowed_senders(campaign.organisation),
+        sms_multipart=campaign.sms_allow_multipart,
+    )
     contact_id = None
     external_id = (request.POST.get("preview_contact") or "").strip()
     if external_id:

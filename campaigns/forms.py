@@ -126,6 +126,11 @@ class CampaignForm(forms.Form):
         help_text="Phones (E.164, e.g. +447700900123) that receive SMS and WhatsApp test sends (at most 20).",
         widget=forms.Textarea(attrs={"rows": 2}),
     )
+    sms_allow_multipart = forms.BooleanField(
+        required=False,
+        label="Allow multi-part SMS",
+        help_text="Up to 6 parts (153 GSM-7 or 67 UCS-2 characters each); otherwise one SMS of 160 / 70.",
+    )
     seed_copy_every_send = forms.BooleanField(
         required=False,
         label="Seeds get a copy of every send",

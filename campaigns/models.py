@@ -102,6 +102,8 @@ class Campaign(models.Model):
     seed_emails = ArrayField(models.EmailField(), default=list, blank=True)
     seed_phones = ArrayField(models.CharField(max_length=16), default=list, blank=True)
     seed_copy_every_send = models.BooleanField(default=False)
+    # SMS longer than one part (160 GSM-7 / 70 UCS-2 characters) are refused unless this allows up to 6 parts.
+    sms_allow_multipart = models.BooleanField(default=False)
 
     # How the built-in sandbox provider behaves for this campaign (latency, outcome and engagement rates per
     # variant); empty uses settings.SANDBOX_PROVIDER. Only the sandbox reads it.

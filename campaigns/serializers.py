@@ -110,6 +110,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "seed_emails",
             "seed_phones",
             "seed_copy_every_send",
+            "sms_allow_multipart",
             "audience",
             "variants",
             "allowed_actions",
@@ -247,6 +248,9 @@ class CampaignWriteSerializer(serializers.Serializer):
         help_text="E.164 phones that receive SMS and WhatsApp test sends (and seed copies).",
     )
     seed_copy_every_send = serializers.BooleanField(required=False, default=False)
+    sms_allow_multipart = serializers.BooleanField(
+        required=False, default=False, help_text="Allow SMS of up to 6 parts (153 GSM-7 / 67 UCS-2 characters each)."
+    )
 
     def validate_name(self, value: str) -> str:
         value = value.strip()

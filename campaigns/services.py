@@ -160,6 +160,7 @@ def _validate_variants(
     *,
     organisation: Any = None,
     for_launch: bool = False,
+    sms_multipart: bool = False,
 ) -> None:
     errors: list[str] = []
     if not 1 <= len(variants) <= MAX_VARIANTS:
@@ -192,7 +193,11 @@ def _validate_variants(
             elif channel in channels:
                 senders = allowed_senders(organisation) if organisation is not None else []
                 for problem in content_problems(
-                    channel, channel_content, allowed_senders=senders, for_launch=for_launch
+                    channel,
+                    channel_content,
+                    allowed_senders=senders,
+                    for_launch=for_launch,
+                    sms_multipart=sms_multipart,
                 ):
                     errors.append(f"Variant {name}: {channel}.{problem}.")
         if for_launch and not variant.get("is_control"):
@@ -339,6 +344,7 @@ UPDATABLE_FIELDS = (
     "seed_emails",
     "seed_phones",
     "seed_copy_every_send",
+    "sms_allow_multipart",
     "name",
     "description",
     "type",
@@ -412,6 +418,7 @@ def campaign_create(
     seed_emails: Sequence[str] = (),
     seed_phones: Sequence[str] = (),
     seed_copy_every_send: bool = False,
+    sms_allow_multipart: bool = False,
     send_window_start: Any = None,
     send_window_end: Any = None,
     skip_weekends: bool = False,
@@ -432,7 +439,7 @@ def campaign_create(
     name = name.strip()
     channels = _validate_channels(channels)
     variants = list(variants) if variants else copy.deepcopy(DEFAULT_VARIANTS)
-    _validate_variants(variants, channels, organisation=actor.organisation)
+    _validate_variants(variants, channels, organisation=actor.organisation, sms_multipart=sms_allow_multipart)
     clean_audience = validate_audience(actor.organisation, audience or {})
     if name and _name_taken(actor.organisation.pk, name):
         raise ValidationError({"name": ["A campaign with this name already exists."]})
@@ -451,6 +458,7 @@ def campaign_create(
         seed_emails=list(seed_emails),
         seed_phones=validate_seed_phones(seed_phones),
         seed_copy_every_send=seed_copy_every_send,
+        sms_allow_multipart=sms_allow_multipart,
         send_window_start=send_window_start,
         send_window_end=send_window_end,
         skip_weekends=skip_weekends,
@@ -514,7 +522,10 @@ def campaign_update(
         for v in campaign.variants.all()
     ]
     _validate_variants(
-        variants if variants is not None else current_variants, campaign.channels, organisation=campaign.organisation
+        variants if variants is not None else current_variants,
+        campaign.channels,
+        organisation=campaign.organisation,
+        sms_multipart=campaign.sms_allow_multipart,
     )
     if audience is not None:
         # A partial audience keeps the parts not given.
@@ -575,7 +586,11 @@ def campaign_transition(
         if not spec["include"] and not spec["rules"]:
             raise ValidationError({"audience": ["Choose who receives it (segments or rules) before launching."]})
         _validate_variants(
-            _variant_dicts(campaign), campaign.channels, organisation=campaign.organisation, for_launch=True
+            _variant_dicts(campaign),
+            campaign.channels,
+            organisation=campaign.organisation,
+            for_launch=True,
+            sms_multipart=campaign.sms_allow_multipart,
         )
         _validate_trigger(campaign, for_launch=True)
     if action in ("schedule", "reschedule"):
@@ -676,6 +691,7 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         tracking_enabled=origin.tracking_enabled,
         seed_emails=list(origin.seed_emails),
         seed_phones=list(origin.seed_phones),
+        sms_allow_multipart=origin.sms_allow_multipart,
         seed_copy_every_send=origin.seed_copy_every_send,
         status_changed_at=timezone.now(),
     )

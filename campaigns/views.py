@@ -83,6 +83,7 @@ def _form_initial(campaign: Campaign) -> dict[str, Any]:
         "seed_emails": "\n".join(campaign.seed_emails),
         "seed_phones": "\n".join(campaign.seed_phones),
         "seed_copy_every_send": campaign.seed_copy_every_send,
+        "sms_allow_multipart": campaign.sms_allow_multipart,
         "include_segments": [str(link.segment_id) for link in links if link.role == "include"],
         "exclude_segments": [str(link.segment_id) for link in links if link.role == "exclude"],
         "audience_combine": campaign.audience_combine,

@@ -277,3 +277,26 @@ def test_seed_copies_retry_transient_failures_with_backoff(settings, peer, teamm
     Peer.answers = {}
     seeds.run_seed_copies_send(run.pk, now=seed.next_attempt_at + timedelta(seconds=1))
     assert set(SeedSend.objects.filter(run=run).values_list("status", flat=True)) == {"sent"}
+
+
+# --- multi-part SMS as a campaign setting ---------------------------------------------------------------------
+
+
+def test_the_campaign_allows_multipart_sms_for_every_variant(teammate):
+    long_body = "x" * 200  # GSM-7: two parts of 153
+    payload = {
+        "name": "Long SMS",
+        "channels": ["sms"],
+        "variants": [{"name": "A", "allocation_percent": 100, "content": {"sms": {"body": long_body}}}],
+    }
+    refused = teammate.api.post("/api/v1/campaigns/", payload, format="json")
+    assert refused.status_code == 400
+    assert "more than one SMS" in str(refused.data)
+    allowed = teammate.api.post("/api/v1/campaigns/", {**payload, "sms_allow_multipart": True}, format="json")
+    assert allowed.status_code == 201, allowed.data
+    assert allowed.data["sms_allow_multipart"] is True
+    # Switching it off again is refused while a variant needs it; seven parts are too many either way.
+    url = f"/api/v1/campaigns/{allowed.data['id']}/"
+    assert teammate.api.patch(url, {"sms_allow_multipart": False}, format="json").status_code == 400
+    seven_parts = {"name": "A", "allocation_percent": 100, "content": {"sms": {"body": "x" * (153 * 6 + 1)}}}
+    assert teammate.api.patch(url, {"variants": [seven_parts]}, format="json").status_code == 400

@@ -69,6 +69,7 @@ def content_problems(
     *,
     allowed_senders: Iterable[str] = (),
     for_launch: bool = False,
+    sms_multipart: bool = False,
 ) -> list[str]:
     """Everything wrong with one channel's content, as "<field>: <problem>" strings."""
     problems: list[str] = []
@@ -92,7 +93,7 @@ def content_problems(
                 compiled(value, html=html)
             except TemplateProblem as exc:
                 problems.append(f"{name}: {exc}")
-    problems.extend(_channel_rules(channel, content, allowed_senders))
+    problems.extend(_channel_rules(channel, content, allowed_senders, sms_multipart=sms_multipart))
     if for_launch:
         missing = [name for name in REQUIRED[channel] if not content.get(name)]
         if channel == "whatsapp" and not (content.get("body") or content.get("template_name")):
@@ -101,7 +102,9 @@ def content_problems(
     return problems
 
 
-def _channel_rules(channel: str, content: Mapping[str, Any], allowed_senders: Iterable[str]) -> list[str]:
+def _channel_rules(
+    channel: str, content: Mapping[str, Any], allowed_senders: Iterable[str], *, sms_multipart: bool = False
+) -> list[str]:
     problems: list[str] = []
     if channel == "email":
         for name in ("from_email", "reply_to"):
@@ -123,6 +126,8 @@ def _channel_rules(channel: str, content: Mapping[str, Any], allowed_senders: It
         multipart = content.get("allow_multipart", False)
         if not isinstance(multipart, bool):
             problems.append("allow_multipart: true or false")
+        # The campaign's switch allows it for every variant; a variant's own flag for that variant only.
+        multipart = multipart is True or sms_multipart
         length = sms_length(body)
         if length.segments > 1 and not multipart:
             problems.append(
