@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
-from compliance.models import AuditLogEntry, ContactPreference, Suppression
+from compliance.models import AuditLogEntry, ContactPreference, OutboxEvent, Suppression, Unsubscribe
 
 
 @admin.register(AuditLogEntry)
@@ -41,3 +41,43 @@ class SuppressionAdmin(SimpleHistoryAdmin):
     list_display = ["address", "reason", "organisation", "created_at"]
     list_filter = ["reason", "organisation"]
     search_fields = ["address"]
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Unsubscribe)
+class UnsubscribeAdmin(ReadOnlyAdmin):
+    """Records of what recipients did: read-only (change consent through the API or console, which audit it)."""
+
+    list_display = ["created_at", "organisation", "contact", "campaign_id", "channel", "source", "reason"]
+    list_filter = ["source", "channel", "organisation"]
+    list_select_related = ["organisation", "contact"]
+    search_fields = ["contact__external_id", "reason"]
+    show_full_result_count = False
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "organisation", "kind", "contact_id", "created_at", "attempts", "delivered_at", "last_error"]
+    list_filter = ["kind", ("delivered_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["organisation"]
+    actions = ["retry_now"]
+
+    @admin.action(description="Retry now (reset attempts)")
+    def retry_now(self, request: HttpRequest, queryset: object) -> None:
+        from django.utils import timezone
+
+        from compliance.tasks import compliance_outbox_push_task
+
+        count = queryset.filter(delivered_at__isnull=True).update(attempts=0, next_attempt_at=timezone.now())  # type: ignore[attr-defined]
+        compliance_outbox_push_task.delay()
+        self.message_user(request, f"{count} pushes queued again.")

@@ -70,6 +70,8 @@ def contact_consent_view(request: HttpRequest, contact_id: Any) -> HttpResponse:
         "contact": contact,
         "preference": preference,
         "can_write": can_write,
+        # GDPR export and erase (delivery.gdpr): the same roles that read the audit log.
+        "can_gdpr": request.actor.role in selectors.AUDIT_READERS,
         "errors": errors,
         "channels": [(code, label, code not in preference.disabled_channels) for code, label in CHANNEL_LABELS],
         "categories": [(c, c not in preference.disabled_categories) for c in services.CATEGORIES],

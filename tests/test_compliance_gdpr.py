@@ -206,3 +206,29 @@ def test_an_erased_address_imported_again_is_suppressed_at_fan_out_and_send_time
     sms = Message.objects.get(run=third, contact=queued_contact, channel="sms")
     assert (email.status, email.error) == ("skipped", "suppressed")
     assert sms.status == "delivered"
+
+
+def test_the_console_exports_and_erases_with_confirmation(owner, teammate, outsider, sent):
+    from tests.factories import console_client
+
+    target = sent["target"]
+    client = console_client(owner)
+    page = client.get(f"/compliance/contacts/{target.pk}/").content.decode()
+    assert "Erase contact" in page
+    assert "Erase contact" not in console_client(teammate).get(f"/compliance/contacts/{target.pk}/").content.decode()
+    export = client.get(f"/compliance/contacts/{target.pk}/export.json")
+    assert export.status_code == 200 and export.json()["contact"]["external_id"] == "g1"
+    assert console_client(outsider).get(f"/compliance/contacts/{target.pk}/export.json").status_code == 404
+    assert (
+        console_client(outsider).post(f"/compliance/contacts/{target.pk}/erase/", {"confirm": "erase"}).status_code
+        == 404
+    )
+    assert (
+        console_client(teammate).post(f"/compliance/contacts/{target.pk}/erase/", {"confirm": "erase"}).status_code
+        == 403
+    )
+    assert client.post(f"/compliance/contacts/{target.pk}/erase/", {"confirm": "yes"}).status_code == 302
+    assert Contact.objects.filter(pk=target.pk).exists()
+    assert client.post(f"/compliance/contacts/{target.pk}/erase/", {"confirm": "erase"}).status_code == 302
+    assert not Contact.objects.filter(pk=target.pk).exists()
+    assert AuditLogEntry.objects.filter(action="contact.erase").count() == 1
