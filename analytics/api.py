@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from analytics import reports
+from analytics import experiments, reports
 from analytics.selectors import INTERVALS, MetricFilter, campaign_metrics, organisation_overview
 from campaigns.models import Campaign, Channel
 from campaigns.selectors import campaign_get
@@ -105,6 +105,58 @@ class CampaignReportCsvView(APIView):
         campaign = _campaign(request, campaign_pk)
         response = HttpResponse(reports.report_csv(campaign), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.csv"'
+        return response
+
+
+class ExperimentQuerySerializer(serializers.Serializer):
+    metric = serializers.ChoiceField(choices=list(experiments.METRICS), required=False, default="click")
+    level = serializers.ChoiceField(choices=["0.90", "0.95", "0.99"], required=False, default="0.95")
+
+    def validate_level(self, value: str) -> float:
+        return float(value)
+
+
+EXPERIMENT_PARAMETERS = [
+    OpenApiParameter(
+        "metric", OpenApiTypes.STR, enum=list(experiments.METRICS), description="Open and click count people only."
+    ),
+    OpenApiParameter("level", OpenApiTypes.STR, enum=["0.90", "0.95", "0.99"], description="Confidence level."),
+]
+
+
+def _experiment_query(request: Request) -> tuple[str, float]:
+    # ChoiceField compares strings: accept 0.9 for 0.90.
+    params = request.query_params.copy()
+    if params.get("level") == "0.9":
+        params["level"] = "0.90"
+    query = ExperimentQuerySerializer(data=params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data["metric"], query.validated_data["level"]
+
+
+class CampaignExperimentView(APIView):
+    """The A/B comparison of the campaign's variants for one metric: rate and Wilson interval per variant, the
+    difference to the baseline (Newcombe interval, Holm-adjusted p-value), the chi-square test across variants, the
+    sample-ratio check, revenue per recipient (Welch), and the winner when significant at `level`."""
+
+    @extend_schema(parameters=EXPERIMENT_PARAMETERS, responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, campaign_pk: Any) -> Response:
+        campaign = _campaign(request, campaign_pk)
+        metric, level = _experiment_query(request)
+        return Response(experiments.experiment_comparison(campaign, metric, level))
+
+
+class CampaignExperimentCsvView(APIView):
+    """The A/B comparison as CSV (one row per variant, then the tests), safe against formula injection."""
+
+    @extend_schema(parameters=EXPERIMENT_PARAMETERS, responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request, campaign_pk: Any) -> HttpResponse:
+        campaign = _campaign(request, campaign_pk)
+        metric, level = _experiment_query(request)
+        response = HttpResponse(
+            experiments.experiment_csv(campaign, metric, level), content_type="text/csv; charset=utf-8"
+        )
+        response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-experiment.csv"'
         return response
 
 

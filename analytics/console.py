@@ -8,7 +8,7 @@ from typing import Any
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from analytics import reports
+from analytics import experiments, reports
 from analytics.selectors import campaign_metrics, organisation_overview
 from audiences.decorators import member_required
 from campaigns import selectors as campaign_selectors
@@ -56,6 +56,23 @@ def campaign_live_metrics_view(request: HttpRequest, campaign_id: Any) -> HttpRe
     """The live tiles of the report (htmx polls this every 2 s)."""
     campaign = _campaign(request, campaign_id)
     return render(request, "analytics/_live.html", {"campaign": campaign, "metrics": campaign_metrics(campaign)})
+
+
+@member_required
+def campaign_experiment_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    """The report's experiment section for another metric or level (htmx swaps it in place)."""
+    campaign = _campaign(request, campaign_id)
+    metric = request.GET.get("metric", "click")
+    try:
+        level = float(request.GET.get("level", "0.95"))
+    except ValueError:
+        level = 0.95
+    if metric not in experiments.METRICS:
+        metric = "click"
+    if not any(abs(level - v) < 1e-9 for v in experiments.LEVELS):
+        level = 0.95
+    context = {"campaign": campaign, **experiments.experiment_context(campaign, metric, level)}
+    return render(request, "analytics/_experiment.html", context)
 
 
 @member_required

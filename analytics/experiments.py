@@ -246,6 +246,7 @@ def experiment_comparison(campaign: Any, metric: str = "click", level: float = 0
 
     if metric not in METRICS:
         raise ValueError(f"metric is one of {', '.join(METRICS)}")
+    level = next((v for v in LEVELS if abs(v - level) < 1e-9), level)
     if level not in LEVELS:
         raise ValueError(f"level is one of {', '.join(str(v) for v in LEVELS)}")
     count_key, label = METRICS[metric]
@@ -384,3 +385,62 @@ def _revenue(campaign: Any, rows: list[dict[str, Any]], baseline: dict[str, Any]
         row["revenue_per_recipient"]["p_adjusted"] = adjusted
         row["revenue_per_recipient"]["significant"] = adjusted < alpha
     result["revenue"] = {"available": True, "test": "Welch's t-test", "baseline": baseline["id"]}
+
+
+def experiment_csv(campaign: Any, metric: str = "click", level: float = 0.95) -> str:
+    """The comparison as CSV: one row per variant, then the tests; cells quoted against formula injection."""
+    import csv
+    import io
+
+    from analytics.reports import _cell
+
+    comparison = experiment_comparison(campaign, metric, level)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "campaign", "metric", "level", "variant", "baseline", "winner", "allocation_percent", "assigned",
+            "delivered", "successes", "rate", "interval_low", "interval_high", "difference", "difference_low",
+            "difference_high", "p_value", "p_adjusted", "significant", "revenue_per_recipient", "revenue_sd",
+            "revenue_p_value",
+        ]
+    )  # fmt: skip
+
+    def blank(value: Any) -> Any:
+        return "" if value is None else value
+
+    for row in comparison["variants"]:
+        diff = row["difference"] or {}
+        interval = row["interval"] or [None, None]
+        diff_interval = diff.get("interval") or [None, None]
+        revenue = row["revenue_per_recipient"] or {}
+        writer.writerow(
+            [
+                _cell(campaign.name), metric, level, _cell(row["name"]), row["is_baseline"], row["is_winner"],
+                row["allocation_percent"], row["assigned"], row["delivered"], row["successes"], blank(row["rate"]),
+                blank(interval[0]), blank(interval[1]), blank(diff.get("estimate")), blank(diff_interval[0]),
+                blank(diff_interval[1]), blank(diff.get("p_value")), blank(diff.get("p_adjusted")),
+                blank(diff.get("significant")), blank(revenue.get("mean")), blank(revenue.get("sd")),
+                blank(revenue.get("p_value")),
+            ]
+        )  # fmt: skip
+    writer.writerow([])
+    writer.writerow(["test", "statistic", "p_value", "detail"])
+    chi = comparison["chi_square"]
+    if chi:
+        writer.writerow(["chi_square_independence", chi["statistic"], chi["p_value"], f"dof={chi['dof']}"])
+    srm = comparison["sample_ratio"]
+    if srm:
+        writer.writerow(["sample_ratio", srm["statistic"], srm["p_value"], "mismatch" if srm["mismatch"] else "ok"])
+    for warning in comparison["warnings"]:
+        writer.writerow(["warning", "", "", _cell(warning)])
+    return out.getvalue()
+
+
+def experiment_context(campaign: Any, metric: str = "click", level: float = 0.95) -> dict[str, Any]:
+    """Template context of the report's experiment section (templates/analytics/_experiment.html)."""
+    return {
+        "experiment": experiment_comparison(campaign, metric, level),
+        "experiment_metrics": [(key, label) for key, (_count, label) in METRICS.items()],
+        "experiment_levels": LEVELS,
+    }

@@ -15,6 +15,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from analytics import charts
+from analytics.experiments import experiment_context
 from analytics.selectors import MetricFilter, campaign_metrics
 from analytics.services import METHODOLOGY
 from audiences import segments as engine
@@ -140,6 +141,7 @@ def report_context(campaign: Any, *, interval: str | None = None) -> dict[str, A
         "variant_chart": charts.bar_chart(variant_bars, title="Click rate by variant (95 % Wilson interval)"),
         "segments": _segment_breakdown(campaign),
         "holdout": _holdout(metrics),
+        **experiment_context(campaign),
         "methodology": METHODOLOGY,
         "generated_at": timezone.now(),
     }

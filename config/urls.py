@@ -7,7 +7,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from analytics import views as tracking
-from analytics.api import CampaignMetricsView, CampaignReportCsvView, CampaignReportPdfView, OverviewView
+from analytics.api import (
+    CampaignExperimentCsvView,
+    CampaignExperimentView,
+    CampaignMetricsView,
+    CampaignReportCsvView,
+    CampaignReportPdfView,
+    OverviewView,
+)
 from audiences import console_urls
 from audiences.api import ApiKeyViewSet, OrganisationView, WebhookSecretRotateView
 from audiences.event_api import EventIngestView, EventTypeViewSet
@@ -60,6 +67,14 @@ urlpatterns = [
     path("api/v1/campaigns/<uuid:campaign_pk>/metrics/", CampaignMetricsView.as_view(), name="campaign-metrics"),
     path("api/v1/campaigns/<uuid:campaign_pk>/report.pdf", CampaignReportPdfView.as_view(), name="campaign-report-pdf"),
     path("api/v1/campaigns/<uuid:campaign_pk>/report.csv", CampaignReportCsvView.as_view(), name="campaign-report-csv"),
+    path(
+        "api/v1/campaigns/<uuid:campaign_pk>/experiment/", CampaignExperimentView.as_view(), name="campaign-experiment"
+    ),
+    path(
+        "api/v1/campaigns/<uuid:campaign_pk>/experiment.csv",
+        CampaignExperimentCsvView.as_view(),
+        name="campaign-experiment-csv",
+    ),
     path(
         "api/v1/campaigns/<uuid:campaign_pk>/unsubscribes/",
         CampaignUnsubscribesView.as_view(),
