@@ -3,6 +3,7 @@ run, campaign, variant, channel and contact. Written in bulk by the sandbox prov
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -83,3 +84,39 @@ class MessageFirst(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of {self.message_id}"
+
+
+class ExperimentDecision(models.Model):
+    """The auto-winner's decision for a campaign (at most one): which variant won, on what numbers, and how many
+    queued messages were moved to it."""
+
+    id = models.BigAutoField(primary_key=True)
+    campaign = models.OneToOneField("campaigns.Campaign", on_delete=models.CASCADE, related_name="experiment_decision")
+    winner = models.ForeignKey("campaigns.Variant", on_delete=models.CASCADE, related_name="+")
+    metric = models.CharField(max_length=16)
+    level = models.DecimalField(max_digits=3, decimal_places=2)
+    method = models.CharField(max_length=200)
+    numbers = models.JSONField(default=dict)
+    messages_switched = models.PositiveIntegerField(default=0)
+    decided_at = models.DateTimeField(db_default=models.functions.Now())
+
+    def __str__(self) -> str:
+        return f"winner {self.winner_id} of {self.campaign_id}"
+
+
+class Notice(models.Model):
+    """An in-app notice for a console user (e.g. "variant B won"), shown until read."""
+
+    id = models.BigAutoField(primary_key=True)
+    organisation = models.ForeignKey("audiences.Organisation", on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
+    campaign = models.ForeignKey("campaigns.Campaign", null=True, on_delete=models.CASCADE, related_name="+")
+    text = models.CharField(max_length=500)
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "read_at"], name="notice_user_unread_idx")]
+
+    def __str__(self) -> str:
+        return self.text

@@ -123,6 +123,19 @@ class Campaign(models.Model):
         default=7, validators=[MinValueValidator(1), MaxValueValidator(30)], help_text="1 to 30 days."
     )
 
+    # Auto-winner (analytics.autowinner): while the campaign runs, a sequential test valid under repeated looks
+    # compares the variants on this metric and, once significant, sends the rest to the winner.
+    auto_winner_enabled = models.BooleanField(default=False)
+    auto_winner_metric = models.CharField(
+        max_length=16,
+        choices=[("open", "Open rate (people)"), ("click", "Click rate (people)"), ("conversion", "Conversion rate")],
+        default="click",
+    )
+    auto_winner_level = models.PositiveSmallIntegerField(choices=[(90, "90 %"), (95, "95 %"), (99, "99 %")], default=95)
+    auto_winner_min_sample = models.PositiveIntegerField(
+        default=1000, validators=[MinValueValidator(100)], help_text="Delivered messages per variant before deciding."
+    )
+
     # Triggered campaigns: the event that fires them, conditions on its properties, a delay, quiet hours in the
     # recipient's timezone (else the organisation's default) with what to do in them, and a per-contact limit.
     trigger_event = models.CharField(max_length=100, blank=True, default="")
