@@ -15,7 +15,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from analytics import experiments, reports
+from analytics import autowinner, experiments, reports
+from analytics.models import ExperimentDecision
 from analytics.selectors import INTERVALS, MetricFilter, campaign_metrics, organisation_overview
 from campaigns.models import Campaign, Channel
 from campaigns.selectors import campaign_get
@@ -158,6 +159,60 @@ class CampaignExperimentCsvView(APIView):
         )
         response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-experiment.csv"'
         return response
+
+
+class AutoWinnerSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField(required=False)
+    metric = serializers.CharField(required=False, help_text="open, click or conversion (click is the default).")
+    level = serializers.IntegerField(required=False, help_text="90, 95 or 99.")
+    min_sample = serializers.IntegerField(required=False, help_text="Delivered per variant before deciding (>= 100).")
+
+
+def auto_winner_data(campaign: Campaign) -> dict[str, Any]:
+    decision = ExperimentDecision.objects.filter(campaign=campaign).first()
+    return {
+        "enabled": campaign.auto_winner_enabled,
+        "metric": campaign.auto_winner_metric,
+        "level": campaign.auto_winner_level,
+        "min_sample": campaign.auto_winner_min_sample,
+        "decision": None
+        if decision is None
+        else {
+            "winner": str(decision.winner_id),
+            "metric": decision.metric,
+            "level": float(decision.level),
+            "method": decision.method,
+            "numbers": decision.numbers,
+            "messages_switched": decision.messages_switched,
+            "decided_at": decision.decided_at,
+        },
+        "metric_advice": autowinner.METRIC_WARNING,
+    }
+
+
+class CampaignAutoWinnerView(APIView):
+    """The campaign's auto-winner: on/off, target metric, level and minimum sample per variant, and the decision
+    once made. Evaluated by celery-beat while the campaign runs, with a sequential test valid under repeated looks."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, campaign_pk: Any) -> Response:
+        return Response(auto_winner_data(_campaign(request, campaign_pk)))
+
+    @extend_schema(request=AutoWinnerSerializer, responses={200: OpenApiTypes.OBJECT})
+    def put(self, request: Request, campaign_pk: Any) -> Response:
+        campaign = _campaign(request, campaign_pk)
+        body = AutoWinnerSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        campaign = autowinner.auto_winner_settings_update(
+            actor=request.actor,
+            campaign_id=campaign.pk,
+            enabled=data.get("enabled", campaign.auto_winner_enabled),
+            metric=data.get("metric", campaign.auto_winner_metric),
+            level=data.get("level", campaign.auto_winner_level),
+            min_sample=data.get("min_sample", campaign.auto_winner_min_sample),
+        )
+        return Response(auto_winner_data(campaign))
 
 
 class OverviewView(APIView):

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
 
-from analytics import experiments, reports
+from analytics import autowinner, experiments, reports
+from analytics.models import Notice
 from analytics.selectors import campaign_metrics, organisation_overview
 from audiences.decorators import member_required
 from campaigns import selectors as campaign_selectors
@@ -100,4 +104,38 @@ def overview_view(request: HttpRequest) -> HttpResponse:
     rows = sorted(
         organisation_overview(request.actor.organisation), key=OVERVIEW_SORTS[key], reverse=sort.startswith("-")
     )
-    return render(request, "analytics/overview.html", {"rows": rows, "sort": sort, "columns": OVERVIEW_COLUMNS})
+    context = {
+        "rows": rows,
+        "sort": sort,
+        "columns": OVERVIEW_COLUMNS,
+        "notices": autowinner.notices_unread(request.user),
+    }
+    return render(request, "analytics/overview.html", context)
+
+
+@member_required
+@require_POST
+def campaign_auto_winner_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
+    """The report's auto-winner settings form."""
+    campaign = _campaign(request, campaign_id)
+    try:
+        autowinner.auto_winner_settings_update(
+            actor=request.actor,
+            campaign_id=campaign.pk,
+            enabled=request.POST.get("enabled") == "on",
+            metric=request.POST.get("metric", "click"),
+            level=int(request.POST.get("level") or 95),
+            min_sample=int(request.POST.get("min_sample") or 1000),
+        )
+    except (ValidationError, ValueError, PermissionDenied) as exc:
+        from django.contrib import messages
+
+        messages.error(request, f"Auto-winner not saved: {exc}")
+    return redirect("analytics:report", campaign_id=campaign.pk)
+
+
+@member_required
+@require_POST
+def notice_read_view(request: HttpRequest, notice_id: int) -> HttpResponse:
+    Notice.objects.filter(pk=notice_id, user=request.user, read_at__isnull=True).update(read_at=timezone.now())
+    return redirect("analytics:overview")

@@ -50,6 +50,10 @@ METRICS = {
 }
 LEVELS = (0.90, 0.95, 0.99)
 SRM_ALPHA = 0.001
+AUTO_WINNER_ADVICE = (
+    "Opens are the least reliable signal — privacy proxies open on people's behalf and image blocking hides real "
+    "opens — so clicks or conversions are the safer metric to pick a winner on."
+)
 # Mixture scale tau of the sequential test, per metric: about the size of difference worth detecting.
 MSPRT_TAU = {"open": 0.02, "click": 0.01, "conversion": 0.005}
 
@@ -443,4 +447,6 @@ def experiment_context(campaign: Any, metric: str = "click", level: float = 0.95
         "experiment": experiment_comparison(campaign, metric, level),
         "experiment_metrics": [(key, label) for key, (_count, label) in METRICS.items()],
         "experiment_levels": LEVELS,
+        "auto_winner_levels": (90, 95, 99),
+        "auto_winner_advice": AUTO_WINNER_ADVICE,
     }

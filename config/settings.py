@@ -188,6 +188,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=float(envstr("METRICS_COMPACT_SECONDS", "60"))),
         "options": {"expires": 60},
     },
+    # Auto-winner: one look at every running campaign that has it on (analytics.autowinner).
+    "auto-winner": {
+        "task": "analytics.tasks.auto_winner_evaluate_task",
+        "schedule": timedelta(seconds=60),
+        "options": {"expires": 60},
+    },
     # Retries consent changes account_service has not accepted yet (a no-op without ACCOUNT_SERVICE_URL).
     "compliance-outbox": {
         "task": "compliance.tasks.compliance_outbox_push_task",

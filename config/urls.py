@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 
 from analytics import views as tracking
 from analytics.api import (
+    CampaignAutoWinnerView,
     CampaignExperimentCsvView,
     CampaignExperimentView,
     CampaignMetricsView,
@@ -74,6 +75,11 @@ urlpatterns = [
         "api/v1/campaigns/<uuid:campaign_pk>/experiment.csv",
         CampaignExperimentCsvView.as_view(),
         name="campaign-experiment-csv",
+    ),
+    path(
+        "api/v1/campaigns/<uuid:campaign_pk>/auto-winner/",
+        CampaignAutoWinnerView.as_view(),
+        name="campaign-auto-winner",
     ),
     path(
         "api/v1/campaigns/<uuid:campaign_pk>/unsubscribes/",
