@@ -17,7 +17,7 @@ from zoneinfo import available_timezones
 import phonenumbers
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from audiences.models import Organisation
 from audiences.rules import ATTRIBUTE_NAME
@@ -42,15 +42,25 @@ def _timezones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+PHONE_SEPARATORS = re.compile(r"[\s\-().]")
+COMPACT_PHONE = re.compile(r"\+\d+")
+# Country calling codes as text: E164 guarantees the first digit is not 0, so a 1-3 digit ASCII prefix of the
+# number reads the same as the integer phonenumbers keys on.
+COUNTRY_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
 def normalise_phone(raw: str) -> str:
     """E.164 (`+` country code, subscriber number, 8-15 digits in all) with a country code that exists.
 
     Spaces, dashes, dots and brackets are dropped first, so "+44 7700 900123" is accepted as +447700900123."""
-    compact = re.sub(r"[\s\-().]", "", raw)
+    compact = raw if COMPACT_PHONE.fullmatch(raw) else PHONE_SEPARATORS.sub("", raw)
     if not E164.match(compact) or len(compact) > 16 or len(compact) < 9:
         raise ValidationError("A phone number in E.164 form, like +447700900123.")
-    digits = compact[1:]
-    if not any(int(digits[:size]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE for size in (1, 2, 3)):
+    if compact.isascii():
+        known = compact[1:2] in COUNTRY_CODES or compact[1:3] in COUNTRY_CODES or compact[1:4] in COUNTRY_CODES
+    else:  # other scripts' digits, which int() reads
+        known = any(int(compact[1 : 1 + size]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE for size in (1, 2, 3))
+    if not known:
         raise ValidationError("Unknown country calling code.")
     return compact
 
@@ -91,6 +101,125 @@ def _check_attributes(raw: Any, errors: dict[str, list[str]]) -> dict[str, Any] 
 
 def validate_contact(raw: Any, *, partial: bool = False) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Clean one incoming contact. Keys left out stay as stored (None here); null or "" clears a field."""
+    if not partial:
+        clean = _clean_plain(raw)
+        if clean is not None:
+            return clean, {}
+    return _validate_contact_fully(raw, partial=partial)
+
+
+# Text that the COPY below would have to quote (its delimiter, quote and line breaks), and NUL, which is refused.
+# Values free of these are sent as they are.
+CSV_UNSAFE = re.compile(r"[\x00\n\r\x1e\x1f]")
+_unsafe = CSV_UNSAFE.search
+_whatwg_email = WHATWG_EMAIL.match
+_attribute_name = ATTRIBUTE_NAME.match
+_known_names: set[str] = set()  # attribute names that passed ATTRIBUTE_NAME, so each is checked once
+_known_locales: dict[str, str] = {}  # raw locale -> normalised, for locales that passed LOCALE
+
+
+def _clean_plain(raw: Any) -> dict[str, Any] | None:
+    """The happy path of validate_contact: a well-formed row whose every value is plain (no text COPY would
+    need to quote). Returns exactly what the full validation would, or None when the row needs it: anything
+    unusual, including every error, goes through the full path, so messages and their order are its own."""
+    if type(raw) is not dict or not ALLOWED_KEYS.issuperset(raw):
+        return None
+    external_id = raw.get("external_id")
+    if type(external_id) is not str or len(external_id) > 255 or _unsafe(external_id):
+        return None
+    external_id = external_id.strip()
+    if not external_id:
+        return None
+    clean: dict[str, Any] = {"external_id": external_id}
+    if "email" in raw:
+        value = raw["email"]
+        if value is None or value == "":
+            clean["email"] = ""
+        elif type(value) is str:
+            value = value.strip().lower()
+            if len(value) > 254 or not _whatwg_email(value):  # the charset excludes everything COPY quotes
+                return None
+            clean["email"] = value
+        else:
+            return None
+    if "phone" in raw:
+        value = raw["phone"]
+        if value is None or value == "":
+            clean["phone"] = ""
+        elif type(value) is str:
+            try:
+                clean["phone"] = normalise_phone(value.strip())  # digits and a + only
+            except ValidationError:
+                return None
+        else:
+            return None
+    for key in ("first_name", "last_name"):
+        if key in raw:
+            value = raw[key]
+            if value is None or value == "":
+                clean[key] = ""
+            elif type(value) is str and not _unsafe(value):
+                value = value.strip()
+                if len(value) > 150:
+                    return None
+                clean[key] = value
+            else:
+                return None
+    if "timezone" in raw:
+        value = raw["timezone"]
+        if value is None or value == "":
+            clean["timezone"] = ""
+        elif type(value) is str and (value := value.strip()) in _timezones():
+            clean["timezone"] = value
+        else:
+            return None
+    if "locale" in raw:
+        value = raw["locale"]
+        if value is None or value == "":
+            clean["locale"] = ""
+        elif type(value) is str:
+            known = _known_locales.get(value)
+            if known is None:
+                known = value.strip().replace("_", "-")
+                if _unsafe(known) or not LOCALE.match(known):
+                    return None
+                if len(_known_locales) < 10_000:
+                    _known_locales[value] = known
+            clean["locale"] = known
+        else:
+            return None
+    if "attributes" in raw:
+        attributes = raw["attributes"]
+        if attributes is not None:
+            if type(attributes) is not dict or len(attributes) > MAX_ATTRIBUTES:
+                return None
+            for name, value in attributes.items():
+                if name not in _known_names:
+                    if type(name) is not str or not _attribute_name(name):
+                        return None
+                    if len(_known_names) < 10_000:
+                        _known_names.add(name)
+                kind = type(value)
+                if kind is str:
+                    if len(value) > MAX_ATTRIBUTE_TEXT or "\x00" in value:
+                        return None
+                elif kind is float:
+                    if value - value != 0.0:  # inf or nan
+                        return None
+                elif kind is list:
+                    if len(value) > 100:
+                        return None
+                    for item in value:
+                        item_kind = type(item)
+                        if item_kind is dict or item_kind is list or (item_kind is str and "\x00" in item):
+                            return None
+                elif not (kind is int or kind is bool or value is None):
+                    return None
+            clean["attributes"] = dict(attributes)
+    return clean
+
+
+def _validate_contact_fully(raw: Any, *, partial: bool) -> tuple[dict[str, Any], dict[str, list[str]]]:
     errors: dict[str, list[str]] = {}
     if not isinstance(raw, Mapping):
         return {}, {"non_field_errors": ["Each contact is an object."]}
@@ -162,9 +291,10 @@ class UpsertResult:
         return self.created + self.updated
 
 
-# Incoming rows travel by COPY into a session-local staging table (no 3 MB SQL literal to lex and parse), then one
-# MERGE (PostgreSQL 15+) applies them: one index probe per row, and it reads the incoming row in both branches, so
-# a field left out (NULL here) keeps its stored value while a new contact gets the empty default.
+# Incoming rows travel by COPY into a session-local staging table (no 3 MB SQL literal to lex and parse). A batch
+# of contacts that are all new is then one plain INSERT ... SELECT (INSERT_SQL); otherwise one MERGE (PostgreSQL
+# 15+) applies them: it reads the incoming row in both branches, so a field left out (NULL here) keeps its stored
+# value while a new contact gets the empty default.
 STAGING_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS contacts_incoming (
     external_id text, email text, phone text, first_name text, last_name text, timezone text, locale text,
@@ -173,6 +303,30 @@ CREATE TEMP TABLE IF NOT EXISTS contacts_incoming (
 TRUNCATE contacts_incoming;
 """
 STAGING_COLUMNS = ("external_id", "email", "phone", "first_name", "last_name", "timezone", "locale")
+
+# The COPY is CSV with control characters as delimiter (unit separator) and quote (record separator): JSON never
+# holds them raw, nor do validated emails, phones, timezones and locales, so almost every value is sent as it is,
+# with no per-field escaping; the rest are quoted (see _copy_csv).
+DELIMITER = "\x1f"
+QUOTE = "\x1e"
+COPY_SQL = "COPY contacts_incoming FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')"
+
+# New contacts only: no join with the contacts table at all, so no plan to get wrong (during a first load the
+# organisation's statistics say it has next to no contacts, and a join reads all of them for every batch). A
+# contact that exists already makes it fail on the unique constraint, and the batch takes the MERGE instead.
+INSERT_SQL = """
+INSERT INTO audiences_contact (organisation_id, external_id, email, phone, first_name, last_name, timezone, locale,
+                               attributes, created_at, updated_at)
+SELECT %(org)s, i.external_id, COALESCE(i.email, ''), COALESCE(i.phone, ''), COALESCE(i.first_name, ''),
+       COALESCE(i.last_name, ''), COALESCE(i.timezone, ''), COALESCE(i.locale, ''),
+       {attributes}, now(), now()
+FROM contacts_incoming AS i
+"""
+# Rebuilding every document to strip nulls costs a tenth of the INSERT; a batch without any null attribute (JSON
+# `":null` appears nowhere in its COPY data) skips it.
+INSERT_ATTRIBUTES = "COALESCE(i.attributes, '{}'::jsonb)"
+INSERT_SQL_STRIP_NULLS = INSERT_SQL.format(attributes=f"jsonb_strip_nulls({INSERT_ATTRIBUTES})")
+INSERT_SQL = INSERT_SQL.format(attributes=INSERT_ATTRIBUTES)
 
 UPSERT_SQL = """
 MERGE INTO audiences_contact AS c
@@ -222,7 +376,7 @@ ON CONFLICT (organisation_id, name) DO UPDATE SET
 class PreparedBatch:
     """A validated batch, ready for the database."""
 
-    copy_data: bytes  # the rows in COPY text format, built here so the writer thread only ships bytes
+    copy_data: bytes  # the rows in COPY format, built here so the writer thread only ships bytes
     external_ids: list[str]
     catalogue: list[dict[str, Any]]
     result: UpsertResult
@@ -234,56 +388,88 @@ def prepare_batch(rows: Sequence[Any]) -> PreparedBatch:
     if len(rows) > MAX_BATCH:
         raise ValidationError({"contacts": [f"At most {MAX_BATCH} contacts per call."]})
     result = UpsertResult()
-    cleaned: dict[str, tuple[int, dict[str, Any]]] = {}
+    # external_id -> (row index, clean contact, plain: every value can go into the COPY unquoted)
+    cleaned: dict[str, tuple[int, dict[str, Any], bool]] = {}
+    repeated = False
     for index, raw in enumerate(rows):
-        clean, errors = validate_contact(raw)
-        if errors:
-            result.rejected.append({"index": index, "external_id": _raw_id(raw), "errors": errors})
-            continue
-        previous = cleaned.get(clean["external_id"])
-        if previous is not None:
+        clean = _clean_plain(raw)
+        plain = clean is not None
+        if clean is None:
+            clean, errors = _validate_contact_fully(raw, partial=False)
+            if errors:
+                result.rejected.append({"index": index, "external_id": _raw_id(raw), "errors": errors})
+                continue
+        external_id = clean["external_id"]
+        if external_id in cleaned:
+            repeated = True
             result.rejected.append(
                 {
-                    "index": previous[0],
-                    "external_id": clean["external_id"],
+                    "index": cleaned[external_id][0],
+                    "external_id": external_id,
                     "errors": {"external_id": [f"Repeated later in this batch (row {index}), which was used instead."]},
                 }
             )
-        cleaned[clean["external_id"]] = (index, clean)
-    result.rejected.sort(key=lambda item: item["index"])
-    contacts = [clean for _, clean in cleaned.values()]
+        cleaned[external_id] = (index, clean, plain)
+    if repeated or result.rejected:
+        result.rejected.sort(key=lambda item: item["index"])
+    entries = list(cleaned.values())
+    contacts = [clean for _, clean, _ in entries]
     return PreparedBatch(
-        copy_data=_copy_text(contacts),
+        copy_data=_copy_csv(entries),
         external_ids=list(cleaned),
         catalogue=attribute_catalogue(contacts),
         result=result,
     )
 
 
-# COPY text format: tab-separated, \N for NULL, and backslash, tab, newline and carriage return escaped.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_EMPTY = QUOTE + QUOTE  # an empty string; an empty unquoted field is NULL (left out)
 
 
-def _copy_text(contacts: Sequence[Mapping[str, Any]]) -> bytes:
+def _csv_field(value: str | None) -> str:
+    if value is None:
+        return ""
+    if not value:
+        return _EMPTY
+    if _unsafe(value):
+        return QUOTE + value.replace(QUOTE, _EMPTY) + QUOTE
+    return value
+
+
+def _copy_csv(entries: Sequence[tuple[int, dict[str, Any], bool]]) -> bytes:
     lines = []
-    for contact in contacts:
-        fields = [
-            "\\N" if (value := contact.get(column)) is None else value.translate(_COPY_ESCAPES)
-            for column in STAGING_COLUMNS
-        ]
-        attributes = contact.get("attributes")
-        fields.append("\\N" if attributes is None else _json_encode(attributes).translate(_COPY_ESCAPES))
-        lines.append("\t".join(fields))
+    append = lines.append
+    encode = _json_encode
+    join = DELIMITER.join
+    for _, contact, plain in entries:
+        get = contact.get
+        attributes = get("attributes")
+        if plain:
+            append(
+                join(["" if (value := get(column)) is None else value or _EMPTY for column in STAGING_COLUMNS])
+                + DELIMITER
+                + ("" if attributes is None else encode(attributes))
+            )
+        else:
+            append(
+                join([_csv_field(get(column)) for column in STAGING_COLUMNS])
+                + DELIMITER
+                + ("" if attributes is None else _csv_field(encode(attributes)))
+            )
     lines.append("")
     return "\n".join(lines).encode()
 
 
-def write_batch(organisation: Organisation, batch: PreparedBatch) -> UpsertResult:
-    """Write a prepared batch in one transaction: the upsert, then the attribute catalogue."""
+def write_batch(
+    organisation: Organisation, batch: PreparedBatch, *, try_insert: bool = True
+) -> tuple[UpsertResult, bool]:
+    """Write a prepared batch in one transaction: the upsert, then the attribute catalogue. Returns the result and
+    whether every contact was new (the INSERT path), which tells a stream whether to keep trying it.
+
+    try_insert=False goes straight to the MERGE (a stream that has met existing contacts)."""
     result = batch.result
     if not batch.external_ids:
-        return result
+        return result, False
     with transaction.atomic(), connection.cursor() as cursor:
         # One writer per organisation at a time, so the created/updated split below is exact and two batches
         # creating the same new contact cannot race.
@@ -291,22 +477,41 @@ def write_batch(organisation: Organisation, batch: PreparedBatch) -> UpsertResul
             "SELECT pg_advisory_xact_lock(hashtext('contacts-upsert'), hashtext(%s))", [str(organisation.pk)]
         )
         cursor.execute(STAGING_SQL)
-        with cursor.cursor.copy("COPY contacts_incoming FROM STDIN") as copy:
+        with cursor.cursor.copy(COPY_SQL) as copy:
             copy.write(batch.copy_data)
-        cursor.execute(EXISTING_SQL, {"org": organisation.pk})
-        existing = cursor.fetchone()[0]
-        cursor.execute(UPSERT_SQL, {"org": organisation.pk})
+        inserted = try_insert and _insert_new(cursor, organisation, nulls=b'":null' in batch.copy_data)
+        if inserted:
+            existing = 0
+        else:
+            cursor.execute(EXISTING_SQL, {"org": organisation.pk})
+            existing = cursor.fetchone()[0]
+            cursor.execute(UPSERT_SQL, {"org": organisation.pk})
         if batch.catalogue:
             cursor.execute(CATALOGUE_SQL, {"seen": json.dumps(batch.catalogue), "org": organisation.pk})
     result.updated = existing
     result.created = len(batch.external_ids) - existing
-    return result
+    return result, inserted
+
+
+def _insert_new(cursor: Any, organisation: Organisation, *, nulls: bool) -> bool:
+    """INSERT the staged contacts if none exists yet; False (nothing written) if one does."""
+    try:
+        with transaction.atomic():  # a savepoint: the staged rows stay for the MERGE
+            cursor.execute(INSERT_SQL_STRIP_NULLS if nulls else INSERT_SQL, {"org": organisation.pk})
+    except IntegrityError as exc:
+        cause = exc.__cause__
+        if getattr(cause, "sqlstate", None) == "23505" and "contact_unique_external_id" in str(cause):
+            return False
+        raise
+    return True
 
 
 def contacts_upsert_rows(*, organisation: Organisation, rows: Sequence[Any]) -> UpsertResult:
     """Validate and upsert up to MAX_BATCH contacts in one SQL statement. Bad rows are reported by index and
     skipped; the good ones are written."""
-    return write_batch(organisation, prepare_batch(rows))
+    batch = prepare_batch(rows)
+    # A single contact (the console's create and update) goes straight to the MERGE; a batch tries the INSERT.
+    return write_batch(organisation, batch, try_insert=len(batch.external_ids) > 1)[0]
 
 
 def contacts_upsert_stream(
@@ -337,11 +542,18 @@ def contacts_upsert_stream(
     prepared = prepare_batch(first_rows)
     second = next(iterator, None)
     if second is None:
-        account(first_tag, write_batch(organisation, prepared))
+        account(first_tag, write_batch(organisation, prepared)[0])
         return total
 
+    # Batches try the INSERT of new contacts until one meets existing contacts; the rest go straight to the MERGE
+    # (a re-import would otherwise pay for a failed INSERT every time).
+    all_new = True
+
     def write_in_thread(batch: PreparedBatch) -> UpsertResult:
-        return write_batch(organisation, batch)
+        nonlocal all_new
+        result, inserted = write_batch(organisation, batch, try_insert=all_new)
+        all_new = all_new and inserted
+        return result
 
     def close_thread_connection() -> None:
         connection.close()

@@ -3,8 +3,9 @@
     python -m config.devstack exec .venv/bin/python bench/audiences.py [--contacts 1000000] [--fresh]
 
 Uses its own database (<DATABASE_URL name>_bench). Contacts go through the real import path
-(audiences.contacts.contacts_upsert_rows: per-row validation, then one set-based upsert per 10,000), so the rate
-includes validation, JSON encoding, the upsert and the attribute catalogue. The segment is three conditions:
+(audiences.contacts.contacts_upsert_stream, as the CSV import: per-row validation, then one set-based write per
+10,000 — an INSERT while every contact is new, else a MERGE), so the rate includes validation, JSON encoding, the
+write and the attribute catalogue. The segment is three conditions:
 plan in (pro, enterprise) AND orders >= 5 AND signed up within the last 365 days. Resolution writes one row per
 recipient (contact id + holdout flag, 10 % holdout) into a table, as a campaign run will.
 """

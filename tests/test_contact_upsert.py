@@ -1,0 +1,184 @@
+"""The bulk upsert's two write paths (INSERT of new contacts, MERGE) and the validation fast path."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+
+from audiences import contacts as contacts_module
+from audiences.contacts import (
+    _validate_contact_fully,
+    contacts_upsert_rows,
+    contacts_upsert_stream,
+    prepare_batch,
+    validate_contact,
+    write_batch,
+)
+from audiences.models import Contact, ContactAttribute
+
+pytestmark = pytest.mark.django_db
+
+FIELDS = ("external_id", "email", "phone", "first_name", "last_name", "timezone", "locale", "attributes")
+
+ROWS = [
+    {
+        "external_id": "u1",
+        "email": " U1@Example.com ",
+        "phone": "+44 7700 900123",
+        "first_name": "Una",
+        "timezone": "Europe/London",
+        "locale": "en_GB",
+        "attributes": {"plan": "pro", "score": 3, "gone": None, "tags": ["a", "b"], "signed_up": "2026-01-02"},
+    },
+    {"external_id": 42, "attributes": {"plan": "free", "ltv": 1.5, "vip": False}},
+    {"external_id": "u3", "first_name": "", "last_name": None},
+    {"external_id": "awkward", "first_name": "a\x1fb\x1ec\rd\ne\\N\t", "attributes": {"note": 'x\x1e"y\x1f\\'}},
+    {"external_id": "id\x1fwith\x1eseparators", "email": "plain@example.com"},
+]
+
+
+def stored(organisation):
+    return {
+        row["external_id"]: row
+        for row in Contact.objects.filter(organisation=organisation).values(*FIELDS).order_by("external_id")
+    }
+
+
+def catalogue(organisation):
+    return list(ContactAttribute.objects.filter(organisation=organisation).values_list("name", "type", "examples"))
+
+
+def test_the_insert_path_stores_what_the_merge_path_stores(organisation, other_organisation):
+    inserted, used_insert = write_batch(organisation, prepare_batch(ROWS), try_insert=True)
+    merged, used_insert_too = write_batch(other_organisation, prepare_batch(ROWS), try_insert=False)
+    assert (used_insert, used_insert_too) == (True, False)
+    assert (inserted.created, inserted.updated, merged.created, merged.updated) == (5, 0, 5, 0)
+    assert stored(organisation) == stored(other_organisation)
+    assert catalogue(organisation) == catalogue(other_organisation)
+    awkward = stored(organisation)["awkward"]
+    assert awkward["first_name"] == "a\x1fb\x1ec\rd\ne\\N"  # strip() took the tab, nothing else changed
+    assert awkward["attributes"] == {"note": 'x\x1e"y\x1f\\'}
+    assert stored(organisation)["u1"]["attributes"] == {
+        "plan": "pro",
+        "score": 3,
+        "tags": ["a", "b"],
+        "signed_up": "2026-01-02",
+    }
+    assert stored(organisation)["u3"]["first_name"] == "" and "id\x1fwith\x1eseparators" in stored(organisation)
+
+
+def test_a_batch_mixing_new_and_existing_contacts_merges(organisation):
+    contacts_upsert_rows(
+        organisation=organisation,
+        rows=[
+            {"external_id": "old", "email": "old@example.com", "first_name": "Old", "attributes": {"a": 1, "b": 2}},
+        ],
+    )
+    result = contacts_upsert_rows(
+        organisation=organisation,
+        rows=[
+            {"external_id": "new1", "first_name": "New"},
+            {"external_id": "old", "last_name": "Kept", "attributes": {"b": None, "c": 3}},
+            {"external_id": "new2", "attributes": {"x": None, "y": "z"}},
+        ],
+    )
+    assert (result.created, result.updated, result.rejected) == (2, 1, [])
+    rows = stored(organisation)
+    assert set(rows) == {"old", "new1", "new2"}  # the failed INSERT left nothing behind
+    old = rows["old"]
+    assert (old["email"], old["first_name"], old["last_name"]) == ("old@example.com", "Old", "Kept")
+    assert old["attributes"] == {"a": 1, "c": 3}
+    assert rows["new2"]["attributes"] == {"y": "z"}
+    assert (rows["new1"]["email"], rows["new1"]["attributes"]) == ("", {})
+    assert {name for name, _, _ in catalogue(organisation)} == {"a", "b", "c", "y"}
+
+
+@pytest.mark.django_db(transaction=True)  # the stream writes from a second connection
+def test_a_stream_switches_to_the_merge_once_it_meets_existing_contacts(organisation, monkeypatch):
+    contacts_upsert_rows(organisation=organisation, rows=[{"external_id": "b2-1", "first_name": "Before"}])
+    tries = []
+    original = contacts_module.write_batch
+
+    def spy(organisation, batch, *, try_insert=True):
+        tries.append(try_insert)
+        return original(organisation, batch, try_insert=try_insert)
+
+    monkeypatch.setattr(contacts_module, "write_batch", spy)
+    batches = [
+        (1, [{"external_id": f"b1-{i}"} for i in range(3)]),
+        (2, [{"external_id": f"b2-{i}", "last_name": "L"} for i in range(3)]),  # b2-1 exists
+        (3, [{"external_id": f"b3-{i}"} for i in range(3)]),
+    ]
+    results = {}
+    total = contacts_upsert_stream(
+        organisation=organisation, batches=batches, on_batch=lambda tag, result: results.setdefault(tag, result)
+    )
+    assert tries == [True, True, False]
+    assert [(results[tag].created, results[tag].updated) for tag in (1, 2, 3)] == [(3, 0), (2, 1), (3, 0)]
+    assert (total.created, total.updated) == (8, 1)
+    before = Contact.objects.get(organisation=organisation, external_id="b2-1")
+    assert (before.first_name, before.last_name) == ("Before", "L")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_imports_into_one_organisation_count_each_contact_once(organisation):
+    """Two imports with overlapping ids at once: every contact created exactly once, the rest updates."""
+    results = []
+    errors = []
+
+    def run(offset):
+        try:
+            batches = [(n, [{"external_id": f"c{offset + n * 50 + i}"} for i in range(50)]) for n in range(4)]
+            results.append(contacts_upsert_stream(organisation=organisation, batches=batches))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(offset,)) for offset in (0, 100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Contact.objects.filter(organisation=organisation).count() == 300  # c0..c299
+    assert sum(result.created for result in results) == 300
+    assert sum(result.updated for result in results) == 100  # c100..c199 came twice
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ROWS[0],
+        ROWS[1],
+        ROWS[2],
+        {"external_id": "  padded  ", "email": "A.B+c@Sub.Example.org", "phone": "+1 (415) 555-0100"},
+        {"external_id": "x", "phone": "+999123456789"},  # unknown country code
+        {"external_id": "x", "phone": "+12"},
+        {"external_id": "x", "email": "not-an-email"},
+        {"external_id": "x", "email": "user@[127.0.0.1]"},  # Django's validator accepts it
+        {"external_id": "x", "timezone": " Europe/Paris "},
+        {"external_id": "x", "timezone": "Mars/Base"},
+        {"external_id": "x", "locale": "pt_BR"},
+        {"external_id": "x", "locale": "english please"},
+        {"external_id": "x", "first_name": "n" * 151},
+        {"external_id": "x", "first_name": 5},
+        {"external_id": "x", "attributes": {"bad name": 1}},
+        {"external_id": "x", "attributes": {"n": float("nan"), "ok": 1}},
+        {"external_id": "x", "attributes": {"nested": {"a": 1}}},
+        {"external_id": "x", "attributes": {"list": [1, [2]]}},
+        {"external_id": "x", "attributes": {"text": "t" * 2001}},
+        {"external_id": "x", "attributes": []},
+        {"external_id": "x", "attributes": None},
+        {"external_id": "x", "unknown": 1},
+        {"external_id": "", "email": "e@example.com"},
+        {"external_id": "x" * 256},
+        {"external_id": True},
+        {"email": "no-id@example.com"},
+        "not an object",
+    ],
+)
+def test_the_validation_fast_path_agrees_with_the_full_validation(raw):
+    assert validate_contact(raw) == _validate_contact_fully(raw, partial=False)
