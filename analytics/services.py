@@ -143,13 +143,19 @@ WITH ev AS (
     SELECT * FROM json_to_recordset(%(events)s::json)
         AS e(event_id text, contact_id bigint, type text, occurred_at timestamptz, value numeric)
 ), campaigns AS (
-    SELECT c.id, c.conversion_event, c.attribution_days FROM campaigns_campaign c
+    SELECT c.id, c.conversion_event, c.attribution_days, c.attribution_model FROM campaigns_campaign c
     WHERE c.organisation_id = %(org)s AND c.conversion_event = ANY(%(types)s) AND c.deleted_at IS NULL
-), touched AS (
-    -- Last touch per campaign: the latest message of the campaign to that contact within the window before the
-    -- event. Held-out recipients "touch" when their run started sending, so their conversions form the baseline.
-    SELECT DISTINCT ON (e.event_id, c.id)
-           e.event_id, e.occurred_at, e.value, m.id AS message_id, m.status, c.id AS campaign_id
+), touches AS (
+    -- Every message of the campaign to that contact within the window before the event, numbered from the first
+    -- and from the last. Held-out recipients "touch" when their run started sending, so their conversions form
+    -- the baseline.
+    SELECT e.event_id, e.occurred_at, e.value, m.id AS message_id, m.status, c.id AS campaign_id,
+           c.attribution_model AS model,
+           row_number() OVER (PARTITION BY e.event_id, c.id
+                              ORDER BY COALESCE(m.sent_at, r.started_sending_at) DESC, m.id DESC) AS from_last,
+           row_number() OVER (PARTITION BY e.event_id, c.id
+                              ORDER BY COALESCE(m.sent_at, r.started_sending_at), m.id) AS from_first,
+           count(*) OVER (PARTITION BY e.event_id, c.id) AS touches
     FROM ev e
     JOIN campaigns c ON c.conversion_event = e.type
     JOIN delivery_run r ON r.campaign_id = c.id
@@ -159,13 +165,22 @@ WITH ev AS (
            AND m.sent_at <= e.occurred_at AND m.sent_at >= e.occurred_at - make_interval(days => c.attribution_days))
        OR (m.status = 'holdout' AND r.started_sending_at <= e.occurred_at
            AND r.started_sending_at >= e.occurred_at - make_interval(days => c.attribution_days))
-    ORDER BY e.event_id, c.id, COALESCE(m.sent_at, r.started_sending_at) DESC
+), touched AS (
+    -- last_touch: the latest message; first_touch: the earliest; linear: every one, the value split evenly in
+    -- cents (the latest takes the rounding remainder, so the credited values add up to the event's value).
+    SELECT t.*,
+           CASE WHEN t.model <> 'linear' OR t.value IS NULL THEN t.value
+                WHEN t.from_last = 1 THEN t.value - round(t.value / t.touches, 2) * (t.touches - 1)
+                ELSE round(t.value / t.touches, 2) END AS credited
+    FROM touches t
+    WHERE (t.model = 'first_touch' AND t.from_first = 1) OR (t.model = 'linear')
+       OR (t.model NOT IN ('first_touch', 'linear') AND t.from_last = 1)
 )
 INSERT INTO analytics_engagementevent (organisation_id, campaign_id, run_id, message_id, variant_id, contact_id,
                                        channel, kind, occurred_at, is_machine, classification, url, value, dedupe_key)
 SELECT %(org)s, t.campaign_id, m.run_id, m.id, m.variant_id, m.contact_id, m.channel, 'conversion', t.occurred_at,
-       false, CASE WHEN t.status = 'holdout' THEN 'holdout' ELSE '' END, '', t.value,
-       'conversion:' || t.campaign_id || ':' || t.event_id
+       false, CASE WHEN t.status = 'holdout' THEN 'holdout' ELSE '' END, '', t.credited,
+       'conversion:' || t.campaign_id || ':' || t.event_id || CASE WHEN t.model = 'linear' THEN ':' || m.id ELSE '' END
 FROM touched t JOIN delivery_message m ON m.id = t.message_id
 ORDER BY 14
 ON CONFLICT (dedupe_key) DO NOTHING

@@ -58,6 +58,13 @@ class CampaignForm(forms.Form):
     attribution_days = forms.IntegerField(
         required=False, min_value=1, max_value=30, initial=7, label="Attribution window (days)"
     )
+    attribution_model = forms.ChoiceField(
+        choices=[("last_touch", "Last touch"), ("first_touch", "First touch"), ("linear", "Linear")],
+        initial="last_touch",
+        required=False,
+        label="Attribution model",
+        help_text="Which of the contact's messages in the window get the credit (linear: all, value split evenly).",
+    )
     trigger_event = forms.CharField(
         max_length=100,
         required=False,
@@ -219,6 +226,9 @@ class CampaignForm(forms.Form):
 
     def clean_attribution_days(self) -> int:
         return self.cleaned_data.get("attribution_days") or 7
+
+    def clean_attribution_model(self) -> str:
+        return self.cleaned_data.get("attribution_model") or "last_touch"
 
     def campaign_data(self) -> dict[str, Any]:
         """cleaned_data split into the campaign fields and its audience, as the services take them."""

@@ -122,6 +122,12 @@ class Campaign(models.Model):
     attribution_days = models.PositiveSmallIntegerField(
         default=7, validators=[MinValueValidator(1), MaxValueValidator(30)], help_text="1 to 30 days."
     )
+    # Which of the contact's messages in the window get the credit (analytics.services.CONVERSION_SQL).
+    attribution_model = models.CharField(
+        max_length=16,
+        choices=[("last_touch", "Last touch"), ("first_touch", "First touch"), ("linear", "Linear")],
+        default="last_touch",
+    )
 
     # Auto-winner (analytics.autowinner): while the campaign runs, a sequential test valid under repeated looks
     # compares the variants on this metric and, once significant, sends the rest to the winner.

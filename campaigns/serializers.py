@@ -99,6 +99,11 @@ class CampaignSerializer(serializers.ModelSerializer):
             "bypass_frequency_cap",
             "conversion_event",
             "attribution_days",
+            "attribution_model",
+            "auto_winner_enabled",
+            "auto_winner_metric",
+            "auto_winner_level",
+            "auto_winner_min_sample",
             "trigger_event",
             "trigger_conditions",
             "trigger_delay_seconds",
@@ -223,6 +228,12 @@ class CampaignWriteSerializer(serializers.Serializer):
         help_text="Event type that counts as a conversion.",
     )
     attribution_days = serializers.IntegerField(min_value=1, max_value=30, required=False, default=7)
+    attribution_model = serializers.ChoiceField(
+        choices=["last_touch", "first_touch", "linear"],
+        required=False,
+        default="last_touch",
+        help_text="Which messages in the window get a conversion's credit (linear: all, value split evenly).",
+    )
     trigger_event = serializers.CharField(
         max_length=100, required=False, allow_blank=True, default="", help_text="Triggered campaigns: the event type."
     )

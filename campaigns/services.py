@@ -361,6 +361,7 @@ UPDATABLE_FIELDS = (
     "bypass_frequency_cap",
     "conversion_event",
     "attribution_days",
+    "attribution_model",
     "trigger_event",
     "trigger_conditions",
     "trigger_delay_seconds",
@@ -428,6 +429,7 @@ def campaign_create(
     bypass_frequency_cap: bool = False,
     conversion_event: str = "",
     attribution_days: int = 7,
+    attribution_model: str = "last_touch",
     **trigger: Any,
 ) -> Campaign:
     """A new draft. Nothing is sent until it is explicitly scheduled or activated. `trigger` holds the
@@ -468,6 +470,7 @@ def campaign_create(
         bypass_frequency_cap=bypass_frequency_cap,
         conversion_event=conversion_event.strip(),
         attribution_days=attribution_days,
+        attribution_model=attribution_model,
         status_changed_at=timezone.now(),
         **{key: value for key, value in trigger.items() if value is not None or key == "trigger_conditions"},
     )
@@ -684,6 +687,7 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         bypass_frequency_cap=origin.bypass_frequency_cap,
         conversion_event=origin.conversion_event,
         attribution_days=origin.attribution_days,
+        attribution_model=origin.attribution_model,
         **{field: copy.deepcopy(getattr(origin, field)) for field in TRIGGER_FIELDS},
         audience_combine=origin.audience_combine,
         audience_rules=copy.deepcopy(origin.audience_rules),

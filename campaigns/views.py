@@ -104,6 +104,7 @@ def _form_initial(campaign: Campaign) -> dict[str, Any]:
         "bypass_frequency_cap": campaign.bypass_frequency_cap,
         "conversion_event": campaign.conversion_event,
         "attribution_days": campaign.attribution_days,
+        "attribution_model": campaign.attribution_model,
         "trigger_event": campaign.trigger_event,
         "trigger_conditions": campaign.trigger_conditions,
         "trigger_delay_seconds": campaign.trigger_delay_seconds,
