@@ -65,6 +65,26 @@ class CampaignForm(forms.Form):
         label="Attribution model",
         help_text="Which of the contact's messages in the window get the credit (linear: all, value split evenly).",
     )
+    auto_winner_enabled = forms.BooleanField(required=False, label="Pick the winning variant automatically")
+    auto_winner_metric = forms.ChoiceField(
+        choices=[("click", "Click rate (people)"), ("conversion", "Conversion rate"), ("open", "Open rate (people)")],
+        initial="click",
+        required=False,
+        label="Auto-winner metric",
+        help_text="Clicks or conversions are the safer choice: privacy proxies open on people's behalf and image "
+        "blocking hides real opens.",
+    )
+    auto_winner_level = forms.TypedChoiceField(
+        choices=[(90, "90 %"), (95, "95 %"), (99, "99 %")],
+        coerce=int,
+        initial=95,
+        required=False,
+        empty_value=95,
+        label="Auto-winner significance level",
+    )
+    auto_winner_min_sample = forms.IntegerField(
+        required=False, min_value=100, initial=1000, label="Auto-winner minimum delivered per variant"
+    )
     trigger_event = forms.CharField(
         max_length=100,
         required=False,
@@ -229,6 +249,12 @@ class CampaignForm(forms.Form):
 
     def clean_attribution_model(self) -> str:
         return self.cleaned_data.get("attribution_model") or "last_touch"
+
+    def clean_auto_winner_metric(self) -> str:
+        return self.cleaned_data.get("auto_winner_metric") or "click"
+
+    def clean_auto_winner_min_sample(self) -> int:
+        return self.cleaned_data.get("auto_winner_min_sample") or 1000
 
     def campaign_data(self) -> dict[str, Any]:
         """cleaned_data split into the campaign fields and its audience, as the services take them."""

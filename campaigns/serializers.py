@@ -234,6 +234,17 @@ class CampaignWriteSerializer(serializers.Serializer):
         default="last_touch",
         help_text="Which messages in the window get a conversion's credit (linear: all, value split evenly).",
     )
+    auto_winner_enabled = serializers.BooleanField(
+        required=False, default=False, help_text="Send the rest to the winner once one is significant."
+    )
+    auto_winner_metric = serializers.ChoiceField(
+        choices=["click", "conversion", "open"],
+        required=False,
+        default="click",
+        help_text="Clicks or conversions are safer than opens, which privacy proxies and image blocking distort.",
+    )
+    auto_winner_level = serializers.ChoiceField(choices=[90, 95, 99], required=False, default=95)
+    auto_winner_min_sample = serializers.IntegerField(min_value=100, required=False, default=1000)
     trigger_event = serializers.CharField(
         max_length=100, required=False, allow_blank=True, default="", help_text="Triggered campaigns: the event type."
     )

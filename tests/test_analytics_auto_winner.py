@@ -199,3 +199,36 @@ def test_the_report_page_edits_the_settings_and_explains_the_metric(
     console_client(analyst).post(url, {"metric": "click", "level": "99", "min_sample": "100"})
     campaign.refresh_from_db()
     assert (campaign.auto_winner_enabled, campaign.auto_winner_level) == (True, 90)
+
+
+def test_the_campaign_api_and_form_take_the_settings(teammate):
+    body = {"name": "Auto", "channels": ["email"], "auto_winner_enabled": True, "auto_winner_metric": "conversion",
+            "auto_winner_level": 99, "auto_winner_min_sample": 2500}  # fmt: skip
+    created = teammate.api.post("/api/v1/campaigns/", body, format="json")
+    assert created.status_code == 201
+    assert {k: created.json()[k] for k in body if k.startswith("auto_winner")} == {
+        k: v for k, v in body.items() if k.startswith("auto_winner")
+    }
+    bad = teammate.api.post(
+        "/api/v1/campaigns/",
+        {"name": "Bad", "auto_winner_metric": "bounce", "auto_winner_level": 80, "auto_winner_min_sample": 10},
+        format="json",
+    )
+    assert bad.status_code == 400
+    assert {"auto_winner_metric", "auto_winner_level", "auto_winner_min_sample"} <= set(bad.data)
+    browser = console_client(teammate)
+    form = browser.get("/campaigns/new/").content.decode()
+    assert 'name="auto_winner_metric"' in form and "Clicks or conversions are the safer choice" in form
+    response = browser.post(
+        "/campaigns/new/",
+        {"name": "Form auto", "type": "scheduled", "channels": ["email"], "auto_winner_enabled": "on",
+         "auto_winner_metric": "click", "auto_winner_level": "90", "auto_winner_min_sample": "1500"},
+    )  # fmt: skip
+    assert response.status_code == 302
+    campaign = Campaign.objects.get(name="Form auto")
+    assert (campaign.auto_winner_enabled, campaign.auto_winner_metric, campaign.auto_winner_level) == (
+        True,
+        "click",
+        90,
+    )
+    assert campaign.auto_winner_min_sample == 1500
