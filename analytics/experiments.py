@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -347,7 +348,8 @@ def experiment_comparison(campaign: Any, metric: str = "click", level: float = 0
         row["difference"]["p_adjusted"] = adjusted
         row["difference"]["significant"] = adjusted < alpha
 
-    _revenue(campaign, rows, baseline, level, result)
+    if Decimal(metrics["revenue"]) != 0:  # no conversion values: skip the query
+        _revenue(campaign, rows, baseline, level, result)
 
     if srm and srm.mismatch:
         result["winner_reason"] = "No winner while the sample ratio is off."

@@ -39,6 +39,12 @@ class EngagementEvent(models.Model):
         indexes = [
             models.Index(fields=["campaign_id", "occurred_at"], name="engagement_campaign_time_idx"),
             models.Index(fields=["run_id", "kind"], name="engagement_run_kind_idx"),
+            # Revenue per recipient (analytics.experiments) reads a campaign's conversions only.
+            models.Index(
+                fields=["campaign_id", "message_id"],
+                condition=models.Q(kind="conversion"),
+                name="engagement_conversion_idx",
+            ),
         ]
 
     def __str__(self) -> str:
