@@ -181,3 +181,29 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of contact {self.contact_id} ({'pushed' if self.delivered_at else 'pending'})"
+
+
+class SendingHold(models.Model):
+    """A channel and category the organisation may not send on for now — marketing email while its complaint rate
+    is over the limit. Queued messages wait (the send-time claim defers them) until someone releases the hold."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    channel = models.CharField(max_length=16)
+    category = models.CharField(max_length=16)
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation", "channel", "category"],
+                condition=models.Q(released_at__isnull=True),
+                name="sending_hold_one_active",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold on {self.category} {self.channel} ({'released' if self.released_at else 'active'})"

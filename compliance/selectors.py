@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 from audiences.models import Role
 from compliance.hashing import pads
-from compliance.models import AuditLogEntry, Suppression, Unsubscribe
+from compliance.models import AuditLogEntry, SendingHold, Suppression, Unsubscribe
 
 
 def has_erased_addresses(organisation_id: Any) -> bool:
@@ -26,7 +27,33 @@ def consent_params(organisation_id: Any, category: str) -> dict[str, Any]:
     (and with which pads) to compare recipients' addresses with erased contacts' hashed ones — only
     organisations that erased someone pay for hashing."""
     ipad, opad = pads()
-    return {"category": category, "erased": has_erased_addresses(organisation_id), "ipad": ipad, "opad": opad}
+    return {
+        "category": category,
+        "erased": has_erased_addresses(organisation_id),
+        "ipad": ipad,
+        "opad": opad,
+        "email_held": category == "marketing" and email_marketing_held(organisation_id),
+        **marketing_sms_quiet_hours(),
+    }
+
+
+def marketing_sms_quiet_hours() -> dict[str, dt.time | None]:
+    """Outside settings.MARKETING_SMS_WINDOW ("08:00-21:00"; empty: no rule) marketing SMS wait: as quiet hours
+    from the window's end to its start, for cs_quiet_hours_end."""
+    window = settings.MARKETING_SMS_WINDOW.strip()
+    if not window:
+        return {"sms_quiet_start": None, "sms_quiet_end": None}
+    opens, _, closes = window.partition("-")
+    return {
+        "sms_quiet_start": dt.time.fromisoformat(closes.strip()),
+        "sms_quiet_end": dt.time.fromisoformat(opens.strip()),
+    }
+
+
+def email_marketing_held(organisation_id: Any) -> bool:
+    return SendingHold.objects.filter(
+        organisation_id=organisation_id, channel="email", category="marketing", released_at__isnull=True
+    ).exists()
 
 
 def unsubscribes_for_campaign(organisation_id: Any, campaign_id: Any) -> QuerySet[Unsubscribe]:

@@ -22,7 +22,7 @@ from audiences.contacts import normalise_phone
 from audiences.models import Contact, Organisation, Role
 from compliance import outbox
 from compliance.audit import audit_record
-from compliance.models import ContactPreference, Suppression, Unsubscribe
+from compliance.models import ContactPreference, SendingHold, Suppression, Unsubscribe
 
 # The channels and categories campaigns use (campaigns.models.Channel and Campaign.category; compliance does not
 # import campaigns — tests check the lists agree).
@@ -322,3 +322,18 @@ def suppressions_import(*, actor: Actor, addresses: Iterable[str], note: str = "
             details={"added": added, "already_suppressed": len(unique) - added, "rejected": len(rejected)},
         )
     return {"added": added, "already_suppressed": len(unique) - added, "rejected": rejected}
+
+
+@transaction.atomic
+def sending_hold_release(*, actor: Actor, hold: SendingHold) -> SendingHold:
+    """Lift a complaint-rate hold: queued messages go out from the next claim on."""
+    require_consent_write(actor)
+    if hold.organisation_id != actor.organisation.pk:
+        raise SendingHold.DoesNotExist
+    if hold.released_at is None:
+        hold.released_at, hold.released_by = timezone.now(), actor.label[:200]
+        hold.save(update_fields=["released_at", "released_by"])
+        audit_record(
+            actor=actor, action="compliance.sending_hold_release", target=hold, details={"reason": hold.reason}
+        )
+    return hold

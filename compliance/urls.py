@@ -10,6 +10,7 @@ urlpatterns = [
     path("suppressions/add/", views.suppression_add_view, name="suppression-add"),
     path("suppressions/import/", views.suppression_import_view, name="suppression-import"),
     path("suppressions/<int:suppression_id>/remove/", views.suppression_remove_view, name="suppression-remove"),
+    path("holds/<int:hold_id>/release/", views.sending_hold_release_view, name="hold-release"),
     path("audit/", views.audit_log_view, name="audit"),
     path("audit.csv", views.audit_log_csv_view, name="audit-csv"),
 ]

@@ -16,7 +16,7 @@ from audiences.models import Contact
 from compliance import selectors, services
 from compliance.api import MAX_IMPORT_BYTES, addresses_from_csv
 from compliance.exports import csv_response
-from compliance.models import AuditLogEntry, Suppression, Unsubscribe
+from compliance.models import AuditLogEntry, SendingHold, Suppression, Unsubscribe
 
 CHANNEL_LABELS = [
     ("email", "Email"),
@@ -101,6 +101,7 @@ def suppression_list_view(request: HttpRequest) -> HttpResponse:
         "page": page,
         "reasons": Suppression.Reason.choices,
         "can_write": request.actor.role in services.CONSENT_WRITERS,
+        "holds": SendingHold.objects.filter(organisation=request.actor.organisation, released_at__isnull=True),
         "search": request.GET.get("search", ""),
         "reason": request.GET.get("reason", ""),
     }
@@ -181,3 +182,14 @@ def audit_log_csv_view(request: HttpRequest) -> HttpResponse:
     if errors:
         return HttpResponse("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), status=400)
     return csv_response("audit-log.csv", selectors.AUDIT_CSV_HEADER, selectors.audit_csv_rows(queryset))
+
+
+@member_required
+@require_POST
+def sending_hold_release_view(request: HttpRequest, hold_id: int) -> HttpResponse:
+    hold = SendingHold.objects.filter(organisation=request.actor.organisation, pk=hold_id).first()
+    if hold is None:
+        raise Http404("No such hold")
+    services.sending_hold_release(actor=request.actor, hold=hold)
+    messages.success(request, "Hold released: queued marketing email goes out again.")
+    return redirect("compliance:suppressions")

@@ -200,6 +200,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=float(envstr("ACCOUNT_SERVICE_RETRY_SECONDS", "30"))),
         "options": {"expires": 60},
     },
+    # Marketing email complaint rate over 24 h: alert, then hold (delivery.complaints).
+    "complaint-rate-check": {
+        "task": "delivery.tasks.complaint_rate_check_task",
+        "schedule": timedelta(seconds=float(envstr("COMPLAINT_RATE_CHECK_SECONDS", "300"))),
+        "options": {"expires": 300},
+    },
     "purge-deleted-campaigns": {
         "task": "campaigns.tasks.campaigns_purge_deleted_task",
         "schedule": timedelta(hours=1),
@@ -269,6 +275,13 @@ ACCOUNT_SERVICE_URL = envstr("ACCOUNT_SERVICE_URL", "")
 ACCOUNT_SERVICE_TOKEN = envstr("ACCOUNT_SERVICE_TOKEN", "")
 ACCOUNT_SERVICE_MAX_ATTEMPTS = envint("ACCOUNT_SERVICE_MAX_ATTEMPTS", 20)
 ACCOUNT_SERVICE_RETRY_BASE_SECONDS = float(envstr("ACCOUNT_SERVICE_RETRY_BASE_SECONDS", "30"))
+# Marketing SMS go out only inside this window of the recipient's local time, else wait ("" turns the rule off).
+MARKETING_SMS_WINDOW = envstr("MARKETING_SMS_WINDOW", "08:00-21:00")
+# Marketing email complaints over the last 24 h: above ALERT an alert is recorded, above PAUSE marketing email is
+# held until released; only judged once at least MIN_SENT emails went out.
+COMPLAINT_RATE_ALERT = float(envstr("COMPLAINT_RATE_ALERT", "0.001"))
+COMPLAINT_RATE_PAUSE = float(envstr("COMPLAINT_RATE_PAUSE", "0.003"))
+COMPLAINT_RATE_MIN_SENT = envint("COMPLAINT_RATE_MIN_SENT", 1000)
 # Public unsubscribe and preference pages, per client IP: all requests, and requests with a bad token (past that,
 # the IP is refused until the window ends) - "<count>/<seconds>".
 RECIPIENT_LINK_RATE_LIMIT = envstr("RECIPIENT_LINK_RATE_LIMIT", "60/60")

@@ -79,7 +79,11 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
        GREATEST(CASE WHEN %(rules)s THEN cs_next_send_time(%(now)s, COALESCE(NULLIF(c.timezone, ''), %(tz)s),
             %(window_start)s::time, %(window_end)s::time, %(skip_weekends)s, %(local_time)s::time) END,
             CASE WHEN %(category)s = 'marketing' THEN cs_quiet_hours_end(%(now)s,
-                 COALESCE(NULLIF(c.timezone, ''), %(tz)s), p.quiet_hours_start, p.quiet_hours_end) END) AS next_at,
+                 COALESCE(NULLIF(c.timezone, ''), %(tz)s), p.quiet_hours_start, p.quiet_hours_end) END,
+            -- Marketing SMS only inside MARKETING_SMS_WINDOW local time; marketing email waits during a complaint hold.
+            CASE WHEN %(category)s = 'marketing' AND cl.channel = 'sms' THEN cs_quiet_hours_end(%(now)s,
+                 COALESCE(NULLIF(c.timezone, ''), %(tz)s), %(sms_quiet_start)s::time, %(sms_quiet_end)s::time) END,
+            CASE WHEN %(email_held)s AND cl.channel = 'email' THEN %(now)s + interval '5 minutes' END) AS next_at,
        cl.trigger_key
 FROM claimed cl
 LEFT JOIN audiences_contact c ON c.id = cl.contact_id

@@ -44,3 +44,19 @@ def delivery_pump_task() -> dict[str, Any]:
 @shared_task(name="delivery.tasks.run_seed_copies_task")
 def run_seed_copies_task(run_id: str) -> int:
     return seeds.run_seed_copies_send(run_id)
+
+
+@shared_task(name="delivery.tasks.complaint_rate_check_task")
+def complaint_rate_check_task() -> dict[str, int]:
+    """celery-beat: the complaint-rate guard for every organisation that sent email in the last day."""
+    from collections import Counter
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from audiences.models import Organisation
+    from delivery.complaints import complaint_rate_check
+
+    since = timezone.now() - timedelta(hours=24)
+    active = Organisation.objects.filter(runs__last_progress_at__gte=since).distinct()
+    return dict(Counter(complaint_rate_check(organisation) for organisation in active))

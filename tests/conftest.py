@@ -45,6 +45,13 @@ def _isolated_cache(settings) -> Iterator[None]:
     cache.close()
 
 
+@pytest.fixture(autouse=True)
+def _sms_at_any_hour(settings) -> None:
+    """Tests run at any hour of the day: the marketing SMS window (08:00-21:00 local) would defer SMS sent at
+    night. tests/test_compliance_channel_rules.py turns it back on."""
+    settings.MARKETING_SMS_WINDOW = ""
+
+
 @dataclass
 class Persona:
     """A member of an organisation, with a session client and an API-key client of the same role."""
