@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from analytics.models import EngagementEvent, MetricDelta
+from analytics.models import EngagementEvent, ExperimentDecision, MetricDelta, Notice
 
 
 @admin.register(EngagementEvent)
@@ -39,3 +39,26 @@ class MetricDeltaAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(ExperimentDecision)
+class ExperimentDecisionAdmin(admin.ModelAdmin):
+    """Read-only: the auto-winner's decisions, with the numbers they were made on."""
+
+    list_display = ["decided_at", "campaign", "winner", "metric", "level", "messages_switched"]
+    list_filter = ["metric", "level"]
+    list_select_related = ["campaign", "winner"]
+    search_fields = ["campaign__name"]
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Notice)
+class NoticeAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "user", "text", "read_at"]
+    list_select_related = ["user"]
+    search_fields = ["text", "user__email"]
