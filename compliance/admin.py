@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
-from compliance.models import AuditLogEntry, ContactPreference, OutboxEvent, Suppression, Unsubscribe
+from compliance.models import AuditLogEntry, ContactPreference, OutboxEvent, SendingHold, Suppression, Unsubscribe
 
 
 @admin.register(AuditLogEntry)
@@ -81,3 +81,12 @@ class OutboxEventAdmin(ReadOnlyAdmin):
         count = queryset.filter(delivered_at__isnull=True).update(attempts=0, next_attempt_at=timezone.now())  # type: ignore[attr-defined]
         compliance_outbox_push_task.delay()
         self.message_user(request, f"{count} pushes queued again.")
+
+
+@admin.register(SendingHold)
+class SendingHoldAdmin(ReadOnlyAdmin):
+    """Complaint-rate holds; release them from the compliance console (audited)."""
+
+    list_display = ["created_at", "organisation", "channel", "category", "released_at", "released_by", "reason"]
+    list_filter = ["channel", ("released_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["organisation"]
