@@ -232,3 +232,11 @@ def test_the_campaign_api_and_form_take_the_settings(teammate):
         90,
     )
     assert campaign.auto_winner_min_sample == 1500
+
+
+def test_beat_runs_the_auto_winner_every_minute(settings):
+    from config.celery import app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["auto-winner"]
+    assert entry["task"] == "analytics.tasks.auto_winner_evaluate_task" and entry["schedule"].total_seconds() == 60
+    assert entry["task"] in app.tasks

@@ -113,3 +113,12 @@ def test_it_highlights_a_significant_winner(teammate, django_capture_on_commit_c
     assert body["variants"][1]["is_winner"] and body["variants"][1]["difference"]["significant"]
     html = console_client(teammate).get(f"/analytics/campaigns/{campaign.pk}/").content.decode()
     assert 'data-testid="experiment-winner"' in html
+
+
+def test_it_explains_when_there_is_nothing_to_compare(teammate):
+    from tests.factories import CampaignFactory
+
+    single = CampaignFactory(organisation=teammate.organisation)
+    body = teammate.api.get(f"/api/v1/campaigns/{single.pk}/experiment/").json()
+    assert body["warnings"] == ["Fewer than two variants to compare."] and body["winner"] is None
+    assert body["variants"][0]["delivered"] == 0 and body["variants"][0]["rate"] is None
