@@ -161,6 +161,18 @@ class CampaignExperimentCsvView(APIView):
         return response
 
 
+class CampaignExperimentPdfView(APIView):
+    """The A/B comparison as a PDF document."""
+
+    @extend_schema(parameters=EXPERIMENT_PARAMETERS, responses={(200, "application/pdf"): OpenApiTypes.BINARY})
+    def get(self, request: Request, campaign_pk: Any) -> HttpResponse:
+        campaign = _campaign(request, campaign_pk)
+        metric, level = _experiment_query(request)
+        response = HttpResponse(experiments.experiment_pdf(campaign, metric, level), content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-experiment.pdf"'
+        return response
+
+
 class AutoWinnerSerializer(serializers.Serializer):
     enabled = serializers.BooleanField(required=False)
     metric = serializers.CharField(required=False, help_text="open, click or conversion (click is the default).")

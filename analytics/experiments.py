@@ -443,6 +443,16 @@ def experiment_csv(campaign: Any, metric: str = "click", level: float = 0.95) ->
     return out.getvalue()
 
 
+def experiment_pdf(campaign: Any, metric: str = "click", level: float = 0.95) -> bytes:
+    """The comparison alone as a PDF (WeasyPrint), the same section the report and its PDF show."""
+    from django.template.loader import render_to_string
+    from django.utils import timezone
+    from weasyprint import HTML
+
+    context = {"campaign": campaign, "generated_at": timezone.now(), **experiment_context(campaign, metric, level)}
+    return HTML(string=render_to_string("analytics/experiment_pdf.html", context)).write_pdf()
+
+
 def experiment_context(campaign: Any, metric: str = "click", level: float = 0.95) -> dict[str, Any]:
     """Template context of the report's experiment section (templates/analytics/_experiment.html)."""
     return {

@@ -122,3 +122,17 @@ def test_it_explains_when_there_is_nothing_to_compare(teammate):
     body = teammate.api.get(f"/api/v1/campaigns/{single.pk}/experiment/").json()
     assert body["warnings"] == ["Fewer than two variants to compare."] and body["winner"] is None
     assert body["variants"][0]["delivered"] == 0 and body["variants"][0]["rate"] is None
+
+
+def test_it_exports_the_comparison_as_pdf(teammate, outsider, django_capture_on_commit_callbacks):
+    from pypdf import PdfReader
+
+    campaign, run = _scripted_run(teammate, django_capture_on_commit_callbacks, contacts=30)
+    _clicks(campaign, run, 1, 6)
+    response = teammate.api.get(f"/api/v1/campaigns/{campaign.pk}/experiment.pdf?metric=click&level=0.99")
+    assert response.status_code == 200 and response.content.startswith(b"%PDF")
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(response.content)).pages)
+    assert f"Experiment: {campaign.name}" in text and "99.0 % interval" in text and "Chi-square across" in text
+    assert "Download CSV" not in text
+    assert outsider.api.get(f"/api/v1/campaigns/{campaign.pk}/experiment.pdf").status_code == 404
+    assert teammate.api.get(f"/api/v1/campaigns/{campaign.pk}/experiment.pdf?metric=x").status_code == 400
