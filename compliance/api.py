@@ -6,8 +6,10 @@ import csv
 import io
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from django.http import HttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -16,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audiences.contacts import normalise_phone
 from compliance import selectors, services
 from compliance.exports import csv_response
 from compliance.models import AuditLogEntry, Suppression
@@ -172,3 +175,46 @@ class AuditLogViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @action(detail=False, methods=["get"])
     def export(self, request: Request) -> HttpResponse:
         return csv_response("audit-log.csv", selectors.AUDIT_CSV_HEADER, selectors.audit_csv_rows(self.get_queryset()))
+
+
+class InboundSerializer(serializers.Serializer):
+    channel = serializers.ChoiceField(choices=["sms", "whatsapp"])
+    sender = serializers.CharField(max_length=32, help_text="The contact's number, E.164.")
+    body = serializers.CharField(max_length=4096, allow_blank=True, required=False, default="")
+    received_at = serializers.DateTimeField(required=False)
+
+    def validate_sender(self, value: str) -> str:
+        try:
+            return normalise_phone(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) and "from" in data and "sender" not in data:
+            data = {**data, "sender": data["from"]}
+        return super().to_internal_value(data)
+
+
+class InboundBatchSerializer(serializers.Serializer):
+    messages = InboundSerializer(many=True, min_length=1, max_length=1000)
+
+
+class InboundView(APIView):
+    """Messages contacts sent (from the notification_service): `STOP` turns the channel off for that number,
+    `START` back on; any inbound WhatsApp opens its 24-hour session for free-form messages."""
+
+    @extend_schema(request=InboundBatchSerializer, responses={200: dict})
+    def post(self, request: Request) -> Response:
+        payload = InboundBatchSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        now = timezone.now()
+        items = [
+            {
+                "channel": m["channel"],
+                "from": m["sender"],
+                "body": m["body"],
+                "received_at": m.get("received_at") or now,
+            }
+            for m in payload.validated_data["messages"]
+        ]
+        return Response(services.inbound_record(actor=request.actor, items=items))

@@ -207,3 +207,16 @@ class SendingHold(models.Model):
 
     def __str__(self) -> str:
         return f"hold on {self.category} {self.channel} ({'released' if self.released_at else 'active'})"
+
+
+class ContactChannelActivity(models.Model):
+    """When the contact last wrote to us on a channel (inbound SMS / WhatsApp): WhatsApp allows free-form messages
+    only within 24 h of it, approved templates otherwise."""
+
+    pk = models.CompositePrimaryKey("contact_id", "channel")
+    contact = models.ForeignKey("audiences.Contact", on_delete=models.CASCADE, related_name="+")
+    channel = models.CharField(max_length=16)
+    last_inbound_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.contact_id} last wrote on {self.channel} at {self.last_inbound_at}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -168,3 +168,11 @@ def audit_csv_rows(queryset: QuerySet[AuditLogEntry]) -> Iterator[tuple[Any, ...
             entry.actor_label,
             json.dumps(entry.details, sort_keys=True, cls=DjangoJSONEncoder),
         )
+
+
+def whatsapp_freeform_variants(variants: Iterable[Any]) -> list[str]:
+    """Variants whose WhatsApp content is free-form (no approved template): the claim sends those only inside the
+    contact's 24-hour session. Empty with settings.WHATSAPP_SESSION_RULE off."""
+    if not settings.WHATSAPP_SESSION_RULE:
+        return []
+    return [str(v.pk) for v in variants if "whatsapp" in v.content and not v.content["whatsapp"].get("template_name")]

@@ -337,3 +337,46 @@ def sending_hold_release(*, actor: Actor, hold: SendingHold) -> SendingHold:
             actor=actor, action="compliance.sending_hold_release", target=hold, details={"reason": hold.reason}
         )
     return hold
+
+
+# --- inbound messages: STOP keywords and WhatsApp sessions ------------------------------------------------------------
+
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+START_WORDS = frozenset({"START", "UNSTOP"})
+
+
+def inbound_record(*, actor: Actor, items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Messages contacts sent us (validated: channel sms/whatsapp, `from` in E.164, `body`, `received_at`). Each
+    moves the contact's last-inbound time forward (WhatsApp's 24-hour session); STOP turns that channel off for
+    every contact with the number, START turns it back on — both audited as preference changes."""
+    counts = {"matched": 0, "stopped": 0, "started": 0}
+    with transaction.atomic():
+        for item in items:
+            channel, phone = item["channel"], item["from"]
+            contacts = list(Contact.objects.filter(organisation=actor.organisation, phone=phone))
+            if not contacts:
+                continue
+            counts["matched"] += 1
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO compliance_contactchannelactivity (contact_id, channel, last_inbound_at)"
+                    " SELECT unnest(%s::bigint[]), %s, %s ON CONFLICT (contact_id, channel)"
+                    " DO UPDATE SET last_inbound_at = GREATEST(compliance_contactchannelactivity.last_inbound_at,"
+                    " EXCLUDED.last_inbound_at)",
+                    [[c.pk for c in contacts], channel, item["received_at"]],
+                )
+            word = (item.get("body") or "").strip().upper()
+            if word not in STOP_WORDS and word not in START_WORDS:
+                continue
+            for contact in contacts:
+                current = set(preference_for(contact).disabled_channels)
+                wanted = current | {channel} if word in STOP_WORDS else current - {channel}
+                _, diff = preference_update(
+                    actor=actor,
+                    contact=contact,
+                    changes={"disabled_channels": sorted(wanted)},
+                    source=f"{channel}_{'stop' if word in STOP_WORDS else 'start'}",
+                )
+                if diff:
+                    counts["stopped" if word in STOP_WORDS else "started"] += 1
+    return counts

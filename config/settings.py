@@ -277,6 +277,8 @@ ACCOUNT_SERVICE_MAX_ATTEMPTS = envint("ACCOUNT_SERVICE_MAX_ATTEMPTS", 20)
 ACCOUNT_SERVICE_RETRY_BASE_SECONDS = float(envstr("ACCOUNT_SERVICE_RETRY_BASE_SECONDS", "30"))
 # Marketing SMS go out only inside this window of the recipient's local time, else wait ("" turns the rule off).
 MARKETING_SMS_WINDOW = envstr("MARKETING_SMS_WINDOW", "08:00-21:00")
+# Free-form WhatsApp only within 24 h of the contact's last inbound message (approved templates any time).
+WHATSAPP_SESSION_RULE = envbool("WHATSAPP_SESSION_RULE", True)
 # Marketing email complaints over the last 24 h: above ALERT an alert is recorded, above PAUSE marketing email is
 # held until released; only judged once at least MIN_SENT emails went out.
 COMPLAINT_RATE_ALERT = float(envstr("COMPLAINT_RATE_ALERT", "0.001"))

@@ -24,7 +24,7 @@ from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
 from campaigns.unsubscribes import CampaignUnsubscribesView
-from compliance.api import AuditLogViewSet, ContactPreferencesView, SuppressionViewSet
+from compliance.api import AuditLogViewSet, ContactPreferencesView, InboundView, SuppressionViewSet
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
 from delivery.gdpr_api import ContactEraseView, ContactExportView
@@ -94,6 +94,7 @@ urlpatterns = [
     ),
     path("api/v1/analytics/overview/", OverviewView.as_view(), name="analytics-overview"),
     path("api/v1/receipts/", ReceiptView.as_view(), name="api-receipts"),
+    path("api/v1/inbound/", InboundView.as_view(), name="api-inbound"),
     path("api/v1/contacts/<int:contact_pk>/preferences/", ContactPreferencesView.as_view(), name="contact-preferences"),
     path("api/v1/contacts/<int:contact_pk>/export/", ContactExportView.as_view(), name="contact-export"),
     path("api/v1/contacts/<int:contact_pk>/erase/", ContactEraseView.as_view(), name="contact-erase"),

@@ -38,6 +38,7 @@ REASONS = {
     "unsubscribed": "unsubscribed",
     "channel_disabled": "turned the channel off",
     "category_disabled": "turned this kind of message off",
+    "whatsapp_session_closed": "no WhatsApp session (template needed)",
     "suppressed": "address suppressed",
     "no_email": "no email address",
     "no_phone": "no phone number",

@@ -30,7 +30,7 @@ from audiences.adapters import user_profile_provider
 from campaigns.content.render import Renderer, Sender
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
-from compliance.selectors import consent_params
+from compliance.selectors import consent_params, whatsapp_freeform_variants
 from delivery import caps as caps_module
 from delivery import progress, throttle
 from delivery.backends import Outcome, Outgoing, backend_for
@@ -73,6 +73,11 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
                   WHERE s.organisation_id = %(org)s AND s.address = cs_address_hash(
                   CASE WHEN cl.channel = 'email' THEN lower(c.email) ELSE c.phone END, %(ipad)s, %(opad)s))
               THEN 'suppressed'
+         -- Free-form WhatsApp only within 24 h of the contact's last inbound message (templates any time).
+         WHEN cl.channel = 'whatsapp' AND cl.variant_id = ANY(%(freeform_whatsapp)s::uuid[])
+              AND NOT EXISTS (SELECT 1 FROM compliance_contactchannelactivity a WHERE a.contact_id = cl.contact_id
+                  AND a.channel = 'whatsapp' AND a.last_inbound_at >= %(now)s - interval '24 hours')
+              THEN 'whatsapp_session_closed'
        END AS blocked,
        -- With send rules, when this recipient may next be sent to (later than now: outside their window).
        -- And past the recipient's own quiet hours, for marketing (GREATEST ignores NULLs).
@@ -368,6 +373,7 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
         "skip_weekends": campaign.skip_weekends,
         "local_time": campaign.local_send_time,
         **consent_params(campaign.organisation_id, campaign.category),
+        "freeform_whatsapp": whatsapp_freeform_variants(ctx.variants.values()),
     }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(CLAIM_SQL, params)

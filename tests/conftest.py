@@ -50,6 +50,8 @@ def _sms_at_any_hour(settings) -> None:
     """Tests run at any hour of the day: the marketing SMS window (08:00-21:00 local) would defer SMS sent at
     night. tests/test_compliance_channel_rules.py turns it back on."""
     settings.MARKETING_SMS_WINDOW = ""
+    # Likewise the WhatsApp 24-hour session rule: most tests send free-form WhatsApp to contacts who never wrote.
+    settings.WHATSAPP_SESSION_RULE = False
 
 
 @dataclass
