@@ -541,8 +541,15 @@ def contacts_upsert_stream(
     first_tag, first_rows = first
     prepared = prepare_batch(first_rows)
     second = next(iterator, None)
-    if second is None:
-        account(first_tag, write_batch(organisation, prepared)[0])
+    if second is None or connection.in_atomic_block:
+        # Inside the caller's transaction the writes must share its connection: a second connection would not see
+        # its uncommitted rows and would wait forever on the locks it holds (the per-organisation upsert lock).
+        all_new_here = True
+        for tag, rows in itertools.chain([(first_tag, None)], [second] if second else [], iterator):
+            batch = prepared if rows is None else prepare_batch(rows)
+            result, inserted = write_batch(organisation, batch, try_insert=all_new_here)
+            all_new_here = all_new_here and inserted
+            account(tag, result)
         return total
 
     # Batches try the INSERT of new contacts until one meets existing contacts; the rest go straight to the MERGE

@@ -182,3 +182,13 @@ def test_concurrent_imports_into_one_organisation_count_each_contact_once(organi
 )
 def test_the_validation_fast_path_agrees_with_the_full_validation(raw):
     assert validate_contact(raw) == _validate_contact_fully(raw, partial=False)
+
+
+def test_a_stream_inside_the_callers_transaction_writes_on_its_connection(organisation):
+    """In a transaction (here the test's own), a second connection would wait forever on its locks."""
+    contacts_upsert_rows(organisation=organisation, rows=[{"external_id": "t2-0", "first_name": "Before"}])
+    batches = [(n, [{"external_id": f"t{n}-{i}", "last_name": "L"} for i in range(3)]) for n in (1, 2, 3)]
+    total = contacts_upsert_stream(organisation=organisation, batches=batches)
+    assert (total.created, total.updated) == (8, 1)
+    kept = Contact.objects.get(organisation=organisation, external_id="t2-0")
+    assert (kept.first_name, kept.last_name) == ("Before", "L")
