@@ -217,16 +217,23 @@ def contact_unsubscribe(
         preference.unsubscribed_at = timezone.now()
         actor.stamp(preference, reason=f"unsubscribe ({source})")
         preference.save()
-    record = Unsubscribe.objects.create(
-        organisation_id=contact.organisation_id,
-        contact=contact,
-        campaign_id=attribution.get("campaign_id"),
-        run_id=attribution.get("run_id"),
-        message_id=message_id,
-        channel=attribution.get("channel") or "",
-        source=source,
-        reason=reason,
-    )
+    if existing is not None and message_id is not None:
+        # Resubscribed since, and unsubscribing from the same message again: one record per message, so reuse it.
+        record = existing
+        if reason:
+            record.reason = reason
+            record.save(update_fields=["reason"])
+    else:
+        record = Unsubscribe.objects.create(
+            organisation_id=contact.organisation_id,
+            contact=contact,
+            campaign_id=attribution.get("campaign_id"),
+            run_id=attribution.get("run_id"),
+            message_id=message_id,
+            channel=attribution.get("channel") or "",
+            source=source,
+            reason=reason,
+        )
     audit_record(
         actor=actor,
         action="contact.unsubscribe",

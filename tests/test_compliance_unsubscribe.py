@@ -335,3 +335,21 @@ def test_the_console_page_and_csv_list_them_safely(teammate, unsubscribed):
         "'\rx",
         "ok",
     ]
+
+
+def test_unsubscribing_again_after_resubscribing_reuses_the_messages_record(
+    teammate, campaign, contacts, django_capture_on_commit_callbacks
+):
+    run = _prepared_run(teammate, campaign, django_capture_on_commit_callbacks)
+    _drain(run)
+    contact = contacts["u15"]
+    token = _token(contact, str(Message.objects.get(run=run, contact=contact).pk))
+    assert _one_click(token).status_code == 200
+    prefs = links.preferences_url(str(contact.organisation_id), str(contact.pk)).rsplit("/", 1)[1]
+    _browser().post(f"/p/{prefs}", {"marketing": "on", "transactional": "on", "channels_on": ["email"]})
+    assert ContactPreference.objects.get(contact=contact).unsubscribed_at is None
+    assert _browser().post(f"/u/{token}", {"reason": "too_many"}).status_code == 200
+    assert ContactPreference.objects.get(contact=contact).unsubscribed_at is not None
+    assert Unsubscribe.objects.get().reason == "Too many emails"
+    assert AuditLogEntry.objects.filter(action="contact.unsubscribe").count() == 2
+    assert EngagementEvent.objects.filter(kind="unsubscribe").count() == 1
