@@ -29,7 +29,7 @@ from compliance import outbox
 from compliance import services as compliance
 from compliance.audit import audit_record
 from compliance.hashing import address_hash
-from compliance.models import AuditLogEntry, Suppression, Unsubscribe
+from compliance.models import AuditLogEntry, ContactChannelActivity, Suppression, Unsubscribe
 
 GDPR_ROLES = frozenset({Role.ADMIN, Role.COMPLIANCE})
 EXPORT_ROW_LIMIT = 100_000
@@ -106,6 +106,10 @@ def contact_export(*, actor: Actor, contact_id: Any) -> dict[str, Any]:
             .order_by("occurred_at")
             .values("event_id", "type", "properties", "occurred_at", "received_at")[:EXPORT_ROW_LIMIT]
         ),
+        "inbound": [
+            {"channel": a.channel, "last_inbound_at": a.last_inbound_at.isoformat()}
+            for a in ContactChannelActivity.objects.filter(contact=contact)
+        ],
         "audit": [
             {"at": e.occurred_at.isoformat(), "action": e.action, "actor": e.actor_label, "details": e.details}
             for e in AuditLogEntry.objects.filter(

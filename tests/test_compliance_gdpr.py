@@ -101,6 +101,7 @@ def test_export_holds_everything_about_the_contact(owner, sent):
     kinds = {e["kind"] for e in data["engagement"]}
     assert "unsubscribe" in kinds and "open" in kinds
     assert data["events"][0]["properties"] == {"card": "4242"}
+    assert data["inbound"] == []
     assert {"contact.preferences", "contact.unsubscribe"} <= {a["action"] for a in data["audit"]}
     assert AuditLogEntry.objects.filter(action="contact.export", target_id=str(target.pk)).count() == 1
 
