@@ -608,6 +608,15 @@ def campaign_transition(
             sms_multipart=campaign.sms_allow_multipart,
         )
         _validate_trigger(campaign, for_launch=True)
+        if (
+            Channel.EMAIL in campaign.channels
+            and campaign.category == "marketing"
+            and not campaign.organisation.postal_address.strip()
+        ):
+            # CAN-SPAM and the GDPR's transparency rules: every marketing email names the sender's postal address.
+            raise ValidationError(
+                {"organisation": ["Set the organisation's postal address before launching marketing email."]}
+            )
     if action in ("schedule", "reschedule"):
         _apply_schedule(campaign, schedule, scheduled_at, now=now)
     if action == "start" and not by_engine and campaign.status == S.SCHEDULED:

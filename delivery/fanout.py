@@ -14,9 +14,11 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from audiences.access import system_actor
 from audiences.rules import Compiled
 from campaigns.audience import audience_resolution_select
 from campaigns.models import Campaign, Channel
+from compliance.audit import audit_record
 from compliance.selectors import consent_params
 from delivery.models import Message, Run
 
@@ -229,6 +231,20 @@ def run_fan_out(run_id: Any) -> Run | None:
             control_count=control,
             excluded={reason: count for reason, count in excluded.items() if count},
             fanned_out_at=now,
+        )
+        # Why recipients were left out goes to the compliance audit log with the run, in the same transaction.
+        audit_record(
+            actor=system_actor(run.campaign.organisation, "delivery engine"),
+            action="run.fan_out",
+            target=run,
+            details={
+                "campaign": str(run.campaign_id),
+                "audience": audience,
+                "holdout": holdout,
+                "queued": queued,
+                "control": control,
+                "excluded": {reason: count for reason, count in excluded.items() if count},
+            },
         )
         # A run paused while it fanned out stays paused.
         Run.objects.filter(pk=run.pk, status=Run.Status.FANNING_OUT).update(status=Run.Status.READY)

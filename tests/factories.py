@@ -25,6 +25,8 @@ class OrganisationFactory(factory.django.DjangoModelFactory):
 
     slug = factory.Sequence(lambda n: f"org-{n}")
     name = factory.Sequence(lambda n: f"Organisation {n}")
+    # Marketing email cannot launch without one (CAN-SPAM); tests that need it empty say so.
+    postal_address = "1 Test Street, London EC1A 1AA"
 
 
 class MembershipFactory(factory.django.DjangoModelFactory):

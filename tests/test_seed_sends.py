@@ -300,3 +300,30 @@ def test_the_campaign_allows_multipart_sms_for_every_variant(teammate):
     assert teammate.api.patch(url, {"sms_allow_multipart": False}, format="json").status_code == 400
     seven_parts = {"name": "A", "allocation_percent": 100, "content": {"sms": {"body": "x" * (153 * 6 + 1)}}}
     assert teammate.api.patch(url, {"variants": [seven_parts]}, format="json").status_code == 400
+
+
+def test_marketing_email_cannot_launch_without_the_postal_address(teammate):
+    organisation = teammate.organisation
+    organisation.postal_address = ""
+    organisation.save()
+    campaign = CampaignFactory(organisation=organisation, channels=["email"])
+    response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/")
+    assert response.status_code == 400
+    assert "postal address" in str(response.data["organisation"])
+    transactional = CampaignFactory(organisation=organisation, channels=["email"], category="transactional")
+    assert teammate.api.post(f"/api/v1/campaigns/{transactional.pk}/send-now/").status_code == 200
+
+
+def test_fan_out_records_why_recipients_were_left_out(teammate, django_capture_on_commit_callbacks):
+    from compliance.models import AuditLogEntry
+
+    contacts_upsert_rows(
+        organisation=teammate.organisation,
+        rows=[{"external_id": "with", "email": "w@example.com"}, {"external_id": "without", "phone": "+447700900001"}],
+    )
+    campaign = CampaignFactory(organisation=teammate.organisation, channels=["email"], audience_rules=None)
+    campaign.audience_rules = {"field": "external_id", "op": "in", "value": ["with", "without"]}
+    campaign.save()
+    run, _ = _send_run(teammate, campaign, django_capture_on_commit_callbacks)
+    entry = AuditLogEntry.objects.get(action="run.fan_out", target_id=str(run.pk))
+    assert entry.details["audience"] == 2 and entry.details["excluded"] == {"no_email": 1}
