@@ -92,10 +92,7 @@ class CampaignReportPdfView(APIView):
 
     @extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY})
     def get(self, request: Request, campaign_pk: Any) -> HttpResponse:
-        campaign = _campaign(request, campaign_pk)
-        response = HttpResponse(reports.report_pdf(campaign), content_type="application/pdf")
-        response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.pdf"'
-        return response
+        return reports.report_download(_campaign(request, campaign_pk), "pdf")
 
 
 class CampaignReportCsvView(APIView):
@@ -103,10 +100,7 @@ class CampaignReportCsvView(APIView):
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request: Request, campaign_pk: Any) -> HttpResponse:
-        campaign = _campaign(request, campaign_pk)
-        response = HttpResponse(reports.report_csv(campaign), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.csv"'
-        return response
+        return reports.report_download(_campaign(request, campaign_pk), "csv")
 
 
 class ExperimentQuerySerializer(serializers.Serializer):

@@ -81,18 +81,12 @@ def campaign_experiment_view(request: HttpRequest, campaign_id: Any) -> HttpResp
 
 @member_required
 def campaign_report_pdf_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
-    campaign = _campaign(request, campaign_id)
-    response = HttpResponse(reports.report_pdf(campaign), content_type="application/pdf")
-    response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.pdf"'
-    return response
+    return reports.report_download(_campaign(request, campaign_id), "pdf")
 
 
 @member_required
 def campaign_report_csv_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
-    campaign = _campaign(request, campaign_id)
-    response = HttpResponse(reports.report_csv(campaign), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.csv"'
-    return response
+    return reports.report_download(_campaign(request, campaign_id), "csv")
 
 
 @member_required

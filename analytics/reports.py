@@ -11,6 +11,7 @@ import io
 from typing import Any
 
 from django.db import connection
+from django.http import HttpResponse
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -154,6 +155,16 @@ def report_pdf(campaign: Any) -> bytes:
     html = render_to_string("analytics/report_pdf.html", report_context(campaign))
     # No base_url: the document has no external resources to fetch (charts are inline SVG).
     return HTML(string=html).write_pdf()
+
+
+def report_download(campaign: Any, kind: str) -> HttpResponse:
+    """The report as an attachment: kind "pdf" or "csv" (the console and the API serve the same files)."""
+    if kind == "pdf":
+        response = HttpResponse(report_pdf(campaign), content_type="application/pdf")
+    else:
+        response = HttpResponse(report_csv(campaign), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.{kind}"'
+    return response
 
 
 def _cell(value: Any) -> str:
