@@ -105,8 +105,8 @@ def auto_winner_evaluate(campaign_id: Any) -> Evaluation:
             level=level,
             tau=experiments.MSPRT_TAU[metric],
             min_sample=campaign.auto_winner_min_sample,
-            assigned=[r["assigned"] for r in rows],
-            allocation=[r["allocation_percent"] for r in rows],
+            assigned=comparison["sample_ratio_inputs"]["observed"],
+            allocation=comparison["sample_ratio_inputs"]["weights"],
         )
         if decision.winner is None:
             return Evaluation(False, decision.reason)

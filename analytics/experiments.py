@@ -237,6 +237,43 @@ def _revenue_sums(campaign_id: Any) -> dict[str, tuple[int, float, float]]:
         return {str(v): (int(c), float(s), float(ss)) for v, c, s, ss in cursor.fetchall()}
 
 
+FRESH_ASSIGNMENTS_SQL = """
+SELECT m.variant_id, width_bucket(m.created_at, %s::timestamptz[]), count(*)
+FROM delivery_message m JOIN delivery_run run ON run.id = m.run_id
+WHERE run.campaign_id = %s AND NOT m.variant_kept AND m.status <> 'holdout'
+GROUP BY 1, 2
+"""
+
+
+def sample_ratio_inputs(campaign: Any, rows: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """Observed counts and expected weights for the sample-ratio check. With allocations unchanged: every assigned
+    message against the allocation. Once they changed after sending (Campaign.allocation_history), contacts who
+    kept their variant are no draw at all, so only fresh assignments count, each against the allocation of the
+    period it was made in."""
+    history = campaign.allocation_history or []
+    if len(history) < 2:
+        return [r["assigned"] for r in rows], [float(r["allocation_percent"]) for r in rows]
+    ids = [r["id"] for r in rows]
+    starts = [entry["at"] for entry in history[1:]]  # period 0 is everything before the first change
+    with connection.cursor() as cursor:
+        cursor.execute(FRESH_ASSIGNMENTS_SQL, [starts, str(campaign.pk)])
+        counts = cursor.fetchall()
+    observed = dict.fromkeys(ids, 0)
+    per_period: dict[int, int] = {}
+    for variant_id, period, n in counts:
+        if str(variant_id) in observed:
+            observed[str(variant_id)] += n
+            per_period[period] = per_period.get(period, 0) + n
+    expected = dict.fromkeys(ids, 0.0)
+    for period, n in per_period.items():
+        allocation = history[period]["allocation"]
+        shares = {i: float(allocation.get(i, 0)) for i in ids}
+        total = sum(shares.values())
+        for i in ids:
+            expected[i] += n * shares[i] / total if total else 0.0
+    return [observed[i] for i in ids], [expected[i] for i in ids]
+
+
 def _assigned(counts: dict[str, int]) -> int:
     # Every message given the variant, whatever happened to it since (held-out recipients are a separate split).
     control = counts["held_out"] - counts["held_out_holdout"]
@@ -309,7 +346,9 @@ def experiment_comparison(campaign: Any, metric: str = "click", level: float = 0
     baseline["is_baseline"] = True
     result["baseline"] = baseline["id"]
 
-    srm = sample_ratio_check([r["assigned"] for r in rows], [r["allocation_percent"] for r in rows])
+    srm_observed, srm_weights = sample_ratio_inputs(campaign, rows)
+    srm = sample_ratio_check(srm_observed, srm_weights)
+    result["sample_ratio_inputs"] = {"observed": srm_observed, "weights": srm_weights}
     if srm:
         result["sample_ratio"] = {
             "statistic": srm.statistic,

@@ -141,6 +141,10 @@ class Campaign(models.Model):
     auto_winner_min_sample = models.PositiveIntegerField(
         default=1000, validators=[MinValueValidator(100)], help_text="Delivered messages per variant before deciding."
     )
+    # Allocations in force over time, recorded once they change after the campaign has sent: [{"at": iso time,
+    # "allocation": {variant id: percent}}]. While it has entries, contacts already assigned keep their variant
+    # (delivery.assignment) and the sample-ratio check weighs each period's fresh assignments by its allocation.
+    allocation_history = models.JSONField(default=list, blank=True)
 
     # Triggered campaigns: the event that fires them, conditions on its properties, a delay, quiet hours in the
     # recipient's timezone (else the organisation's default) with what to do in them, and a per-contact limit.

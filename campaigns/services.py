@@ -276,7 +276,27 @@ def _snapshot(campaign: Campaign) -> dict[str, Any]:
     }
 
 
+def _allocation(campaign: Campaign) -> dict[str, int]:
+    return {str(v.pk): v.allocation_percent for v in campaign.variants.all()}
+
+
+def _record_allocation_change(campaign: Campaign, before: dict[str, int]) -> None:
+    """Once a campaign has sent, a change of allocations starts a new period: contacts already assigned keep their
+    variant from then on (delivery.assignment), and the sample-ratio check needs each period's allocation."""
+    after = _allocation(campaign)
+    if after == before or not campaign.runs.exists():
+        return
+    history = list(campaign.allocation_history or [])
+    if not history:
+        first_run = campaign.runs.order_by("created_at").values_list("created_at", flat=True).first()
+        history.append({"at": first_run.isoformat(), "allocation": before})
+    history.append({"at": timezone.now().isoformat(), "allocation": after})
+    campaign.allocation_history = history
+    campaign.save(update_fields=["allocation_history"])
+
+
 def _replace_variants(campaign: Campaign, variants: Sequence[Mapping[str, Any]], *, actor: Actor) -> None:
+    before = _allocation(campaign)
     existing = {v.name: v for v in campaign.variants.all()}
     keep: set[str] = set()
     for position, data in enumerate(variants):
@@ -293,6 +313,7 @@ def _replace_variants(campaign: Campaign, variants: Sequence[Mapping[str, Any]],
         if name not in keep:
             actor.stamp(variant, "removed")
             variant.delete()
+    _record_allocation_change(campaign, before)
 
 
 def _set_audience_fields(campaign: Campaign, audience: Mapping[str, Any]) -> None:

@@ -20,15 +20,16 @@ from campaigns.audience import audience_resolution_select
 from campaigns.models import Campaign, Channel
 from compliance.audit import audit_record
 from compliance.selectors import consent_params
+from delivery.assignment import kept_variants_stage, sticky_assignment_applies
 from delivery.models import Message, Run
 
 # Channels that need an address on the contact, and the staging flag saying the contact has one.
 ADDRESS_FLAGS = {Channel.EMAIL: "has_email", Channel.SMS: "has_phone", Channel.WHATSAPP: "has_phone"}
 
 
-def _variant_case(campaign: Campaign) -> tuple[str, list[Any], list[Any]]:
-    """SQL choosing each contact's variant id from its bucket (`r.variant_bucket`, out of BUCKETS), its params, and
-    the control variant ids."""
+def _variant_case(campaign: Campaign, *, sticky: bool = False) -> tuple[str, list[Any], list[Any]]:
+    """SQL choosing each contact's variant id from its bucket (`r.variant_bucket`, out of BUCKETS) — or the variant
+    it keeps (`r.kept_variant`, delivery.assignment) when `sticky` — its params, and the control variant ids."""
     variants = list(campaign.variants.order_by("position", "name"))
     whens: list[str] = []
     params: list[Any] = []
@@ -39,6 +40,8 @@ def _variant_case(campaign: Campaign) -> tuple[str, list[Any], list[Any]]:
         params.append(str(variant.pk))
     params.append(str(variants[-1].pk))
     sql = ("CASE " + " ".join(whens) + " ELSE %s::uuid END") if whens else "%s::uuid"
+    if sticky:
+        sql = f"COALESCE(r.kept_variant, {sql})"
     return sql, params, [str(v.pk) for v in variants if v.is_control]
 
 
@@ -139,7 +142,8 @@ def run_fan_out(run_id: Any) -> Run | None:
     run = Run.objects.select_related("campaign", "campaign__organisation").get(pk=run_id)
     campaign = run.campaign
     select: Compiled = audience_resolution_select(campaign)
-    variant_sql, variant_params, control_ids = _variant_case(campaign)
+    sticky = sticky_assignment_applies(campaign)
+    variant_sql, variant_params, control_ids = _variant_case(campaign, sticky=sticky)
     channels = list(campaign.channels)
     due_sql, due_select_params, due_join, due_join_params = _due_at(campaign, now=timezone.now())
     address_checks = " AND ".join(f"(ch.channel <> '{channel}' OR r.{flag})" for channel, flag in ADDRESS_FLAGS.items())
@@ -155,7 +159,7 @@ def run_fan_out(run_id: Any) -> Run | None:
             "CREATE TEMP TABLE IF NOT EXISTS fan_out_recipients"
             " (contact_id bigint PRIMARY KEY, is_holdout boolean, variant_bucket integer, has_email boolean,"
             " has_phone boolean, blocked text, disabled text[], email_suppressed boolean DEFAULT false,"
-            " phone_suppressed boolean DEFAULT false) ON COMMIT DELETE ROWS"
+            " phone_suppressed boolean DEFAULT false, kept_variant uuid) ON COMMIT DELETE ROWS"
         )
         cursor.execute("TRUNCATE fan_out_recipients")
         cursor.execute(
@@ -164,6 +168,7 @@ def run_fan_out(run_id: Any) -> Run | None:
             select.params,
         )
         audience = cursor.rowcount
+        kept = kept_variants_stage(cursor, campaign, run_id=run.pk) if sticky else 0
         flagged = _mark_consent(
             cursor, organisation_id=str(campaign.organisation_id), channels=channels, category=campaign.category
         )
@@ -189,9 +194,9 @@ def run_fan_out(run_id: Any) -> Run | None:
             channel_disabled, suppressed = cursor.fetchone()
         cursor.execute(
             f"""
-            INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, status, due_at, attempts,
-                                          provider_message_id, error, created_at)
-            SELECT %s, r.contact_id, ch.channel, v.variant_id,
+            INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, variant_kept, status, due_at,
+                                          attempts, provider_message_id, error, created_at)
+            SELECT %s, r.contact_id, ch.channel, v.variant_id, r.kept_variant IS NOT NULL,
                    CASE WHEN r.is_holdout THEN 'holdout'
                         WHEN v.variant_id = ANY(%s::uuid[]) THEN 'control'
                         ELSE 'queued' END,
@@ -244,6 +249,7 @@ def run_fan_out(run_id: Any) -> Run | None:
                 "queued": queued,
                 "control": control,
                 "excluded": {reason: count for reason, count in excluded.items() if count},
+                **({"kept_variant": kept} if sticky else {}),
             },
         )
         # A run paused while it fanned out stays paused.

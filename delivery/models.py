@@ -119,6 +119,8 @@ class Message(models.Model):
     contact = models.ForeignKey(Contact, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
     channel = models.CharField(max_length=16, choices=Channel.choices)
     variant = models.ForeignKey(Variant, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
+    # The contact kept the variant of an earlier message after the allocations changed (delivery.assignment).
+    variant_kept = models.BooleanField(default=False, db_default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     # A triggered campaign sends to the same contact once per matching event: the event's id is part of the key.
     trigger_key = models.CharField(max_length=200, blank=True, default="", db_default="")

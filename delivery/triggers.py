@@ -29,6 +29,7 @@ from campaigns.audience import audience_condition, audience_in_holdout
 from campaigns.content.assignment import assign_variant
 from campaigns.models import Campaign, CampaignStatus, CampaignType, Variant
 from campaigns.trigger_conditions import compile_conditions
+from delivery.assignment import kept_variants_for, sticky_assignment_applies
 from delivery.models import Run
 
 FREQUENCY_WINDOWS = {
@@ -147,8 +148,15 @@ def _queue(
         quiet_end = campaign.quiet_hours_end or organisation.default_quiet_hours_end
         quiet = quiet_start is not None and quiet_end is not None
         allocations = [(v, v.allocation_percent) for v in campaign.variants.all()]
+        by_id = {str(v.pk): v for v, _ in allocations}
+        kept = (
+            kept_variants_for(campaign, (send["contact_id"] for send in sends))
+            if sticky_assignment_applies(campaign)
+            else {}
+        )
         for send in sends:
-            variant = assign_variant(str(campaign.pk), send["contact_id"], allocations)
+            kept_id = kept.get(send["contact_id"])
+            variant = by_id[kept_id] if kept_id else assign_variant(str(campaign.pk), send["contact_id"], allocations)
             held_out = audience_in_holdout(campaign, send["contact_id"])
             due = (
                 max(send["occurred_at"], now - timedelta(days=1)) if campaign.trigger_delay_seconds else now
@@ -158,6 +166,7 @@ def _queue(
                     "r": str(run.pk),
                     "c": send["contact_id"],
                     "v": str(variant.pk),
+                    "kv": kept_id is not None,
                     "s": "holdout" if held_out else "control" if variant.is_control else "queued",
                     "k": send["event_id"],
                     "due": max(due, now).isoformat(),
@@ -171,14 +180,14 @@ def _queue(
     # time inside them to their end, in the contact's timezone (the organisation's when the contact has none).
     sql = """
     WITH wanted AS (
-        SELECT u.r AS run_id, u.c AS contact_id, u.v AS variant_id, u.s AS status, u.k AS trigger_key, u.due,
-               u.skip,
+        SELECT u.r AS run_id, u.c AS contact_id, u.v AS variant_id, u.kv AS variant_kept, u.s AS status,
+               u.k AS trigger_key, u.due, u.skip,
                CASE WHEN u.qs IS NULL THEN u.due
                     ELSE cs_next_send_time(u.due, COALESCE(NULLIF(c.timezone, ''), %(tz)s), u.qe, u.qs, false, NULL)
                END AS due_at,
                ch.channel, c.email, c.phone
         FROM json_to_recordset(%(rows)s::json)
-             AS u(r uuid, c bigint, v uuid, s text, k text, due timestamptz, qs time, qe time, skip boolean,
+             AS u(r uuid, c bigint, v uuid, kv boolean, s text, k text, due timestamptz, qs time, qe time, skip boolean,
                   ch text[])
         JOIN audiences_contact c ON c.id = u.c
         CROSS JOIN LATERAL unnest(u.ch) AS ch(channel)
@@ -187,9 +196,10 @@ def _queue(
         WHERE (channel <> 'email' OR email <> '') AND (channel NOT IN ('sms', 'whatsapp') OR phone <> '')
           AND NOT (skip AND due_at > due)
     ), inserted AS (
-        INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, status, trigger_key, due_at,
-                                      attempts, provider_message_id, error, created_at)
-        SELECT run_id, contact_id, channel, variant_id, status, trigger_key, due_at, 0, '', '', %(now)s FROM kept
+        INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, variant_kept, status, trigger_key,
+                                      due_at, attempts, provider_message_id, error, created_at)
+        SELECT run_id, contact_id, channel, variant_id, variant_kept, status, trigger_key, due_at, 0, '', '', %(now)s
+        FROM kept
         ON CONFLICT ON CONSTRAINT message_idempotency_key DO NOTHING
         RETURNING run_id, status
     ), quiet AS (
