@@ -4,7 +4,15 @@ from django.contrib import admin
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
-from compliance.models import AuditLogEntry, ContactPreference, OutboxEvent, SendingHold, Suppression, Unsubscribe
+from compliance.models import (
+    AuditLogEntry,
+    ContactPreference,
+    OutboxEvent,
+    RunExclusion,
+    SendingHold,
+    Suppression,
+    Unsubscribe,
+)
 
 
 @admin.register(AuditLogEntry)
@@ -26,6 +34,16 @@ class AuditLogEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(RunExclusion)
+class RunExclusionAdmin(AuditLogEntryAdmin):
+    """Read-only, like the audit log it belongs to."""
+
+    list_display = ["created_at", "organisation", "run_id", "contact_id", "channel", "reason"]
+    list_filter = ["reason", "channel", "organisation"]
+    search_fields = ["run_id", "campaign_id"]
+    date_hierarchy = "created_at"
 
 
 @admin.register(ContactPreference)

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from audiences.contacts import normalise_phone
 from compliance import selectors, services
 from compliance.exports import csv_response
-from compliance.models import AuditLogEntry, Suppression
+from compliance.models import AuditLogEntry, RunExclusion, Suppression
 
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
 
@@ -175,6 +175,46 @@ class AuditLogViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @action(detail=False, methods=["get"])
     def export(self, request: Request) -> HttpResponse:
         return csv_response("audit-log.csv", selectors.AUDIT_CSV_HEADER, selectors.audit_csv_rows(self.get_queryset()))
+
+
+class RunExclusionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunExclusion
+        fields = ["id", "created_at", "run_id", "campaign_id", "contact_id", "channel", "reason"]
+
+
+EXCLUSION_FILTERS = [
+    OpenApiParameter("run", str, description="Run id."),
+    OpenApiParameter("campaign", str, description="Campaign id."),
+    OpenApiParameter("contact", int, description="Contact id."),
+    OpenApiParameter(
+        "reason", str, description="opted_out, unsubscribed, category_disabled, channel_disabled or suppressed."
+    ),
+    OpenApiParameter("channel", str, description="Channel; blank rows mean every channel of the campaign."),
+]
+
+
+class RunExclusionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Why each excluded audience member of a run got no message (the per-recipient half of the run's
+    `run.fan_out` audit entry); `export` downloads it as CSV. Read-only, like the audit log."""
+
+    serializer_class = RunExclusionSerializer
+
+    def get_queryset(self) -> QuerySet[RunExclusion]:
+        if getattr(self, "swagger_fake_view", False):
+            return RunExclusion.objects.none()
+        return selectors.run_exclusions(self.request.actor, selectors.exclusion_filters(self.request.query_params))
+
+    @extend_schema(parameters=EXCLUSION_FILTERS)
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(parameters=EXCLUSION_FILTERS, responses={(200, "text/csv"): str})
+    @action(detail=False, methods=["get"])
+    def export(self, request: Request) -> HttpResponse:
+        return csv_response(
+            "run-exclusions.csv", selectors.EXCLUSION_CSV_HEADER, selectors.exclusion_csv_rows(self.get_queryset())
+        )
 
 
 class InboundSerializer(serializers.Serializer):

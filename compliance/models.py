@@ -220,3 +220,31 @@ class ContactChannelActivity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contact_id} last wrote on {self.channel} at {self.last_inbound_at}"
+
+
+class RunExclusion(models.Model):
+    """Why one audience member of a run got no message (on one channel, or on any when `channel` is blank): the
+    per-recipient half of the run's "run.fan_out" audit entry, which carries the counts. Written by fan-out in one
+    INSERT … SELECT over the staged audience, in the same transaction; append-only. Recipients without an address
+    for a channel are counted on the run only. Plain ids: compliance never imports delivery."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    run_id = models.UUIDField()
+    campaign_id = models.UUIDField()
+    # Nulled when the contact is erased; the reason stays for the auditor.
+    contact_id = models.BigIntegerField(null=True)
+    channel = models.CharField(max_length=16, blank=True, default="")
+    reason = models.CharField(max_length=32)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run_id", "contact_id", "channel"], name="run_exclusion_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["organisation", "run_id"], name="run_exclusion_run_idx"),
+            models.Index(fields=["organisation", "contact_id"], name="run_exclusion_contact_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} contact {self.contact_id} {self.channel or 'all'}: {self.reason}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from audiences.models import Role
 from compliance.hashing import pads
-from compliance.models import AuditLogEntry, SendingHold, Suppression, Unsubscribe
+from compliance.models import AuditLogEntry, RunExclusion, SendingHold, Suppression, Unsubscribe
 
 
 def has_erased_addresses(organisation_id: Any) -> bool:
@@ -176,3 +177,62 @@ def whatsapp_freeform_variants(variants: Iterable[Any]) -> list[str]:
     if not settings.WHATSAPP_SESSION_RULE:
         return []
     return [str(v.pk) for v in variants if "whatsapp" in v.content and not v.content["whatsapp"].get("template_name")]
+
+
+EXCLUSION_FILTERS = ("run", "campaign", "contact", "reason", "channel")
+
+
+def exclusion_filters(params: Mapping[str, str]) -> dict[str, Any]:
+    """Validated run-exclusion filters (run and campaign are UUIDs, contact an id); a ValidationError names the
+    bad ones."""
+    filters: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for name in EXCLUSION_FILTERS:
+        raw = (params.get(name) or "").strip()
+        if not raw:
+            continue
+        if name in ("run", "campaign"):
+            try:
+                filters[name] = uuid.UUID(raw)
+            except ValueError:
+                errors[name] = [f"{raw!r} is not a {name} id (a UUID)."]
+        elif name == "contact":
+            if raw.isdigit():
+                filters[name] = int(raw)
+            else:
+                errors[name] = [f"{raw!r} is not a contact id."]
+        else:
+            filters[name] = raw[:32]
+    if errors:
+        raise ValidationError(errors)
+    return filters
+
+
+def run_exclusions(actor: Any, filters: Mapping[str, Any]) -> QuerySet[RunExclusion]:
+    """The organisation's per-recipient fan-out exclusions, newest first."""
+    if actor.role not in AUDIT_READERS:
+        raise PermissionDenied("Only admins and compliance officers can read the audit log.")
+    queryset = RunExclusion.objects.filter(organisation=actor.organisation)
+    for name, column in (("run", "run_id"), ("campaign", "campaign_id"), ("contact", "contact_id")):
+        if name in filters:
+            queryset = queryset.filter(**{column: filters[name]})
+    if "reason" in filters:
+        queryset = queryset.filter(reason=filters["reason"])
+    if "channel" in filters:
+        queryset = queryset.filter(channel=filters["channel"])
+    return queryset.order_by("-created_at", "-id")
+
+
+EXCLUSION_CSV_HEADER = ("created_at", "run_id", "campaign_id", "contact_id", "channel", "reason")
+
+
+def exclusion_csv_rows(queryset: QuerySet[RunExclusion]) -> Iterator[tuple[Any, ...]]:
+    for row in queryset.iterator(chunk_size=5000):
+        yield (
+            row.created_at.isoformat(),
+            str(row.run_id),
+            str(row.campaign_id),
+            "" if row.contact_id is None else row.contact_id,
+            row.channel or "all",
+            row.reason,
+        )

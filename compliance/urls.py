@@ -13,4 +13,6 @@ urlpatterns = [
     path("holds/<int:hold_id>/release/", views.sending_hold_release_view, name="hold-release"),
     path("audit/", views.audit_log_view, name="audit"),
     path("audit.csv", views.audit_log_csv_view, name="audit-csv"),
+    path("exclusions/", views.run_exclusions_view, name="exclusions"),
+    path("exclusions.csv", views.run_exclusions_csv_view, name="exclusions-csv"),
 ]

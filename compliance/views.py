@@ -184,6 +184,33 @@ def audit_log_csv_view(request: HttpRequest) -> HttpResponse:
     return csv_response("audit-log.csv", selectors.AUDIT_CSV_HEADER, selectors.audit_csv_rows(queryset))
 
 
+def _exclusion_queryset(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
+    try:
+        filters = selectors.exclusion_filters(request.GET)
+        errors: dict[str, list[str]] = {}
+    except ValidationError as exc:
+        filters, errors = {}, exc.message_dict
+    return selectors.run_exclusions(request.actor, filters), errors
+
+
+@member_required
+def run_exclusions_view(request: HttpRequest) -> HttpResponse:
+    queryset, errors = _exclusion_queryset(request)
+    page = Paginator(queryset, 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"page": page, "errors": errors, "filters": request.GET, "query": query.urlencode()}
+    return render(request, "compliance/exclusions.html", context, status=400 if errors else 200)
+
+
+@member_required
+def run_exclusions_csv_view(request: HttpRequest) -> HttpResponse:
+    queryset, errors = _exclusion_queryset(request)
+    if errors:
+        return HttpResponse("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), status=400)
+    return csv_response("run-exclusions.csv", selectors.EXCLUSION_CSV_HEADER, selectors.exclusion_csv_rows(queryset))
+
+
 @member_required
 @require_POST
 def sending_hold_release_view(request: HttpRequest, hold_id: int) -> HttpResponse:

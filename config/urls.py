@@ -24,7 +24,13 @@ from audiences.segment_api import ContactViewSet, SegmentViewSet
 from campaigns.api import CampaignViewSet
 from campaigns.template_api import ContentTemplateViewSet
 from campaigns.unsubscribes import CampaignUnsubscribesView
-from compliance.api import AuditLogViewSet, ContactPreferencesView, InboundView, SuppressionViewSet
+from compliance.api import (
+    AuditLogViewSet,
+    ContactPreferencesView,
+    InboundView,
+    RunExclusionViewSet,
+    SuppressionViewSet,
+)
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
 from delivery.gdpr_api import ContactEraseView, ContactExportView
@@ -41,6 +47,7 @@ router.register("inbox", InboxViewSet, basename="inbox")
 router.register("event-types", EventTypeViewSet, basename="event-type")
 router.register("suppressions", SuppressionViewSet, basename="suppression")
 router.register("audit-log", AuditLogViewSet, basename="audit-log")
+router.register("run-exclusions", RunExclusionViewSet, basename="run-exclusion")
 
 urlpatterns = [
     path("", config_views.home, name="home"),

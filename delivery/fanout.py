@@ -119,6 +119,34 @@ def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str], cat
     return flagged
 
 
+def _record_exclusions(cursor: Any, *, run: Run, channels: list[str], now: Any) -> None:
+    """One row per excluded recipient (and channel, when only some of its channels were left out) for the audit
+    trail, from the staged flags; ON CONFLICT keeps a resumed fan-out from writing twice."""
+    cursor.execute(
+        "INSERT INTO compliance_runexclusion (organisation_id, run_id, campaign_id, contact_id, channel, reason,"
+        " created_at)"
+        " SELECT %(org)s::uuid, %(run)s::uuid, %(campaign)s::uuid, r.contact_id, '', r.blocked, %(now)s::timestamptz"
+        " FROM fan_out_recipients r WHERE r.blocked IS NOT NULL"
+        " UNION ALL"
+        " SELECT %(org)s::uuid, %(run)s::uuid, %(campaign)s::uuid, r.contact_id, ch.channel,"
+        "  CASE WHEN ch.channel = ANY(COALESCE(r.disabled, '{}')) THEN 'channel_disabled' ELSE 'suppressed' END,"
+        "  %(now)s::timestamptz"
+        " FROM fan_out_recipients r CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)"
+        " WHERE r.blocked IS NULL AND (r.disabled IS NOT NULL OR r.email_suppressed OR r.phone_suppressed)"
+        "  AND (ch.channel = ANY(COALESCE(r.disabled, '{}'))"
+        "   OR (ch.channel = 'email' AND r.email_suppressed AND r.has_email)"
+        "   OR (ch.channel IN ('sms', 'whatsapp') AND r.phone_suppressed AND r.has_phone))"
+        " ON CONFLICT ON CONSTRAINT run_exclusion_unique DO NOTHING",
+        {
+            "org": str(run.organisation_id),
+            "run": str(run.pk),
+            "campaign": str(run.campaign_id),
+            "now": now,
+            "channels": channels,
+        },
+    )
+
+
 def run_create(*, campaign: Campaign, trigger: str = Run.Trigger.MANUAL, scheduled_for: Any = None) -> Run:
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
@@ -192,6 +220,7 @@ def run_fan_out(run_id: Any) -> Run | None:
                 [channels],
             )
             channel_disabled, suppressed = cursor.fetchone()
+            _record_exclusions(cursor, run=run, channels=channels, now=now)
         cursor.execute(
             f"""
             INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, variant_kept, status, due_at,

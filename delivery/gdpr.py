@@ -29,7 +29,7 @@ from compliance import outbox
 from compliance import services as compliance
 from compliance.audit import audit_record
 from compliance.hashing import address_hash
-from compliance.models import AuditLogEntry, ContactChannelActivity, Suppression, Unsubscribe
+from compliance.models import AuditLogEntry, ContactChannelActivity, RunExclusion, Suppression, Unsubscribe
 
 GDPR_ROLES = frozenset({Role.ADMIN, Role.COMPLIANCE})
 EXPORT_ROW_LIMIT = 100_000
@@ -106,6 +106,18 @@ def contact_export(*, actor: Actor, contact_id: Any) -> dict[str, Any]:
             .order_by("occurred_at")
             .values("event_id", "type", "properties", "occurred_at", "received_at")[:EXPORT_ROW_LIMIT]
         ),
+        "exclusions": [
+            {
+                "run_id": str(x.run_id),
+                "campaign_id": str(x.campaign_id),
+                "channel": x.channel,
+                "reason": x.reason,
+                "at": x.created_at.isoformat(),
+            }
+            for x in RunExclusion.objects.filter(organisation=actor.organisation, contact_id=contact.pk).order_by(
+                "created_at", "id"
+            )[:EXPORT_ROW_LIMIT]
+        ],
         "inbound": [
             {"channel": a.channel, "last_inbound_at": a.last_inbound_at.isoformat()}
             for a in ContactChannelActivity.objects.filter(contact=contact)
@@ -168,6 +180,10 @@ def contact_erase(*, actor: Actor, contact_id: Any) -> dict[str, int]:
                 "UPDATE audiences_event SET contact_id = %s, properties = '{}'"
                 " WHERE organisation_id = %s AND contact_id = %s",
                 [surrogate, org, contact.pk],
+            ),
+            "run_exclusions": (
+                "UPDATE compliance_runexclusion SET contact_id = NULL WHERE organisation_id = %s AND contact_id = %s",
+                [org, contact.pk],
             ),
             "send_counts": (
                 "DELETE FROM delivery_contactsendcount WHERE organisation_id = %s AND contact_id = %s",

@@ -16,7 +16,7 @@ from audiences.models import Contact
 from campaigns.content import links
 from campaigns.models import Campaign, Channel, Variant
 from compliance import services
-from compliance.models import AuditLogEntry, ContactPreference
+from compliance.models import AuditLogEntry, ContactPreference, RunExclusion
 from delivery import runs, sending
 from delivery.models import Message, Run
 from tests.factories import CampaignFactory, console_client
@@ -286,13 +286,29 @@ def test_each_preference_is_honoured_at_fan_out(teammate, contacts, category, dj
     keys = set(_outcome(run))
     assert not {("p1", "email"), ("p1", "sms"), ("p3", "sms")} & keys
     assert ("p3", "email") in keys
+    # Every excluded recipient is on record with its reason (and channel when only one was left out).
+    recorded = {
+        (x.contact_id, x.channel, x.reason)
+        for x in RunExclusion.objects.filter(run_id=run.pk, campaign_id=run.campaign_id)
+    }
     if category == "marketing":
         assert run.excluded == {"opted_out": 1, "unsubscribed": 1, "category_disabled": 1, "channel_disabled": 1}
         assert not {("p2", "email"), ("p4", "email")} & keys and ("p5", "email") in keys
+        assert recorded == {
+            (contacts["p1"].pk, "", "opted_out"),
+            (contacts["p2"].pk, "", "unsubscribed"),
+            (contacts["p3"].pk, "sms", "channel_disabled"),
+            (contacts["p4"].pk, "", "category_disabled"),
+        }
     else:
         # Unsubscribing is from marketing: receipts and password resets still reach them.
         assert run.excluded == {"opted_out": 1, "category_disabled": 1, "channel_disabled": 1}
         assert {("p2", "email"), ("p4", "email")} <= keys and ("p5", "email") not in keys
+        assert recorded == {
+            (contacts["p1"].pk, "", "opted_out"),
+            (contacts["p3"].pk, "sms", "channel_disabled"),
+            (contacts["p5"].pk, "", "category_disabled"),
+        }
 
 
 @pytest.mark.parametrize("category", ["marketing", "transactional"])
