@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -17,6 +19,7 @@ from audiences.models import (
     Organisation,
     Segment,
 )
+from audiences.pii import contact_search
 
 
 class MembershipInline(admin.TabularInline):
@@ -67,10 +70,17 @@ class ApiKeyAdmin(SimpleHistoryAdmin):
 class ContactAdmin(admin.ModelAdmin):
     list_display = ["external_id", "organisation", "email", "phone", "timezone", "locale", "updated_at"]
     list_filter = ["organisation", "locale", "created_at"]
-    search_fields = ["external_id", "email", "phone", "first_name", "last_name"]
+    search_fields = ["external_id", "first_name", "last_name"]
     list_select_related = ["organisation"]
     show_full_result_count = False  # millions of contacts: no COUNT(*) per page
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["created_at", "updated_at", "email_hash", "phone_hash", "email_domain"]
+
+    def get_search_results(self, request: Any, queryset: Any, search_term: str) -> Any:
+        # Emails and phones are encrypted at rest: a whole address is found by its keyed hash.
+        results, distinct = super().get_search_results(request, queryset, search_term)
+        if search_term.strip():
+            results |= queryset.filter(contact_search(search_term))
+        return results, distinct
 
 
 @admin.register(ContactAttribute)

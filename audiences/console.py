@@ -20,6 +20,7 @@ from audiences import segments as engine
 from audiences import services
 from audiences.decorators import member_required
 from audiences.models import Contact, ContactAttribute, ContactImport, EventType, Segment, SegmentKind
+from audiences.pii import contact_search
 from audiences.rules import OPERATORS, STANDARD_FIELDS, RuleError
 from config.errors import Conflict
 
@@ -217,7 +218,7 @@ def contact_list_view(request: HttpRequest) -> HttpResponse:
     contacts = Contact.objects.filter(organisation=request.actor.organisation).order_by("-id")
     term = request.GET.get("search", "").strip()
     if term:
-        contacts = contacts.filter(external_id__startswith=term) | contacts.filter(email__startswith=term.lower())
+        contacts = contacts.filter(contact_search(term))
     page = Paginator(contacts, 50).get_page(request.GET.get("page"))
     imports = ContactImport.objects.filter(organisation=request.actor.organisation)[:5]
     return render(

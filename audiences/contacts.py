@@ -20,6 +20,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, connection, transaction
 
 from audiences.models import Organisation
+from audiences.pii import email_domain, encrypt, pii_hash
 from audiences.rules import ATTRIBUTE_NAME
 
 MAX_BATCH = 10_000
@@ -298,11 +299,14 @@ class UpsertResult:
 STAGING_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS contacts_incoming (
     external_id text, email text, phone text, first_name text, last_name text, timezone text, locale text,
-    attributes jsonb
+    email_hash text, phone_hash text, email_domain text, attributes jsonb
 ) ON COMMIT DELETE ROWS;
 TRUNCATE contacts_incoming;
 """
-STAGING_COLUMNS = ("external_id", "email", "phone", "first_name", "last_name", "timezone", "locale")
+STAGING_COLUMNS = (
+    "external_id", "email", "phone", "first_name", "last_name", "timezone", "locale", "email_hash", "phone_hash",
+    "email_domain",
+)  # fmt: skip
 
 # The COPY is CSV with control characters as delimiter (unit separator) and quote (record separator): JSON never
 # holds them raw, nor do validated emails, phones, timezones and locales, so almost every value is sent as it is,
@@ -316,9 +320,10 @@ COPY_SQL = "COPY contacts_incoming FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', Q
 # contact that exists already makes it fail on the unique constraint, and the batch takes the MERGE instead.
 INSERT_SQL = """
 INSERT INTO audiences_contact (organisation_id, external_id, email, phone, first_name, last_name, timezone, locale,
-                               attributes, created_at, updated_at)
+                               email_hash, phone_hash, email_domain, attributes, created_at, updated_at)
 SELECT %(org)s, i.external_id, COALESCE(i.email, ''), COALESCE(i.phone, ''), COALESCE(i.first_name, ''),
        COALESCE(i.last_name, ''), COALESCE(i.timezone, ''), COALESCE(i.locale, ''),
+       COALESCE(i.email_hash, ''), COALESCE(i.phone_hash, ''), COALESCE(i.email_domain, ''),
        {attributes}, now(), now()
 FROM contacts_incoming AS i
 """
@@ -335,6 +340,9 @@ ON c.organisation_id = %(org)s AND c.external_id = i.external_id
 WHEN MATCHED THEN UPDATE SET
     email = COALESCE(i.email, c.email),
     phone = COALESCE(i.phone, c.phone),
+    email_hash = COALESCE(i.email_hash, c.email_hash),
+    phone_hash = COALESCE(i.phone_hash, c.phone_hash),
+    email_domain = COALESCE(i.email_domain, c.email_domain),
     first_name = COALESCE(i.first_name, c.first_name),
     last_name = COALESCE(i.last_name, c.last_name),
     timezone = COALESCE(i.timezone, c.timezone),
@@ -344,9 +352,10 @@ WHEN MATCHED THEN UPDATE SET
                       ELSE jsonb_strip_nulls(c.attributes || i.attributes) END,
     updated_at = now()
 WHEN NOT MATCHED THEN INSERT (organisation_id, external_id, email, phone, first_name, last_name, timezone, locale,
-                              attributes, created_at, updated_at)
+                              email_hash, phone_hash, email_domain, attributes, created_at, updated_at)
 VALUES (%(org)s, i.external_id, COALESCE(i.email, ''), COALESCE(i.phone, ''), COALESCE(i.first_name, ''),
         COALESCE(i.last_name, ''), COALESCE(i.timezone, ''), COALESCE(i.locale, ''),
+        COALESCE(i.email_hash, ''), COALESCE(i.phone_hash, ''), COALESCE(i.email_domain, ''),
         jsonb_strip_nulls(COALESCE(i.attributes, '{}'::jsonb)), now(), now())
 """
 
@@ -436,13 +445,32 @@ def _csv_field(value: str | None) -> str:
     return value
 
 
+def _seal(contact: dict[str, Any]) -> dict[str, Any]:
+    """A copy with the email and phone encrypted and their look-up hashes added (audiences.pii); a field left out
+    (None) stays left out, an empty one clears all three."""
+    email = contact.get("email")
+    phone = contact.get("phone")
+    if email is None and phone is None:
+        return contact
+    contact = dict(contact)
+    if email is not None:
+        contact["email"] = encrypt(email)
+        contact["email_hash"] = pii_hash(email)
+        contact["email_domain"] = email_domain(email)
+    phone = contact.get("phone")
+    if phone is not None:
+        contact["phone"] = encrypt(phone)
+        contact["phone_hash"] = pii_hash(phone)
+    return contact
+
+
 def _copy_csv(entries: Sequence[tuple[int, dict[str, Any], bool]]) -> bytes:
     lines = []
     append = lines.append
     encode = _json_encode
     join = DELIMITER.join
     for _, contact, plain in entries:
-        get = contact.get
+        get = _seal(contact).get
         attributes = get("attributes")
         if plain:
             append(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -18,6 +19,7 @@ from simple_history.models import HistoricalRecords
 from timezone_field import TimeZoneField
 
 from audiences.history import HistoryActorMixin
+from audiences.pii import EncryptedTextField, email_domain, pii_hash
 
 
 class Role(models.TextChoices):
@@ -150,8 +152,12 @@ class Contact(models.Model):
     id = models.BigAutoField(primary_key=True)
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="contacts")
     external_id = models.CharField(max_length=255)
-    email = models.CharField(max_length=254, blank=True, default="")
-    phone = models.CharField(max_length=20, blank=True, default="", help_text="E.164, e.g. +447700900123")
+    # Encrypted at rest (audiences.pii); look-ups go through the keyed hashes beside them.
+    email = EncryptedTextField(blank=True, default="")
+    phone = EncryptedTextField(blank=True, default="", help_text="E.164, e.g. +447700900123")
+    email_hash = models.CharField(max_length=66, blank=True, default="", db_default="")
+    phone_hash = models.CharField(max_length=66, blank=True, default="", db_default="")
+    email_domain = models.CharField(max_length=254, blank=True, default="", db_default="")
     first_name = models.CharField(max_length=150, blank=True, default="")
     last_name = models.CharField(max_length=150, blank=True, default="")
     timezone = models.CharField(max_length=64, blank=True, default="", help_text="IANA name, e.g. Europe/Paris")
@@ -165,7 +171,10 @@ class Contact(models.Model):
             models.UniqueConstraint(fields=["organisation", "external_id"], name="contact_unique_external_id"),
         ]
         indexes = [
-            models.Index(fields=["organisation", "email"], name="contact_email_idx"),
+            models.Index(fields=["organisation", "email_hash"], name="contact_email_hash_idx"),
+            models.Index(
+                fields=["organisation", "phone_hash"], condition=~models.Q(phone_hash=""), name="contact_phone_hash_idx"
+            ),
             # A fixed 1 % sample for fast, stable audience estimates on large organisations: contacts whose id
             # *hashes* to 0 mod 100. Hashing matters: ids follow import order, so "id mod 100" would sample
             # periodically and be biased by any pattern in the file (a sorted CSV, a round-robin export).
@@ -179,6 +188,17 @@ class Contact(models.Model):
 
     def __str__(self) -> str:
         return self.external_id
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Bulk writes (audiences.contacts) compute these in the batch; single ORM saves keep them in step here.
+        self.email = (self.email or "").strip().lower()
+        self.email_hash = pii_hash(self.email)
+        self.email_domain = email_domain(self.email)
+        self.phone_hash = pii_hash(self.phone or "")
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and ({"email", "phone"} & set(update_fields)):
+            kwargs["update_fields"] = {*update_fields, "email_hash", "phone_hash", "email_domain"}
+        super().save(*args, **kwargs)
 
 
 class AttributeType(models.TextChoices):

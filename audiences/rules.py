@@ -9,8 +9,8 @@ Grammar (every node is an object):
     {"segment": "<uuid>"}           membership of another segment of the organisation
     {"event": X, "min_count": N, "within_days": D}   behaviour (see below)
 
-F is a standard field (external_id, email, phone, first_name, last_name, timezone, locale, created_at,
-updated_at) or `attributes.<name>` for an attribute in the organisation's catalogue, whose type decides the
+F is a standard field (external_id, email, phone, email_domain, first_name, last_name, timezone, locale,
+created_at, updated_at) or `attributes.<name>` for an attribute in the organisation's catalogue, whose type decides the
 operators allowed:
 
     string   eq neq contains starts_with in not_in exists not_exists
@@ -18,6 +18,8 @@ operators allowed:
     boolean  eq neq exists not_exists
     date     eq before after gt gte lt lte between within_last_days exists not_exists
     list     contains exists not_exists
+
+email and phone are encrypted at rest: eq neq in not_in exists not_exists only (keyed hashes, audiences.pii).
 
 Behaviour: {"event": X, "min_count": N, "within_days": D} holds when the contact did event X at least N times
 (default 1) in the last D days (default: ever), compiled to an EXISTS / a bounded count over the events index.
@@ -40,6 +42,8 @@ from uuid import UUID
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from audiences.pii import pii_hash
+
 TABLE = '"audiences_contact"'
 ATTRS = f"{TABLE}.attributes"
 
@@ -47,6 +51,7 @@ STANDARD_FIELDS: dict[str, str] = {
     "external_id": "string",
     "email": "string",
     "phone": "string",
+    "email_domain": "string",
     "first_name": "string",
     "last_name": "string",
     "timezone": "string",
@@ -61,6 +66,10 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     "date": ("eq", "before", "after", "gt", "gte", "lt", "lte", "between", "within_last_days", "exists", "not_exists"),
     "list": ("contains", "exists", "not_exists"),
 }
+# Emails and phones are encrypted at rest (audiences.pii): conditions on them compare keyed hashes, so equality,
+# lists and presence work, substrings do not (email_domain, kept in clear, covers matching by domain).
+ENCRYPTED_FIELDS = {"email": "email_hash", "phone": "phone_hash"}
+ENCRYPTED_OPERATORS = ("eq", "neq", "in", "not_in", "exists", "not_exists")
 ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 MAX_CHILDREN = 50
@@ -273,6 +282,13 @@ class RuleCompiler:
                 f"{path}/op",
                 f"{op!r} does not apply to {kind} field {name!r}; use one of: {', '.join(OPERATORS[kind])}.",
             )
+        if name in ENCRYPTED_FIELDS and op not in ENCRYPTED_OPERATORS:
+            hint = " Match domains with email_domain." if name == "email" else ""
+            return self._fail(
+                f"{path}/op",
+                f"{op!r} does not apply to {name!r}: it is encrypted at rest, so only "
+                f"{', '.join(ENCRYPTED_OPERATORS)} do.{hint}",
+            )
         if op in ("exists", "not_exists"):
             if node.get("value") is not None:
                 return self._fail(f"{path}/value", f"{op!r} takes no value.")
@@ -342,9 +358,15 @@ class RuleCompiler:
         column = f'{TABLE}."{name}"'
         if kind == "date":
             return _date_condition(column, op, value)
-        if name == "email" and isinstance(value, str):
-            value = value.lower()  # emails are stored lowercased
-        elif name == "email" and isinstance(value, list):
+        if name in ENCRYPTED_FIELDS and op not in ("exists", "not_exists"):
+            hashed = f'{TABLE}."{ENCRYPTED_FIELDS[name]}"'
+            if op in ("eq", "neq"):
+                return Compiled(f"({hashed} {'=' if op == 'eq' else '<>'} %s)", [pii_hash(value)])
+            hashes = [pii_hash(item) for item in value]
+            return Compiled(f"({'NOT ' if op == 'not_in' else ''}({hashed} = ANY(%s)))", [hashes])
+        if name == "email_domain" and isinstance(value, str):
+            value = value.lower()  # domains are stored lowercased
+        elif name == "email_domain" and isinstance(value, list):
             value = [item.lower() for item in value]
         if op == "eq":
             return Compiled(f"({column} = %s)", [value])

@@ -15,6 +15,7 @@ from audiences import segments as engine
 from audiences import services
 from audiences.adapters import contact_profile
 from audiences.models import Contact, ContactAttribute, Segment, SegmentKind
+from audiences.pii import contact_search, pii_hash
 from audiences.rules import RuleError
 
 MAX_PREVIEW = 100
@@ -65,7 +66,8 @@ class AttributeSerializer(serializers.ModelSerializer):
 class ContactViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
 ):
-    """Contacts of the caller's organisation. `?external_id=`, `?email=` or `?search=` (prefix of either)."""
+    """Contacts of the caller's organisation. `?external_id=`, `?email=`, `?phone=` or `?search=` (a prefix of
+    the external id, or a whole email or phone number)."""
 
     serializer_class = ContactSerializer
     lookup_value_regex = r"\d+"
@@ -77,17 +79,20 @@ class ContactViewSet(
         params = self.request.query_params
         if params.get("external_id"):
             queryset = queryset.filter(external_id=params["external_id"])
+        # Emails and phones are encrypted at rest: they are found by keyed hash, so whole values only.
         if params.get("email"):
-            queryset = queryset.filter(email=params["email"].strip().lower())
+            queryset = queryset.filter(email_hash=pii_hash(params["email"]))
+        if params.get("phone"):
+            queryset = queryset.filter(phone_hash=pii_hash(params["phone"]))
         if params.get("search"):
-            term = params["search"].strip()
-            queryset = queryset.filter(external_id__startswith=term) | queryset.filter(email__startswith=term.lower())
+            queryset = queryset.filter(contact_search(params["search"]))
         return queryset
 
     @extend_schema(
         parameters=[
             OpenApiParameter("external_id", str),
-            OpenApiParameter("email", str),
+            OpenApiParameter("email", str, description="Whole email address (stored encrypted; no prefixes)."),
+            OpenApiParameter("phone", str, description="Whole E.164 number."),
             OpenApiParameter("search", str),
         ]
     )

@@ -50,7 +50,7 @@ class RunExclusionAdmin(AuditLogEntryAdmin):
 class ContactPreferenceAdmin(SimpleHistoryAdmin):
     list_display = ["contact", "organisation", "global_opt_out", "unsubscribed_at", "disabled_channels", "updated_at"]
     list_filter = ["global_opt_out", "organisation"]
-    search_fields = ["contact__external_id", "contact__email"]
+    search_fields = ["contact__external_id"]
     raw_id_fields = ["contact"]
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.serializers.json import DjangoJSONEncoder
@@ -8,6 +10,7 @@ from simple_history.models import HistoricalRecords
 
 from audiences.history import HistoryActorMixin
 from audiences.models import ApiKey, Organisation
+from audiences.pii import HASH_PREFIX, EncryptedTextField, pii_hash
 
 
 class AuditLogEntry(models.Model):
@@ -98,7 +101,11 @@ class Suppression(models.Model):
         ERASED = "erased", "Erased contact"
 
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="suppressions")
-    address = models.CharField(max_length=254)
+    # Encrypted at rest like contacts' addresses (audiences.pii); an erased contact's row holds only its hash.
+    address = EncryptedTextField()
+    # The keyed hash of the address (audiences.pii), matched against contacts' email_hash / phone_hash; for an
+    # erased contact's row the address *is* this hash. One row per address and organisation.
+    address_hash = models.CharField(max_length=66, blank=True, default="", db_default="")
     reason = models.CharField(max_length=16, choices=Reason.choices)
     note = models.CharField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -106,7 +113,9 @@ class Suppression(models.Model):
     history = HistoricalRecords(bases=[HistoryActorMixin])
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["organisation", "address"], name="suppression_unique_address")]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "address_hash"], name="suppression_unique_address_hash")
+        ]
         indexes = [
             # "Has this organisation erased anyone?" — asked by every send-time claim.
             models.Index(fields=["organisation"], condition=models.Q(reason="erased"), name="suppression_erased_idx"),
@@ -114,6 +123,10 @@ class Suppression(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address} ({self.reason})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.address_hash = self.address if self.address.startswith(HASH_PREFIX) else pii_hash(self.address)
+        super().save(*args, **kwargs)
 
 
 class Unsubscribe(models.Model):

@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audiences.models import Role
-from compliance.hashing import pads
+from audiences.pii import pii_hash
 from compliance.models import AuditLogEntry, RunExclusion, SendingHold, Suppression, Unsubscribe
 
 
@@ -24,15 +24,10 @@ def has_erased_addresses(organisation_id: Any) -> bool:
 
 
 def consent_params(organisation_id: Any, category: str) -> dict[str, Any]:
-    """Parameters of the consent checks in fan-out and the send-time claim: the campaign's category, and whether
-    (and with which pads) to compare recipients' addresses with erased contacts' hashed ones — only
-    organisations that erased someone pay for hashing."""
-    ipad, opad = pads()
+    """Parameters of the consent checks in the send-time claim: the campaign's category, whether marketing email
+    is on hold, and the marketing SMS hours."""
     return {
         "category": category,
-        "erased": has_erased_addresses(organisation_id),
-        "ipad": ipad,
-        "opad": opad,
         "email_held": category == "marketing" and email_marketing_held(organisation_id),
         **marketing_sms_quiet_hours(),
     }
@@ -86,8 +81,9 @@ def unsubscribe_csv_rows(queryset: QuerySet[Unsubscribe]) -> Iterator[tuple[Any,
 
 def suppression_list(organisation: Any, *, search: str = "", reason: str = "") -> QuerySet[Suppression]:
     queryset = Suppression.objects.filter(organisation=organisation).order_by("-created_at", "-id")
-    if search:
-        queryset = queryset.filter(address__startswith=search.strip().lower())
+    if search.strip():
+        # Addresses are encrypted at rest: a whole address is found by its keyed hash (no prefixes).
+        queryset = queryset.filter(address_hash=pii_hash(search))
     if reason:
         if reason not in Suppression.Reason.values:
             raise ValidationError({"reason": [f"One of {', '.join(Suppression.Reason.values)}."]})

@@ -20,6 +20,7 @@ from django.utils import timezone
 from audiences.access import Actor, system_actor
 from audiences.contacts import normalise_phone
 from audiences.models import Contact, Organisation, Role
+from audiences.pii import encrypt, pii_hash
 from compliance import outbox
 from compliance.audit import audit_record
 from compliance.models import ContactPreference, SendingHold, Suppression, Unsubscribe
@@ -275,8 +276,8 @@ def suppression_add(
         raise ValidationError({"address": exc.messages}) from exc
     suppression, created = Suppression.objects.get_or_create(
         organisation=actor.organisation,
-        address=normalised,
-        defaults={"reason": reason, "note": (note or "")[:500]},
+        address_hash=pii_hash(normalised),
+        defaults={"address": normalised, "reason": reason, "note": (note or "")[:500]},
     )
     if created:
         audit_record(
@@ -316,10 +317,15 @@ def suppressions_import(*, actor: Actor, addresses: Iterable[str], note: str = "
         added = 0
         if unique:
             cursor.execute(
-                "INSERT INTO compliance_suppression (organisation_id, address, reason, note, created_at)"
-                " SELECT %s, a, 'import', %s, now() FROM unnest(%s::text[]) AS a"
-                " ON CONFLICT (organisation_id, address) DO NOTHING",
-                [str(actor.organisation.pk), (note or "")[:500], unique],
+                "INSERT INTO compliance_suppression (organisation_id, address, address_hash, reason, note, created_at)"
+                " SELECT %s, a, h, 'import', %s, now() FROM unnest(%s::text[], %s::text[]) AS u(a, h)"
+                " ON CONFLICT (organisation_id, address_hash) DO NOTHING",
+                [
+                    str(actor.organisation.pk),
+                    (note or "")[:500],
+                    [encrypt(a) for a in unique],
+                    [pii_hash(a) for a in unique],
+                ],
             )
             added = cursor.rowcount
         audit_record(
@@ -360,7 +366,7 @@ def inbound_record(*, actor: Actor, items: Iterable[Mapping[str, Any]]) -> dict[
     with transaction.atomic():
         for item in items:
             channel, phone = item["channel"], item["from"]
-            contacts = list(Contact.objects.filter(organisation=actor.organisation, phone=phone))
+            contacts = list(Contact.objects.filter(organisation=actor.organisation, phone_hash=pii_hash(phone)))
             if not contacts:
                 continue
             counts["matched"] += 1

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 
 from audiences.decorators import member_required
 from audiences.models import Contact
+from audiences.pii import pii_hash
 from compliance import selectors, services
 from compliance.api import MAX_IMPORT_BYTES, addresses_from_csv
 from compliance.exports import csv_response
@@ -76,7 +77,9 @@ def contact_consent_view(request: HttpRequest, contact_id: Any) -> HttpResponse:
         "channels": [(code, label, code not in preference.disabled_channels) for code, label in CHANNEL_LABELS],
         "categories": [(c, c not in preference.disabled_categories) for c in services.CATEGORIES],
         "unsubscribes": Unsubscribe.objects.filter(contact=contact).order_by("-created_at")[:50],
-        "suppressions": Suppression.objects.filter(organisation=request.actor.organisation, address__in=addresses),
+        "suppressions": Suppression.objects.filter(
+            organisation=request.actor.organisation, address_hash__in=[pii_hash(a) for a in addresses]
+        ),
         "audit": (
             AuditLogEntry.objects.filter(
                 organisation=request.actor.organisation, target_type="audiences.contact", target_id=str(contact.pk)

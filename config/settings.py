@@ -19,6 +19,14 @@ if not SECRET_KEY:
 
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
 
+# Personal data at rest (audiences.pii): AES-256-GCM keys as "id:base64key,id2:base64key", the id that encrypts
+# (default: the first), and the look-up hash key. Without keys, both derive from SECRET_KEY — fine for development,
+# but then rotating SECRET_KEY would make every stored email and phone unreadable: production sets its own.
+# Rotation: docs/security.md.
+PII_ENCRYPTION_KEYS = dict(item.split(":", 1) for item in envlist("PII_ENCRYPTION_KEYS", []) if ":" in item)
+PII_ENCRYPTION_KEY_ID = envstr("PII_ENCRYPTION_KEY_ID", next(iter(PII_ENCRYPTION_KEYS), ""))
+PII_HASH_KEY = envstr("PII_HASH_KEY", "")
+
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = envstr("SITE_URL", "http://127.0.0.1:8000")

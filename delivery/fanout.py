@@ -19,7 +19,6 @@ from audiences.rules import Compiled
 from campaigns.audience import audience_resolution_select
 from campaigns.models import Campaign, Channel
 from compliance.audit import audit_record
-from compliance.selectors import consent_params
 from delivery.assignment import kept_variants_stage, sticky_assignment_applies
 from delivery.models import Message, Run
 
@@ -70,9 +69,7 @@ def _due_at(campaign: Campaign, *, now: Any) -> tuple[str, list[Any], str, list[
 def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str], category: str) -> int:
     """Flag staged recipients who opted out, unsubscribed (marketing only), turned the campaign's category or
     channels off, or whose address is suppressed. Each statement touches only the matching rows (few), not the
-    audience — except the erased-address check, which hashes the audience's addresses and runs only for
-    organisations that erased someone."""
-    consent = consent_params(organisation_id, category)
+    audience."""
     cursor.execute(
         "UPDATE fan_out_recipients r SET blocked = CASE WHEN p.global_opt_out THEN 'opted_out'"
         " WHEN p.unsubscribed_at IS NOT NULL AND %(category)s = 'marketing' THEN 'unsubscribed'"
@@ -85,34 +82,21 @@ def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str], cat
         {"org": organisation_id, "category": category},
     )
     flagged = cursor.rowcount
-    if consent["erased"]:
-        for flag, has, address, applies in (
-            ("email_suppressed", "has_email", "lower(c.email)", Channel.EMAIL in channels),
-            ("phone_suppressed", "has_phone", "c.phone", Channel.SMS in channels or Channel.WHATSAPP in channels),
-        ):
-            if not applies:
-                continue
-            cursor.execute(
-                f"UPDATE fan_out_recipients r SET {flag} = true FROM audiences_contact c"
-                f" WHERE c.id = r.contact_id AND r.{has} AND EXISTS (SELECT 1 FROM compliance_suppression s"
-                "  WHERE s.organisation_id = %(org)s AND s.address = cs_address_hash("
-                f"{address}, %(ipad)s, %(opad)s))",
-                {"org": organisation_id, "ipad": consent["ipad"], "opad": consent["opad"]},
-            )
-            flagged += cursor.rowcount
+    # Suppressions (hard bounces, complaints, manual, imported, erased contacts) match by keyed hash
+    # (audiences.pii): the addresses themselves are encrypted.
     if Channel.EMAIL in channels:
         cursor.execute(
             "UPDATE fan_out_recipients r SET email_suppressed = true FROM compliance_suppression s"
-            " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.email = s.address"
-            " WHERE s.organisation_id = %s AND r.contact_id = c.id",
+            " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.email_hash = s.address_hash"
+            " WHERE s.organisation_id = %s AND s.address_hash <> '' AND r.contact_id = c.id",
             [organisation_id],
         )
         flagged += cursor.rowcount
     if Channel.SMS in channels or Channel.WHATSAPP in channels:
         cursor.execute(
             "UPDATE fan_out_recipients r SET phone_suppressed = true FROM compliance_suppression s"
-            " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.phone = s.address"
-            " WHERE s.organisation_id = %s AND s.address LIKE '+%%' AND r.contact_id = c.id",
+            " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.phone_hash = s.address_hash"
+            " WHERE s.organisation_id = %s AND s.address_hash <> '' AND r.contact_id = c.id",
             [organisation_id],
         )
         flagged += cursor.rowcount

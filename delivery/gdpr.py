@@ -75,7 +75,9 @@ def contact_export(*, actor: Actor, contact_id: Any) -> dict[str, Any]:
         ],
         "suppressions": [
             {"address": s.address, "reason": s.reason, "note": s.note, "since": s.created_at.isoformat()}
-            for s in Suppression.objects.filter(organisation=actor.organisation, address__in=_addresses(contact))
+            for s in Suppression.objects.filter(
+                organisation=actor.organisation, address_hash__in=[address_hash(a) for a in _addresses(contact)]
+            )
         ],
         "segments": [
             str(segment_id)
@@ -145,15 +147,15 @@ def contact_erase(*, actor: Actor, contact_id: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     with connection.cursor() as cursor:
         for address in addresses:
+            # The address stays suppressed by hash alone: an existing entry for it becomes the erased entry (its
+            # encrypted address goes), or a new one is added.
             cursor.execute(
-                "INSERT INTO compliance_suppression (organisation_id, address, reason, note, created_at)"
-                " VALUES (%s, %s, 'erased', '', now()) ON CONFLICT (organisation_id, address) DO NOTHING",
-                [org, address_hash(address)],
+                "INSERT INTO compliance_suppression (organisation_id, address, address_hash, reason, note, created_at)"
+                " VALUES (%s, %s, %s, 'erased', '', now()) ON CONFLICT (organisation_id, address_hash)"
+                " DO UPDATE SET address = EXCLUDED.address, reason = 'erased', note = ''",
+                [org, address_hash(address), address_hash(address)],
             )
-        # The plain addresses go; their audit entries stop quoting them.
-        cursor.execute(
-            "DELETE FROM compliance_suppression WHERE organisation_id = %s AND address = ANY(%s)", [org, addresses]
-        )
+        # Their audit entries stop quoting the addresses.
         cursor.execute(
             "UPDATE compliance_auditlogentry SET target_repr = 'erased address', details = details - 'address'"
             " WHERE organisation_id = %s AND target_type = 'compliance.suppression'"

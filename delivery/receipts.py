@@ -17,6 +17,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.access import Actor
+from audiences.models import Contact
+from audiences.pii import encrypt, pii_hash
 from compliance.audit import audit_record
 
 STATUSES = ("delivered", "bounced", "complained", "failed")
@@ -153,13 +155,35 @@ def _suppress(cursor: Any, organisation: Any, moved: Sequence[Sequence[Any]], ro
     ]
     if not targets:
         return 0
+    # The addresses are encrypted in the contact store: read (and decrypt) the few contacts concerned.
+    contacts = Contact.objects.filter(organisation=organisation, pk__in={t["c"] for t in targets}).only(
+        "email", "phone"
+    )
+    by_id = {contact.pk: contact for contact in contacts}
+    entries = []
+    for target in targets:
+        contact = by_id.get(target["c"])
+        address = (contact.email if target["ch"] == "email" else contact.phone) if contact else ""
+        if address:
+            entries.append({"a": encrypt(address), "h": pii_hash(address), "why": target["why"], "plain": address})
+    if not entries:
+        return 0
+    now = timezone.now()
+    # The new suppressions and, in the same statement, one audit entry each (quoting the address, which the
+    # suppression row itself holds only encrypted).
     cursor.execute(
-        "INSERT INTO compliance_suppression (organisation_id, address, reason, note, created_at)"
-        " SELECT DISTINCT ON (address) %s, address, t.why, 'from a provider receipt', %s FROM ("
-        "   SELECT CASE WHEN t.ch = 'email' THEN c.email ELSE c.phone END AS address, t.why"
-        "   FROM json_to_recordset(%s::json) AS t(c bigint, ch text, why text)"
-        "   JOIN audiences_contact c ON c.id = t.c AND c.organisation_id = %s) t"
-        " WHERE address <> '' ON CONFLICT (organisation_id, address) DO NOTHING",
-        [str(organisation.pk), timezone.now(), json.dumps(targets), str(organisation.pk)],
+        "WITH incoming AS (SELECT DISTINCT ON (u.h) u.a, u.h, u.why, u.plain"
+        "   FROM json_to_recordset(%(rows)s::json) AS u(a text, h text, why text, plain text)),"
+        " added AS ("
+        "   INSERT INTO compliance_suppression (organisation_id, address, address_hash, reason, note, created_at)"
+        "   SELECT %(org)s, a, h, why, 'from a provider receipt', %(now)s FROM incoming"
+        "   ON CONFLICT (organisation_id, address_hash) DO NOTHING RETURNING id, address_hash, reason, note)"
+        " INSERT INTO compliance_auditlogentry (organisation_id, occurred_at, action, target_type, target_id,"
+        "                                       target_repr, actor_label, details)"
+        " SELECT %(org)s, %(now)s, 'suppression.auto', 'compliance.suppression', added.id::text,"
+        "        left(i.plain || ' (' || added.reason || ')', 300), 'provider receipt',"
+        "        jsonb_build_object('reason', added.reason, 'note', added.note)"
+        " FROM added JOIN incoming i ON i.h = added.address_hash ORDER BY added.id",
+        {"org": str(organisation.pk), "now": now, "rows": json.dumps(entries)},
     )
     return cursor.rowcount

