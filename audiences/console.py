@@ -21,7 +21,7 @@ from audiences import services
 from audiences.decorators import member_required
 from audiences.models import Contact, ContactAttribute, ContactImport, EventType, Segment, SegmentKind
 from audiences.pii import contact_search
-from audiences.rules import OPERATORS, STANDARD_FIELDS, RuleError
+from audiences.rules import ENCRYPTED_FIELDS, ENCRYPTED_OPERATORS, OPERATORS, STANDARD_FIELDS, RuleError
 from config.errors import Conflict
 
 
@@ -76,8 +76,15 @@ def _builder_context(request: HttpRequest) -> dict[str, Any]:
         "standard_fields": STANDARD_FIELDS,
         "attributes": attributes,
         "operators": OPERATORS,
-        "field_types_json": json.dumps({**STANDARD_FIELDS, **{f"attributes.{a.name}": a.type for a in attributes}}),
-        "operators_json": json.dumps(OPERATORS),
+        # Email and phone are encrypted at rest: the builder offers only the operators that work on them.
+        "field_types_json": json.dumps(
+            {
+                **STANDARD_FIELDS,
+                **dict.fromkeys(ENCRYPTED_FIELDS, "encrypted"),
+                **{f"attributes.{a.name}": a.type for a in attributes},
+            }
+        ),
+        "operators_json": json.dumps({**OPERATORS, "encrypted": ENCRYPTED_OPERATORS}),
     }
 
 

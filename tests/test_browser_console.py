@@ -239,3 +239,14 @@ def test_report_dashboard_updates_live_as_engagement_arrives(page, teammate):
     )
     assert time.monotonic() - started < 5
     assert "10.0 %" in page.locator('[data-testid="live-metrics"]').inner_text()
+
+
+def test_the_rule_builder_offers_only_hash_operators_on_encrypted_fields(page):
+    page.goto("/segments/new/")
+    page.click('[data-testid="add-condition"]')
+    row = page.locator('[data-testid="rule-row"]').first
+    row.get_by_label("Field").select_option("email")
+    options = row.get_by_label("Operator").locator("option").all_inner_texts()
+    assert options == ["eq", "neq", "in", "not in", "exists", "not exists"]
+    row.get_by_label("Field").select_option("email_domain")
+    assert "contains" in row.get_by_label("Operator").locator("option").all_inner_texts()
