@@ -20,7 +20,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, connection, transaction
 
 from audiences.models import Organisation
-from audiences.pii import email_domain, encrypt, pii_hash
+from audiences.pii import Sealer, email_domain, sealer
 from audiences.rules import ATTRIBUTE_NAME
 
 MAX_BATCH = 10_000
@@ -445,7 +445,7 @@ def _csv_field(value: str | None) -> str:
     return value
 
 
-def _seal(contact: dict[str, Any]) -> dict[str, Any]:
+def _seal(contact: dict[str, Any], seal: Sealer) -> dict[str, Any]:
     """A copy with the email and phone encrypted and their look-up hashes added (audiences.pii); a field left out
     (None) stays left out, an empty one clears all three."""
     email = contact.get("email")
@@ -454,13 +454,12 @@ def _seal(contact: dict[str, Any]) -> dict[str, Any]:
         return contact
     contact = dict(contact)
     if email is not None:
-        contact["email"] = encrypt(email)
-        contact["email_hash"] = pii_hash(email)
+        contact["email"] = seal.encrypt(email)
+        contact["email_hash"] = seal.hash(email)
         contact["email_domain"] = email_domain(email)
-    phone = contact.get("phone")
     if phone is not None:
-        contact["phone"] = encrypt(phone)
-        contact["phone_hash"] = pii_hash(phone)
+        contact["phone"] = seal.encrypt(phone)
+        contact["phone_hash"] = seal.hash(phone)
     return contact
 
 
@@ -469,8 +468,9 @@ def _copy_csv(entries: Sequence[tuple[int, dict[str, Any], bool]]) -> bytes:
     append = lines.append
     encode = _json_encode
     join = DELIMITER.join
+    seal = sealer()
     for _, contact, plain in entries:
-        get = _seal(contact).get
+        get = _seal(contact, seal).get
         attributes = get("attributes")
         if plain:
             append(

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import HashIndex
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Lower, Mod
@@ -150,7 +151,8 @@ class Contact(models.Model):
     """A person an organisation can message. `external_id` is the organisation's own user id."""
 
     id = models.BigAutoField(primary_key=True)
-    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="contacts")
+    # No index of its own: the unique (organisation, external_id) index leads with it.
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="contacts", db_index=False)
     external_id = models.CharField(max_length=255)
     # Encrypted at rest (audiences.pii); look-ups go through the keyed hashes beside them.
     email = EncryptedTextField(blank=True, default="")
@@ -171,10 +173,11 @@ class Contact(models.Model):
             models.UniqueConstraint(fields=["organisation", "external_id"], name="contact_unique_external_id"),
         ]
         indexes = [
-            models.Index(fields=["organisation", "email_hash"], name="contact_email_hash_idx"),
-            models.Index(
-                fields=["organisation", "phone_hash"], condition=~models.Q(phone_hash=""), name="contact_phone_hash_idx"
-            ),
+            # Look-ups by keyed hash are equality only, and hashes are random: a btree over them takes a random
+            # leaf page per new contact (a large index that stops fitting in memory), a hash index a small bucket.
+            # Partial: contacts without the address are left out (queries say `<> ''`, or an equality implies it).
+            HashIndex(fields=["email_hash"], condition=~models.Q(email_hash=""), name="contact_email_hash_idx"),
+            HashIndex(fields=["phone_hash"], condition=~models.Q(phone_hash=""), name="contact_phone_hash_idx"),
             # A fixed 1 % sample for fast, stable audience estimates on large organisations: contacts whose id
             # *hashes* to 0 mod 100. Hashing matters: ids follow import order, so "id mod 100" would sample
             # periodically and be biased by any pattern in the file (a sorted CSV, a round-robin export).

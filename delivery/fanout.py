@@ -88,7 +88,7 @@ def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str], cat
         cursor.execute(
             "UPDATE fan_out_recipients r SET email_suppressed = true FROM compliance_suppression s"
             " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.email_hash = s.address_hash"
-            " WHERE s.organisation_id = %s AND s.address_hash <> '' AND r.contact_id = c.id",
+            " WHERE s.organisation_id = %s AND s.address_hash <> '' AND c.email_hash <> '' AND r.contact_id = c.id",
             [organisation_id],
         )
         flagged += cursor.rowcount
@@ -96,7 +96,7 @@ def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str], cat
         cursor.execute(
             "UPDATE fan_out_recipients r SET phone_suppressed = true FROM compliance_suppression s"
             " JOIN audiences_contact c ON c.organisation_id = s.organisation_id AND c.phone_hash = s.address_hash"
-            " WHERE s.organisation_id = %s AND s.address_hash <> '' AND r.contact_id = c.id",
+            " WHERE s.organisation_id = %s AND s.address_hash <> '' AND c.phone_hash <> '' AND r.contact_id = c.id",
             [organisation_id],
         )
         flagged += cursor.rowcount

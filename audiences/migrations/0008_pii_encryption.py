@@ -3,6 +3,8 @@
 import json
 
 import audiences.pii
+import django.contrib.postgres.indexes
+import django.db.models.deletion
 from django.db import migrations, models
 
 
@@ -72,13 +74,18 @@ class Migration(migrations.Migration):
             name='phone',
             field=audiences.pii.EncryptedTextField(blank=True, default='', help_text='E.164, e.g. +447700900123'),
         ),
-        migrations.AddIndex(
+        migrations.AlterField(
             model_name='contact',
-            index=models.Index(fields=['organisation', 'email_hash'], name='contact_email_hash_idx'),
+            name='organisation',
+            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='contacts', to='audiences.organisation'),
         ),
         migrations.AddIndex(
             model_name='contact',
-            index=models.Index(condition=models.Q(('phone_hash', ''), _negated=True), fields=['organisation', 'phone_hash'], name='contact_phone_hash_idx'),
+            index=django.contrib.postgres.indexes.HashIndex(condition=models.Q(('email_hash', ''), _negated=True), fields=['email_hash'], name='contact_email_hash_idx'),
+        ),
+        migrations.AddIndex(
+            model_name='contact',
+            index=django.contrib.postgres.indexes.HashIndex(condition=models.Q(('phone_hash', ''), _negated=True), fields=['phone_hash'], name='contact_phone_hash_idx'),
         ),
         migrations.RunPython(encrypt_existing, migrations.RunPython.noop),
     ]
