@@ -92,13 +92,14 @@ def key_id_of(stored: str) -> str | None:
     return stored[1:].split(MARK, 1)[0]
 
 
-def decrypt(stored: str) -> str:
+def decrypt(stored: str, available: dict[str, AESGCM] | None = None) -> str:
     """The plaintext of a stored value. Values without the mark are returned as they are (rows written before
-    encryption, until the migration or `pii_rotate` has passed over them)."""
+    encryption, until the migration or `pii_rotate` has passed over them). Bulk readers pass `available`
+    (`keys()`, looked up once per batch)."""
     if not stored or not stored.startswith(MARK):
         return stored
     key_id, _, body = stored[1:].partition(MARK)
-    key = keys().get(key_id)
+    key = (keys() if available is None else available).get(key_id)
     if key is None:
         raise PIIError(f"No PII key {key_id!r} is configured; add it back to PII_ENCRYPTION_KEYS.")
     raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))

@@ -27,7 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.adapters import user_profile_provider
-from audiences.pii import decrypt
+from audiences.pii import decrypt, keys
 from campaigns.content.render import Renderer, Sender
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
@@ -143,11 +143,11 @@ def _run_context(run_id: Any) -> RunContext | None:
     return RunContext(run, run.campaign, variants, sandbox_profile(run.campaign.sandbox_profile))
 
 
-def _profile(row: Sequence[Any]) -> dict[str, Any]:
+def _profile(row: Sequence[Any], pii_keys: dict[str, Any]) -> dict[str, Any]:
     return {
         "external_id": row[5],
-        "email": decrypt(row[6]),  # encrypted at rest (audiences.pii)
-        "phone": decrypt(row[7]),
+        "email": decrypt(row[6], pii_keys),  # encrypted at rest (audiences.pii)
+        "phone": decrypt(row[7], pii_keys),
         "first_name": row[8],
         "last_name": row[9],
         "timezone": row[10],
@@ -183,12 +183,13 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
         webhook_secret=organisation.webhook_secret,
     )
     renderers: dict[tuple[str, str], Renderer] = {}  # per variant and channel: the run's constant work done once
+    pii_keys = keys()
     for row in rows:
         message_id, contact_id, channel, variant_id, blocked = row[0], row[1], row[2], str(row[3]), row[14]
         if blocked:
             settled.append(Outcome(message_id, "skipped", "", blocked))
             continue
-        profile = _profile(row)
+        profile = _profile(row, pii_keys)
         if not getattr(profiles, "embedded", True):
             # An external user_360 is the profile of record; our row is the fallback when it does not know them.
             profile = profiles.profile(organisation, profile["external_id"]) or profile
