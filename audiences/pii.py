@@ -1,7 +1,7 @@
 """Personal data at rest: contacts' emails and phone numbers are encrypted, with keyed hashes for look-ups.
 
 Encryption: AES-256-GCM (the `cryptography` package) with a random 96-bit nonce per value. The stored form is
-"$<key id>$<base64url(nonce | ciphertext | tag)>", so a value names the key that encrypted it and keys can rotate:
+"$<key id>$<base64(nonce | ciphertext | tag)>", so a value names the key that encrypted it and keys can rotate:
 settings.PII_ENCRYPTION_KEYS maps key ids to 32-byte keys (base64), settings.PII_ENCRYPTION_KEY_ID says which one
 encrypts; any listed key decrypts. Rotation (docs/security.md): add a new key, make it the active one, run
 `manage.py pii_rotate` (re-encrypts every value under an older key, in batches, with a progress bar), then drop the
@@ -83,7 +83,7 @@ def encrypt(value: str) -> str:
     key_id = active_key_id()
     nonce = os.urandom(12)
     sealed = keys()[key_id].encrypt(nonce, value.encode(), key_id.encode())
-    return f"{MARK}{key_id}{MARK}{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
+    return f"{MARK}{key_id}{MARK}{binascii.b2a_base64(nonce + sealed, newline=False).decode()}"
 
 
 def key_id_of(stored: str) -> str | None:
@@ -102,7 +102,10 @@ def decrypt(stored: str, available: dict[str, AESGCM] | None = None) -> str:
     key = (keys() if available is None else available).get(key_id)
     if key is None:
         raise PIIError(f"No PII key {key_id!r} is configured; add it back to PII_ENCRYPTION_KEYS.")
-    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    try:
+        raw = binascii.a2b_base64(body)
+    except binascii.Error as exc:
+        raise PIIError(f"A value under PII key {key_id!r} is not valid base64 (tampered).") from exc
     try:
         return key.decrypt(raw[:12], raw[12:], key_id.encode()).decode()
     except Exception as exc:  # cryptography raises InvalidTag for a wrong key or tampered value
@@ -148,7 +151,7 @@ class Sealer:
             return ""
         nonce = os.urandom(12)
         sealed = self.cipher.encrypt(nonce, value.encode(), self.key_id.encode())
-        return f"{MARK}{self.key_id}{MARK}{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
+        return f"{MARK}{self.key_id}{MARK}{binascii.b2a_base64(nonce + sealed, newline=False).decode()}"
 
     def hash(self, address: str) -> str:
         if not address:
