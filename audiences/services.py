@@ -609,9 +609,20 @@ def contact_import_run(import_id: object) -> ContactImport | None:
         ContactImport.objects.filter(pk=job.pk).update(
             status=ContactImport.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=Now()
         )
+        _discard_upload(job)
         return ContactImport.objects.get(pk=job.pk)
     ContactImport.objects.filter(pk=job.pk).update(status=ContactImport.Status.COMPLETED, finished_at=Now())
+    _discard_upload(job)
     return ContactImport.objects.get(pk=job.pk)
+
+
+def _discard_upload(job: ContactImport) -> None:
+    """The uploaded CSV holds addresses in clear, which the contact store keeps only encrypted (audiences.pii):
+    once the import has finished, the file goes; the counts and the rejected-rows report stay. (A worker that
+    died mid-import leaves the job running and the file in place, so the import resumes.)"""
+    if job.file:
+        job.file.delete(save=False)
+    ContactImport.objects.filter(pk=job.pk).update(file="")
 
 
 def _import_batches(reader: csv.DictReader, *, skip: int) -> Iterator[tuple[list[int], list[dict[str, object]]]]:

@@ -43,10 +43,14 @@ def test_import_runs_in_the_background_and_reports_progress(teammate, django_cap
     page = client.get(f"/contacts/imports/{job.pk}/").content.decode()
     assert 'hx-trigger="every 1s"' in page  # the page polls while the import runs
 
+    stored = job.file.name
+    assert job.file.storage.exists(stored)
     contacts_import_task.apply(args=[str(job.pk)])
 
     job.refresh_from_db()
     assert (job.status, job.total_rows, job.processed_rows) == ("completed", 6, 6)
+    # The upload held addresses in clear: it is gone once the import is done (the contacts keep them encrypted).
+    assert not job.file and not job.file.storage.exists(stored)
     assert (job.created_count, job.updated_count, job.rejected_count) == (2, 0, 4)
     one = Contact.objects.get(external_id="u1")
     assert (one.email, one.phone, one.first_name) == ("one@example.com", "+447700900001", "One")
