@@ -155,8 +155,8 @@ class Contact(models.Model):
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="contacts", db_index=False)
     external_id = models.CharField(max_length=255)
     # Encrypted at rest (audiences.pii); look-ups go through the keyed hashes beside them.
-    email = EncryptedTextField(blank=True, default="")
-    phone = EncryptedTextField(blank=True, default="", help_text="E.164, e.g. +447700900123")
+    email = EncryptedTextField(blank=True, default="", hash_field="email_hash")
+    phone = EncryptedTextField(blank=True, default="", hash_field="phone_hash", help_text="E.164, e.g. +447700900123")
     email_hash = models.CharField(max_length=66, blank=True, default="", db_default="")
     phone_hash = models.CharField(max_length=66, blank=True, default="", db_default="")
     email_domain = models.CharField(max_length=254, blank=True, default="", db_default="")

@@ -30,8 +30,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import FieldError, ImproperlyConfigured
 from django.db import models
+from django.db.models.expressions import Col
 
 MARK = "$"
 HASH_PREFIX = "h:"
@@ -179,7 +180,20 @@ def email_domain(email: str) -> str:
 
 class EncryptedTextField(models.TextField):
     """A text column holding `encrypt`ed values: Python code sees plaintext, the database only ciphertext.
-    Filtering on it compares ciphertexts, which never match (random nonces): look up by the hash column."""
+
+    `hash_field` names the sibling column with the value's keyed hash: `filter(email=…)`, `get(address=…)` and
+    `__in` look-ups compare hashes there, so they work as they read. Substring and other look-ups cannot work on
+    ciphertext and raise a FieldError instead of silently matching nothing."""
+
+    def __init__(self, *args: Any, hash_field: str = "", **kwargs: Any) -> None:
+        self.hash_field = hash_field
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, path, args, kwargs = super().deconstruct()
+        if self.hash_field:
+            kwargs["hash_field"] = self.hash_field
+        return name, path, args, kwargs
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         return decrypt(value) if isinstance(value, str) else value
@@ -189,6 +203,57 @@ class EncryptedTextField(models.TextField):
         if isinstance(value, str) and value and not value.startswith(MARK):
             return encrypt(value)
         return value
+
+    def get_lookup(self, lookup_name: str) -> Any:
+        if lookup_name in ("exact", "in"):
+            return HashedExact if lookup_name == "exact" else HashedIn
+        if lookup_name == "isnull":
+            return super().get_lookup(lookup_name)
+        raise FieldError(
+            f"{self.name} is encrypted at rest: only exact and in look-ups work on it (through {self.hash_field})."
+        )
+
+
+class _Hashed(models.Lookup):
+    """Compare the keyed hash column of an EncryptedTextField instead of its ciphertext."""
+
+    prepare_rhs = False
+    can_use_none_as_rhs = False
+
+    def _hash_column(self, compiler: Any) -> tuple[str, list[Any]]:
+        field = self.lhs.target
+        if not getattr(field, "hash_field", ""):
+            raise FieldError(f"{field.name} has no hash column to look it up by.")
+        column = Col(self.lhs.alias, field.model._meta.get_field(field.hash_field))
+        sql, params = compiler.compile(column)
+        return sql, list(params)
+
+    def get_db_prep_lookup(self, value: Any, connection: Any) -> Any:
+        return ("%s", [value])
+
+    def process_rhs(self, compiler: Any, connection: Any) -> Any:
+        return "%s", [self.rhs]
+
+
+class HashedExact(_Hashed):
+    lookup_name = "exact"
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        if not isinstance(self.rhs, str):
+            raise FieldError(f"{self.lhs.target.name} can only be compared with a string.")
+        sql, params = self._hash_column(compiler)
+        return f"{sql} = %s", [*params, pii_hash(self.rhs)]
+
+
+class HashedIn(_Hashed):
+    lookup_name = "in"
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        values = list(self.rhs)
+        if not all(isinstance(v, str) for v in values):
+            raise FieldError(f"{self.lhs.target.name} can only be compared with strings.")
+        sql, params = self._hash_column(compiler)
+        return f"{sql} = ANY(%s)", [*params, [pii_hash(v) for v in values]]
 
 
 ROTATE_SELECT = """

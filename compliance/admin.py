@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
@@ -58,7 +60,15 @@ class ContactPreferenceAdmin(SimpleHistoryAdmin):
 class SuppressionAdmin(SimpleHistoryAdmin):
     list_display = ["address", "reason", "organisation", "created_at"]
     list_filter = ["reason", "organisation"]
-    search_fields = ["address"]
+    search_fields = ["note"]
+    readonly_fields = ["address_hash"]
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> Any:
+        # Addresses are encrypted at rest: a whole address is found by its keyed hash.
+        results, distinct = super().get_search_results(request, queryset, search_term)
+        if search_term.strip():
+            results |= queryset.filter(address=search_term.strip())
+        return results, distinct
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -102,7 +102,7 @@ class Suppression(models.Model):
 
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="suppressions")
     # Encrypted at rest like contacts' addresses (audiences.pii); an erased contact's row holds only its hash.
-    address = EncryptedTextField()
+    address = EncryptedTextField(hash_field="address_hash")
     # The keyed hash of the address (audiences.pii), matched against contacts' email_hash / phone_hash; for an
     # erased contact's row the address *is* this hash. One row per address and organisation.
     address_hash = models.CharField(max_length=66, blank=True, default="", db_default="")

@@ -8,8 +8,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
+from audiences.contacts import contacts_upsert_rows
 from campaigns.models import Campaign
-from compliance.models import AuditLogEntry
+from compliance.models import AuditLogEntry, Suppression
 from tests.factories import CampaignFactory
 
 pytestmark = pytest.mark.django_db
@@ -54,6 +55,18 @@ def test_changelists_search_and_change_forms_load(staff, teammate):
     assert staff.get(reverse("admin:campaigns_campaign_changelist") + "?status__exact=draft").status_code == 200
     assert staff.get(reverse("admin:compliance_auditlogentry_changelist")).status_code == 200
     assert staff.get(reverse("admin:audiences_apikey_changelist")).status_code == 200
+    # Encrypted addresses: the admin finds a whole one by its hash (substring search cannot work on ciphertext).
+    contacts_upsert_rows(organisation=teammate.organisation, rows=[{"external_id": "adm", "email": "adm@example.com"}])
+    Suppression.objects.create(organisation=teammate.organisation, address="sup@example.com", reason="manual")
+    for name, term, expected in [
+        ("audiences_contact", "ADM@example.com", "adm@example.com"),
+        ("audiences_contact", "adm", "adm@example.com"),
+        ("compliance_suppression", "sup@example.com", "sup@example.com"),
+    ]:
+        page = staff.get(reverse(f"admin:{name}_changelist") + f"?q={term}")
+        assert page.status_code == 200 and expected in page.content.decode()
+    page = staff.get(reverse("admin:compliance_suppression_changelist") + "?q=sup")
+    assert page.status_code == 200 and "sup@example.com" not in page.content.decode()
 
 
 def test_admin_clone_action_goes_through_the_service(staff, teammate):

@@ -8,6 +8,7 @@ import importlib
 import io
 
 import pytest
+from django.core.exceptions import FieldError
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
@@ -182,3 +183,18 @@ def test_suppression_addresses_are_encrypted_too(owner):
     assert history and all(a.startswith("$") for a in history)
     listed = owner.api.get("/api/v1/suppressions/").data["results"]
     assert {r["address"] for r in listed} == {"sup@example.com", "imp@example.com", "+447700900555"}
+
+
+def test_orm_look_ups_on_encrypted_fields_go_through_the_hash(owner, organisation, ada):
+    assert Contact.objects.get(email="ADA@example.com") == ada
+    assert list(Contact.objects.filter(phone__in=["+447700900123", "+15555550100"])) == [ada]
+    assert not Contact.objects.filter(email="ada@example").exists()
+    assert Contact.objects.exclude(email="ada@example.com").filter(organisation=organisation).count() == 0
+    compliance_services.suppression_add(actor=owner.actor, address="Sup@Example.com")
+    assert Suppression.objects.filter(address="sup@example.com").exists()
+    assert Suppression.objects.filter(address__in=["x@example.com", "sup@example.com"]).count() == 1
+    # Substrings cannot work on ciphertext: an error, not an empty result that looks like "nobody".
+    with pytest.raises(FieldError, match="encrypted at rest"):
+        list(Contact.objects.filter(email__startswith="ada"))
+    with pytest.raises(FieldError, match="encrypted at rest"):
+        list(Suppression.objects.filter(address__icontains="sup"))

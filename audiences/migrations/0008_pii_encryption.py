@@ -67,12 +67,12 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='contact',
             name='email',
-            field=audiences.pii.EncryptedTextField(blank=True, default=''),
+            field=audiences.pii.EncryptedTextField(blank=True, default='', hash_field='email_hash'),
         ),
         migrations.AlterField(
             model_name='contact',
             name='phone',
-            field=audiences.pii.EncryptedTextField(blank=True, default='', help_text='E.164, e.g. +447700900123'),
+            field=audiences.pii.EncryptedTextField(blank=True, default='', hash_field='phone_hash', help_text='E.164, e.g. +447700900123'),
         ),
         migrations.AlterField(
             model_name='contact',

@@ -45,12 +45,12 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='historicalsuppression',
             name='address',
-            field=audiences.pii.EncryptedTextField(),
+            field=audiences.pii.EncryptedTextField(hash_field='address_hash'),
         ),
         migrations.AlterField(
             model_name='suppression',
             name='address',
-            field=audiences.pii.EncryptedTextField(),
+            field=audiences.pii.EncryptedTextField(hash_field='address_hash'),
         ),
         migrations.AddConstraint(
             model_name='suppression',
