@@ -79,12 +79,7 @@ def active_key_id() -> str:
 
 
 def encrypt(value: str) -> str:
-    if not value:
-        return ""
-    key_id = active_key_id()
-    nonce = os.urandom(12)
-    sealed = keys()[key_id].encrypt(nonce, value.encode(), key_id.encode())
-    return f"{MARK}{key_id}{MARK}{binascii.b2a_base64(nonce + sealed, newline=False).decode()}"
+    return sealer().encrypt(value)
 
 
 def key_id_of(stored: str) -> str | None:
@@ -117,7 +112,7 @@ def decrypt(stored: str, available: dict[str, AESGCM] | None = None) -> str:
 def _hash_key(configured: str, secret: str) -> bytes:
     if configured:
         return configured.encode()
-    # The same derivation erased addresses have always been hashed with (compliance.hashing).
+    # The derivation erased addresses were hashed with before PII_HASH_KEY existed, so they still match.
     return hmac.new(secret.encode(), b"campaign-service.compliance.erased-address", hashlib.sha256).digest()
 
 
@@ -131,11 +126,11 @@ def normalise(address: str) -> str:
     return address.lower() if "@" in address else address
 
 
-def pii_hash(address: str) -> str:
-    """The keyed look-up hash of an email or phone ('' for no address)."""
+def pii_hash(address: str, key: bytes | None = None) -> str:
+    """The keyed look-up hash of an email or phone ('' for no address); bulk callers pass the key."""
     if not address:
         return ""
-    return HASH_PREFIX + hmac.digest(hash_key(), normalise(address).encode(), "sha256").hex()
+    return HASH_PREFIX + hmac.digest(key or hash_key(), normalise(address).encode(), "sha256").hex()
 
 
 @dataclass(frozen=True)
@@ -155,9 +150,7 @@ class Sealer:
         return f"{MARK}{self.key_id}{MARK}{binascii.b2a_base64(nonce + sealed, newline=False).decode()}"
 
     def hash(self, address: str) -> str:
-        if not address:
-            return ""
-        return HASH_PREFIX + hmac.digest(self.hash_key, normalise(address).encode(), "sha256").hex()
+        return pii_hash(address, self.hash_key)
 
 
 def sealer() -> Sealer:

@@ -97,7 +97,7 @@ class Suppression(models.Model):
         COMPLAINT = "complaint", "Complaint"
         MANUAL = "manual", "Added by hand"
         IMPORT = "import", "Imported"
-        # An erased contact's address, kept only as a keyed hash (compliance.hashing) so it stays suppressed.
+        # An erased contact's address, kept only as a keyed hash (audiences.pii) so it stays suppressed.
         ERASED = "erased", "Erased contact"
 
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="suppressions")

@@ -19,10 +19,6 @@ from audiences.pii import pii_hash
 from compliance.models import AuditLogEntry, RunExclusion, SendingHold, Suppression, Unsubscribe
 
 
-def has_erased_addresses(organisation_id: Any) -> bool:
-    return Suppression.objects.filter(organisation_id=organisation_id, reason=Suppression.Reason.ERASED).exists()
-
-
 def consent_params(organisation_id: Any, category: str) -> dict[str, Any]:
     """Parameters of the consent checks in the send-time claim: the campaign's category, whether marketing email
     is on hold, and the marketing SMS hours."""

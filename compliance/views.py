@@ -160,58 +160,56 @@ def suppression_import_view(request: HttpRequest) -> HttpResponse:
     return redirect("compliance:suppressions")
 
 
-def _audit_queryset(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
+def _filtered(request: HttpRequest, parse: Any, select: Any) -> tuple[Any, dict[str, list[str]]]:
+    """The selector's queryset for the request's filters, or everything and the filter errors."""
     try:
-        filters = selectors.audit_filters(request.GET)
+        filters = parse(request.GET)
         errors: dict[str, list[str]] = {}
     except ValidationError as exc:
         filters, errors = {}, exc.message_dict
-    return selectors.audit_log(request.actor, filters), errors
+    return select(request.actor, filters), errors
+
+
+def _log_page(request: HttpRequest, template: str, parse: Any, select: Any) -> HttpResponse:
+    queryset, errors = _filtered(request, parse, select)
+    page = Paginator(queryset, 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"page": page, "errors": errors, "filters": request.GET, "query": query.urlencode()}
+    return render(request, template, context, status=400 if errors else 200)
+
+
+def _log_csv(request: HttpRequest, filename: str, parse: Any, select: Any, header: Any, rows: Any) -> HttpResponse:
+    queryset, errors = _filtered(request, parse, select)
+    if errors:
+        return HttpResponse("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), status=400)
+    return csv_response(filename, header, rows(queryset))
 
 
 @member_required
 def audit_log_view(request: HttpRequest) -> HttpResponse:
-    queryset, errors = _audit_queryset(request)
-    page = Paginator(queryset, 50).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
-    context = {"page": page, "errors": errors, "filters": request.GET, "query": query.urlencode()}
-    return render(request, "compliance/audit.html", context, status=400 if errors else 200)
+    return _log_page(request, "compliance/audit.html", selectors.audit_filters, selectors.audit_log)
 
 
 @member_required
 def audit_log_csv_view(request: HttpRequest) -> HttpResponse:
-    queryset, errors = _audit_queryset(request)
-    if errors:
-        return HttpResponse("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), status=400)
-    return csv_response("audit-log.csv", selectors.AUDIT_CSV_HEADER, selectors.audit_csv_rows(queryset))
-
-
-def _exclusion_queryset(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
-    try:
-        filters = selectors.exclusion_filters(request.GET)
-        errors: dict[str, list[str]] = {}
-    except ValidationError as exc:
-        filters, errors = {}, exc.message_dict
-    return selectors.run_exclusions(request.actor, filters), errors
+    return _log_csv(
+        request, "audit-log.csv", selectors.audit_filters, selectors.audit_log, selectors.AUDIT_CSV_HEADER,
+        selectors.audit_csv_rows,
+    )  # fmt: skip
 
 
 @member_required
 def run_exclusions_view(request: HttpRequest) -> HttpResponse:
-    queryset, errors = _exclusion_queryset(request)
-    page = Paginator(queryset, 50).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
-    context = {"page": page, "errors": errors, "filters": request.GET, "query": query.urlencode()}
-    return render(request, "compliance/exclusions.html", context, status=400 if errors else 200)
+    return _log_page(request, "compliance/exclusions.html", selectors.exclusion_filters, selectors.run_exclusions)
 
 
 @member_required
 def run_exclusions_csv_view(request: HttpRequest) -> HttpResponse:
-    queryset, errors = _exclusion_queryset(request)
-    if errors:
-        return HttpResponse("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), status=400)
-    return csv_response("run-exclusions.csv", selectors.EXCLUSION_CSV_HEADER, selectors.exclusion_csv_rows(queryset))
+    return _log_csv(
+        request, "run-exclusions.csv", selectors.exclusion_filters, selectors.run_exclusions,
+        selectors.EXCLUSION_CSV_HEADER, selectors.exclusion_csv_rows,
+    )  # fmt: skip
 
 
 @member_required

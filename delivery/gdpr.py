@@ -9,7 +9,7 @@ Erasure keeps the organisation's numbers: message rows, engagement events and co
 random surrogate id that no contact has (negative, so it can never collide with a real one) and with the
 personal parts dropped (rendered in-app content, error texts that may quote an address, event properties). The
 contact row, its preferences and list memberships go. Its email and phone stay on the suppression list only as
-keyed hashes (compliance.hashing), which fan-out and the send-time claim check, so a later import of the same
+keyed hashes (audiences.pii), which fan-out and the send-time claim check, so a later import of the same
 address is not sent to.
 """
 
@@ -25,10 +25,10 @@ from django.utils import timezone
 from audiences.access import Actor
 from audiences.adapters import contact_profile
 from audiences.models import Contact, Event, Role, SegmentMember
+from audiences.pii import pii_hash
 from compliance import outbox
 from compliance import services as compliance
 from compliance.audit import audit_record
-from compliance.hashing import address_hash
 from compliance.models import AuditLogEntry, ContactChannelActivity, RunExclusion, Suppression, Unsubscribe
 
 GDPR_ROLES = frozenset({Role.ADMIN, Role.COMPLIANCE})
@@ -76,7 +76,7 @@ def contact_export(*, actor: Actor, contact_id: Any) -> dict[str, Any]:
         "suppressions": [
             {"address": s.address, "reason": s.reason, "note": s.note, "since": s.created_at.isoformat()}
             for s in Suppression.objects.filter(
-                organisation=actor.organisation, address_hash__in=[address_hash(a) for a in _addresses(contact)]
+                organisation=actor.organisation, address_hash__in=[pii_hash(a) for a in _addresses(contact)]
             )
         ],
         "segments": [
@@ -153,7 +153,7 @@ def contact_erase(*, actor: Actor, contact_id: Any) -> dict[str, int]:
                 "INSERT INTO compliance_suppression (organisation_id, address, address_hash, reason, note, created_at)"
                 " VALUES (%s, %s, %s, 'erased', '', now()) ON CONFLICT (organisation_id, address_hash)"
                 " DO UPDATE SET address = EXCLUDED.address, reason = 'erased', note = ''",
-                [org, address_hash(address), address_hash(address)],
+                [org, pii_hash(address), pii_hash(address)],
             )
         # Their audit entries stop quoting the addresses.
         cursor.execute(

@@ -38,7 +38,6 @@ FREQUENCY_WINDOWS = {
     "7d": timedelta(days=7),
     "30d": timedelta(days=30),
 }
-ADDRESS_FIELDS = {"email": "email", "sms": "phone", "whatsapp": "phone"}
 
 
 def trigger_run_open(campaign: Campaign) -> Run:

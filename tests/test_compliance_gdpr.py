@@ -14,9 +14,10 @@ from django.test import Client
 from analytics.models import EngagementEvent
 from audiences.contacts import contacts_upsert_rows
 from audiences.models import Contact, Event
+from audiences.pii import pii_hash
 from campaigns.content import links
 from campaigns.models import Variant
-from compliance import hashing, services
+from compliance import services
 from compliance.models import AuditLogEntry, ContactPreference, Suppression, Unsubscribe
 from delivery import runs, sending
 from delivery.models import Message, Run
@@ -159,12 +160,12 @@ def test_erase_removes_pii_anonymises_history_and_keeps_counts(owner, sent):
     # Addresses survive only as keyed hashes.
     suppressions = dict(Suppression.objects.values_list("address", "reason"))
     expected = {
-        hashing.address_hash("g1@example.com"): "erased",
-        hashing.address_hash(target.phone): "erased",
+        pii_hash("g1@example.com"): "erased",
+        pii_hash(target.phone): "erased",
     }
     assert suppressions == expected
     key = hmac.new(settings.SECRET_KEY.encode(), b"campaign-service.compliance.erased-address", hashlib.sha256).digest()
-    assert hashing.address_hash("g1@example.com") == "h:" + hmac.new(key, b"g1@example.com", "sha256").hexdigest()
+    assert pii_hash("g1@example.com") == "h:" + hmac.new(key, b"g1@example.com", "sha256").hexdigest()
     # Nothing quotes the person any more.
     for entry in AuditLogEntry.objects.all():
         text = f"{entry.target_repr} {entry.details}"
@@ -200,7 +201,7 @@ def test_an_erased_address_imported_again_is_suppressed_at_fan_out_and_send_time
     queued_contact = sent["contacts"]["g2"]
     assert Message.objects.filter(run=third, contact=queued_contact, status="queued").count() == 2
     Suppression.objects.create(
-        organisation=target.organisation, address=hashing.address_hash(queued_contact.email.lower()), reason="erased"
+        organisation=target.organisation, address=pii_hash(queued_contact.email.lower()), reason="erased"
     )
     sending.run_send_for(third.pk, seconds=60)
     email = Message.objects.get(run=third, contact=queued_contact, channel="email")
