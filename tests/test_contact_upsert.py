@@ -192,3 +192,35 @@ def test_a_stream_inside_the_callers_transaction_writes_on_its_connection(organi
     assert (total.created, total.updated) == (8, 1)
     kept = Contact.objects.get(organisation=organisation, external_id="t2-0")
     assert (kept.first_name, kept.last_name) == ("Before", "L")
+
+
+def test_attributes_encode_as_compact_json_and_big_integers_fall_back(organisation):
+    import json
+
+    from audiences.contacts import encode_attributes
+
+    attributes = {"plan": "pro", "note": 'é\x1f\n"', "n": 3, "x": 1.5, "ok": True, "none": None, "l": [1, "a"]}
+    assert json.loads(encode_attributes(attributes)) == attributes
+    assert " " not in encode_attributes({"a": [1, 2], "b": {"c": 1}})
+    assert "\x1f" not in encode_attributes(attributes) and "\n" not in encode_attributes(attributes)
+    huge = {"id": 2**70}
+    assert json.loads(encode_attributes(huge)) == huge
+    contacts_upsert_rows(organisation=organisation, rows=[{"external_id": "big", "attributes": huge}])
+    assert Contact.objects.get(organisation=organisation, external_id="big").attributes == huge
+
+
+def test_an_import_stream_restores_the_garbage_collector_and_switch_interval(organisation):
+    import gc
+    import sys
+
+    interval = sys.getswitchinterval()
+    rows = [(n, [{"external_id": f"gc-{n}-{i}"} for i in range(3)]) for n in range(3)]
+    contacts_upsert_stream(organisation=organisation, batches=iter(rows))
+    assert gc.isenabled() and sys.getswitchinterval() == interval
+    gc.disable()
+    try:
+        prepare_batch([{"external_id": "x"}])
+        assert not gc.isenabled()  # a caller's pause is left alone
+    finally:
+        gc.enable()
+    assert Contact.objects.filter(organisation=organisation, external_id__startswith="gc-").count() == 9

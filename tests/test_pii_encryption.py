@@ -198,3 +198,32 @@ def test_orm_look_ups_on_encrypted_fields_go_through_the_hash(owner, organisatio
         list(Contact.objects.filter(email__startswith="ada"))
     with pytest.raises(FieldError, match="encrypted at rest"):
         list(Suppression.objects.filter(address__icontains="sup"))
+
+
+def test_the_batch_sealer_matches_the_one_value_functions(settings):
+    import hashlib
+    import hmac
+
+    from audiences.pii import Sealer, sealer
+
+    seal = sealer()
+    values = ["ada@example.com", "", None, "+447700900123", "ada@example.com"]
+    sealed = seal.encrypt_many(values)
+    assert sealed[1] == "" and sealed[2] is None
+    assert [decrypt(value) for value in sealed[:1] + sealed[3:]] == [
+        "ada@example.com",
+        "+447700900123",
+        "ada@example.com",
+    ]
+    assert sealed[0] != sealed[4]  # a fresh nonce per value
+    assert len({value[4:20] for value in (sealed[0], sealed[3], sealed[4])}) == 3
+    assert seal.hash_many(values) == [pii_hash("ada@example.com"), "", None, pii_hash("+447700900123"),
+                                      pii_hash("ada@example.com")]  # fmt: skip
+    assert seal.hash(" Ada@Example.COM ") == pii_hash("ada@example.com")
+    # RFC 2104 for keys longer than SHA-256's 64-byte block: the key is hashed first.
+    long_key = b"k" * 100
+    expected = "h:" + hmac.new(long_key, b"ada@example.com", hashlib.sha256).hexdigest()
+    assert Sealer(seal.key_id, seal.cipher, long_key).hash_many(["ada@example.com"]) == [expected]
+    # A published HMAC-SHA256 vector (RFC 4231, test case 2).
+    vector = Sealer(seal.key_id, seal.cipher, b"Jefe").hash_many(["what do ya want for nothing?"])[0]
+    assert vector == "h:5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
