@@ -484,43 +484,29 @@ def _copy_csv(entries: Sequence[tuple[int, dict[str, Any], bool]]) -> bytes:
     """The staging rows in COPY format, emails and phones encrypted and their look-up hashes added
     (audiences.pii): a field left out (None) stays left out (NULL), an empty one clears all three.
 
-    Sealing goes column by column (one nonce draw and one loop per column); a plain row (_clean_plain: nothing
-    that COPY would have to quote) is joined as it is."""
+    Built column by column, in the order of STAGING_COLUMNS then attributes: one nonce draw and one loop per
+    sealed column, and rows joined by zip and str.join. A row that is not plain (_clean_plain: something COPY
+    would have to quote) is then rebuilt with quoting."""
     contacts = [contact for _, contact, _ in entries]
     emails = [contact.get("email") for contact in contacts]
     phones = [contact.get("phone") for contact in contacts]
     seal = sealer()
-    sealed = zip(
+    columns = [
+        [contact.get("external_id") for contact in contacts],
         seal.encrypt_many(emails),
-        seal.hash_many(emails),
         seal.encrypt_many(phones),
+        *([contact.get(key) for contact in contacts] for key in ("first_name", "last_name", "timezone", "locale")),
+        seal.hash_many(emails),
         seal.hash_many(phones),
-        emails,
-        strict=True,
-    )
-    lines = []
-    append = lines.append
-    join = DELIMITER.join
-    for (_, contact, plain), (email, email_hash, phone, phone_hash, clear_email) in zip(entries, sealed, strict=True):
-        get = contact.get
-        attributes = get("attributes")
-        domain = None if clear_email is None else email_domain(clear_email)
-        fields = [  # in the order of STAGING_COLUMNS
-            get("external_id"), email, phone, get("first_name"), get("last_name"), get("timezone"), get("locale"),
-            email_hash, phone_hash, domain,
-        ]  # fmt: skip
-        if plain:
-            append(
-                join(["" if value is None else value or _EMPTY for value in fields])
-                + DELIMITER
-                + ("" if attributes is None else encode_attributes(attributes))
-            )
-        else:
-            append(
-                join([_csv_field(value) for value in fields])
-                + DELIMITER
-                + ("" if attributes is None else _csv_field(encode_attributes(attributes)))
-            )
+        [None if email is None else email_domain(email) for email in emails],
+        [None if (attributes := contact.get("attributes")) is None else encode_attributes(attributes)
+         for contact in contacts],
+    ]  # fmt: skip
+    as_copied = [["" if value is None else value or _EMPTY for value in column] for column in columns]
+    lines = list(map(DELIMITER.join, zip(*as_copied, strict=True)))
+    for row, (_, _, plain) in enumerate(entries):
+        if not plain:
+            lines[row] = DELIMITER.join([_csv_field(column[row]) for column in columns])
     lines.append("")
     return "\n".join(lines).encode()
 
@@ -705,8 +691,12 @@ def attribute_catalogue(rows: Sequence[Mapping[str, Any]], max_examples: int = 5
         kind = attribute_type(value)
         if kind is None:
             return
-        kinds.setdefault(name, Counter())[kind] += 1
-        seen = examples.setdefault(name, [])
+        counter = kinds.get(name)
+        if counter is None:
+            counter = kinds[name] = Counter()
+            examples[name] = []
+        counter[kind] += 1
+        seen = examples[name]
         if len(seen) < max_examples:
             text = json.dumps(value) if kind == "list" else str(value).lower() if kind == "boolean" else str(value)
             if text[:80] not in seen:
