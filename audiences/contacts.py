@@ -8,9 +8,10 @@ import json
 import math
 import re
 import sys
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -512,24 +513,32 @@ def _copy_csv(entries: Sequence[tuple[int, dict[str, Any], bool]]) -> bytes:
 
 
 def write_batch(
-    organisation: Organisation, batch: PreparedBatch, *, try_insert: bool = True
+    organisation: Organisation,
+    batch: PreparedBatch,
+    *,
+    try_insert: bool = True,
+    wait_turn: Callable[[], bool] | None = None,
 ) -> tuple[UpsertResult, bool]:
     """Write a prepared batch in one transaction: the upsert, then the attribute catalogue. Returns the result and
     whether every contact was new (the INSERT path), which tells a stream whether to keep trying it.
 
-    try_insert=False goes straight to the MERGE (a stream that has met existing contacts)."""
+    try_insert=False goes straight to the MERGE (a stream that has met existing contacts). A stream's writers
+    pass wait_turn: called once the rows are staged, it returns when every earlier batch has committed, with
+    try_insert as they left it, so staging overlaps the previous batch's write while writes stay in order."""
     result = batch.result
     if not batch.external_ids:
         return result, False
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(STAGING_SQL)
+        with cursor.cursor.copy(COPY_SQL) as copy:
+            copy.write(batch.copy_data)
+        if wait_turn is not None:
+            try_insert = wait_turn()
         # One writer per organisation at a time, so the created/updated split below is exact and two batches
         # creating the same new contact cannot race.
         cursor.execute(
             "SELECT pg_advisory_xact_lock(hashtext('contacts-upsert'), hashtext(%s))", [str(organisation.pk)]
         )
-        cursor.execute(STAGING_SQL)
-        with cursor.cursor.copy(COPY_SQL) as copy:
-            copy.write(batch.copy_data)
         inserted = try_insert and _insert_new(cursor, organisation, nulls=b'":null' in batch.copy_data)
         if inserted:
             existing = 0
@@ -615,32 +624,93 @@ def _upsert_stream(
             account(tag, result)
         return total
 
-    # Batches try the INSERT of new contacts until one meets existing contacts; the rest go straight to the MERGE
-    # (a re-import would otherwise pay for a failed INSERT every time).
-    all_new = True
+    # Two writer threads, each with its own connection: while one writes batch k, the other stages batch k+1
+    # (its COPY into the session's staging table) and waits for its turn; this thread validates batch k+2.
+    turns = _WriteTurns()
+    writer_threads: set[int] = set()
 
-    def write_in_thread(batch: PreparedBatch) -> UpsertResult:
-        nonlocal all_new
-        result, inserted = write_batch(organisation, batch, try_insert=all_new)
-        all_new = all_new and inserted
+    def register_thread() -> None:
+        writer_threads.add(threading.get_ident())
+
+    def write_in_thread(index: int, batch: PreparedBatch) -> UpsertResult:
+        try:
+            result, inserted = write_batch(organisation, batch, wait_turn=lambda: turns.wait_for(index))
+        except BaseException:
+            turns.abandon()
+            raise
+        # After the commit: the next batch may now write (and sees what this one wrote).
+        turns.done(index, inserted or not batch.external_ids)
         return result
 
-    def close_thread_connection() -> None:
-        connection.close()
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="contacts-writer") as writer, _writer_responsive():
-        pending = (first_tag, writer.submit(write_in_thread, prepared))
+    with (
+        ThreadPoolExecutor(
+            max_workers=WRITERS, thread_name_prefix="contacts-writer", initializer=register_thread
+        ) as writers,
+        _writer_responsive(),
+    ):
+        pending: deque[tuple[Any, Future[UpsertResult]]] = deque()
         try:
-            for tag, rows in itertools.chain([second], iterator):
-                prepared = prepare_batch(rows)  # overlaps with the write in progress
-                done_tag, future = pending
+            pending.append((first_tag, writers.submit(write_in_thread, 0, prepared)))
+            for index, (tag, rows) in enumerate(itertools.chain([second], iterator), start=1):
+                prepared = prepare_batch(rows)  # overlaps with the writes in progress
+                if len(pending) == WRITERS:
+                    done_tag, future = pending.popleft()
+                    account(done_tag, future.result())
+                pending.append((tag, writers.submit(write_in_thread, index, prepared)))
+            while pending:
+                done_tag, future = pending.popleft()
                 account(done_tag, future.result())
-                pending = (tag, writer.submit(write_in_thread, prepared))
-            done_tag, future = pending
-            account(done_tag, future.result())
         finally:
-            writer.submit(close_thread_connection).result()
+            turns.abandon()  # a failed batch: writers still waiting for their turn give up
+            for _, future in pending:
+                future.exception()  # wait for them to roll back
+            # Each writer thread closes its own connection (Django connections belong to their thread): one task
+            # per thread, held at a barrier so that no thread takes two.
+            barrier = threading.Barrier(len(writer_threads))
+
+            def close_connection() -> None:
+                barrier.wait()
+                connection.close()
+
+            for closing in [writers.submit(close_connection) for _ in writer_threads]:
+                closing.result()
     return total
+
+
+WRITERS = 2
+
+
+class StreamAbandoned(Exception):
+    """An earlier batch of the stream failed: this one is rolled back, not written out of order."""
+
+
+class _WriteTurns:
+    """Batches of a stream write (lock, INSERT or MERGE, commit) strictly in order, one at a time; whether to try
+    the INSERT passes from each to the next (a batch that met existing contacts switches the rest to the MERGE)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._next = 0
+        self._all_new = True
+        self._abandoned = False
+
+    def wait_for(self, index: int) -> bool:
+        with self._changed:
+            self._changed.wait_for(lambda: self._next == index or self._abandoned)
+            if self._abandoned:
+                raise StreamAbandoned
+            return self._all_new
+
+    def done(self, index: int, all_new: bool) -> None:
+        with self._changed:
+            self._all_new = self._all_new and all_new
+            self._next = index + 1
+            self._changed.notify_all()
+
+    def abandon(self) -> None:
+        with self._changed:
+            self._abandoned = True
+            self._changed.notify_all()
 
 
 WRITER_SWITCH_INTERVAL = 0.001  # seconds

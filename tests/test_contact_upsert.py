@@ -101,9 +101,17 @@ def test_a_stream_switches_to_the_merge_once_it_meets_existing_contacts(organisa
     tries = []
     original = contacts_module.write_batch
 
-    def spy(organisation, batch, *, try_insert=True):
-        tries.append(try_insert)
-        return original(organisation, batch, try_insert=try_insert)
+    def spy(organisation, batch, *, try_insert=True, wait_turn=None):
+        if wait_turn is None:
+            tries.append(try_insert)
+            return original(organisation, batch, try_insert=try_insert)
+
+        def recorded_turn():
+            decision = wait_turn()
+            tries.append(decision)
+            return decision
+
+        return original(organisation, batch, try_insert=try_insert, wait_turn=recorded_turn)
 
     monkeypatch.setattr(contacts_module, "write_batch", spy)
     batches = [
@@ -224,3 +232,67 @@ def test_an_import_stream_restores_the_garbage_collector_and_switch_interval(org
     finally:
         gc.enable()
     assert Contact.objects.filter(organisation=organisation, external_id__startswith="gc-").count() == 9
+
+
+def _stream_in_thread(**kwargs):
+    """Run contacts_upsert_stream in a thread with a deadline, so a writer that never gets its turn fails the test
+    instead of hanging it. Returns (result, exception)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = contacts_upsert_stream(**kwargs)
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the stream hung"
+    return outcome.get("result"), outcome.get("error")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_writers_keep_batch_order_so_the_later_row_wins(organisation):
+    """Batches overlap in pairs (each shares ids with the next), so the two writers' staging overlaps writes of
+    the same contacts: the result must be as if the batches were written one after another."""
+    batches = [
+        (n, [{"external_id": f"p{n * 5 + i}", "first_name": f"batch {n}", "attributes": {"n": n}} for i in range(10)])
+        for n in range(8)
+    ]  # batch n holds p(5n)..p(5n+9): the second half comes again, changed, in batch n+1
+    seen = []
+    total, error = _stream_in_thread(
+        organisation=organisation, batches=batches, on_batch=lambda tag, result: seen.append((tag, result.created))
+    )
+    assert error is None
+    assert [tag for tag, _ in seen] == list(range(8))
+    assert seen[0] == (0, 10) and all(created == 5 for _, created in seen[1:])
+    assert (total.created, total.updated) == (45, 35)
+    stored_rows = dict(Contact.objects.filter(organisation=organisation).values_list("external_id", "first_name"))
+    assert len(stored_rows) == 45
+    for number in range(45):
+        last_batch = min(number // 5, 7)  # p(5n)..p(5n+4) last appear in batch n (batch 7 keeps p35..p44)
+        assert stored_rows[f"p{number}"] == f"batch {last_batch}", number
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_batch_stops_the_stream_without_writing_later_batches(organisation, monkeypatch):
+    original = contacts_module.write_batch
+
+    def failing_third(organisation, batch, **kwargs):
+        if batch.external_ids[0] == "f2-0":
+            raise RuntimeError("the database went away")
+        return original(organisation, batch, **kwargs)
+
+    monkeypatch.setattr(contacts_module, "write_batch", failing_third)
+    batches = [(n, [{"external_id": f"f{n}-{i}"} for i in range(4)]) for n in range(6)]
+    written = []
+    _, error = _stream_in_thread(
+        organisation=organisation, batches=iter(batches), on_batch=lambda tag, result: written.append(tag)
+    )
+    assert isinstance(error, RuntimeError)
+    assert written == [0, 1]
+    ids = set(Contact.objects.filter(organisation=organisation).values_list("external_id", flat=True))
+    assert ids == {f"f{n}-{i}" for n in (0, 1) for i in range(4)}  # nothing after the failure, nothing out of order
