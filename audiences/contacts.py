@@ -582,9 +582,10 @@ def contacts_upsert_stream(
 ) -> UpsertResult:
     """Upsert many (tag, rows) batches, calling on_batch(tag, result) as each is written.
 
-    With more than one batch, the next batch is validated in this thread while a second thread writes the
-    previous one (psycopg releases the GIL while PostgreSQL works), so an import uses both Python and the
-    database at once. A single batch is written here, in the caller's connection and transaction.
+    With more than one batch, the next batch is validated in this thread while two writer threads, each with its
+    own connection, stage and write the previous ones (psycopg releases the GIL while PostgreSQL works), so an
+    import keeps Python and the database busy at once; batches still write and commit one at a time, in order
+    (_WriteTurns). A single batch is written here, in the caller's connection and transaction.
 
     The cyclic garbage collector is paused throughout (see _cyclic_gc_paused): the caller's batches, a CSV
     reader's rows for instance, are as many acyclic objects as validation makes."""
@@ -634,12 +635,16 @@ def _upsert_stream(
 
     def write_in_thread(index: int, batch: PreparedBatch) -> UpsertResult:
         try:
+            if not batch.external_ids:  # every row rejected: nothing to write, but the turn still passes in order
+                turns.wait_for(index)
+                turns.done(index, all_new=True)
+                return batch.result
             result, inserted = write_batch(organisation, batch, wait_turn=lambda: turns.wait_for(index))
         except BaseException:
             turns.abandon()
             raise
         # After the commit: the next batch may now write (and sees what this one wrote).
-        turns.done(index, inserted or not batch.external_ids)
+        turns.done(index, all_new=inserted)
         return result
 
     with (
@@ -666,7 +671,7 @@ def _upsert_stream(
                 future.exception()  # wait for them to roll back
             # Each writer thread closes its own connection (Django connections belong to their thread): one task
             # per thread, held at a barrier so that no thread takes two.
-            barrier = threading.Barrier(len(writer_threads))
+            barrier = threading.Barrier(max(len(writer_threads), 1))
 
             def close_connection() -> None:
                 barrier.wait()

@@ -296,3 +296,22 @@ def test_a_failing_batch_stops_the_stream_without_writing_later_batches(organisa
     assert written == [0, 1]
     ids = set(Contact.objects.filter(organisation=organisation).values_list("external_id", flat=True))
     assert ids == {f"f{n}-{i}" for n in (0, 1) for i in range(4)}  # nothing after the failure, nothing out of order
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wholly_rejected_batch_in_the_middle_passes_its_turn(organisation):
+    batches = [
+        (0, [{"external_id": "r0"}]),
+        (1, [{"external_id": "r1"}]),
+        (2, [{"email": "no id"}, {"external_id": ""}]),  # nothing valid
+        (3, [{"external_id": "r3"}]),
+        (4, [{"external_id": "r4"}]),
+    ]
+    seen = []
+    total, error = _stream_in_thread(
+        organisation=organisation, batches=batches, on_batch=lambda tag, result: seen.append(tag)
+    )
+    assert error is None
+    assert seen == [0, 1, 2, 3, 4]
+    assert (total.created, total.updated, len(total.rejected)) == (4, 0, 2)
+    assert Contact.objects.filter(organisation=organisation).count() == 4
