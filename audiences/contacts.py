@@ -50,6 +50,7 @@ def _timezones() -> frozenset[str]:
 
 PHONE_SEPARATORS = re.compile(r"[\s\-().]")
 COMPACT_PHONE = re.compile(r"\+\d+")
+ASCII_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 # Country calling codes as text: E164 guarantees the first digit is not 0, so a 1-3 digit ASCII prefix of the
 # number reads the same as the integer phonenumbers keys on.
 COUNTRY_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
@@ -59,6 +60,10 @@ def normalise_phone(raw: str) -> str:
     """E.164 (`+` country code, subscriber number, 8-15 digits in all) with a country code that exists.
 
     Spaces, dashes, dots and brackets are dropped first, so "+44 7700 900123" is accepted as +447700900123."""
+    if ASCII_E164.fullmatch(raw):  # the usual case, in one match: already compact, ASCII digits, 8-15 of them
+        if raw[1:2] in COUNTRY_CODES or raw[1:3] in COUNTRY_CODES or raw[1:4] in COUNTRY_CODES:
+            return raw
+        raise ValidationError("Unknown country calling code.")
     compact = raw if COMPACT_PHONE.fullmatch(raw) else PHONE_SEPARATORS.sub("", raw)
     if not E164.match(compact) or len(compact) > 16 or len(compact) < 9:
         raise ValidationError("A phone number in E.164 form, like +447700900123.")

@@ -315,3 +315,32 @@ def test_a_wholly_rejected_batch_in_the_middle_passes_its_turn(organisation):
     assert seen == [0, 1, 2, 3, 4]
     assert (total.created, total.updated, len(total.rejected)) == (4, 0, 2)
     assert Contact.objects.filter(organisation=organisation).count() == 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("+447700900123", "+447700900123"),
+        ("+44 7700 900123", "+447700900123"),
+        ("+44 (7700) 900-123", "+447700900123"),
+        ("+14155550123", "+14155550123"),
+        ("+12345678", "+12345678"),  # 8 digits: the shortest accepted
+        ("+123456789012345", "+123456789012345"),  # 15 digits: the longest E.164 allows
+        ("+1234567890123456", None),  # 16 digits
+        ("+1234567", None),  # 7 digits
+        ("+0447700900123", None),  # no country code starts with 0
+        ("447700900123", None),  # no +
+        ("+2897700900123", None),  # 289 is not a country calling code (nor 28, and 2 is not one either)
+        ("+٤٤7700900123", None),  # the country code in ASCII digits
+    ],
+)
+def test_phone_numbers_normalise_to_e164(raw, expected):
+    from django.core.exceptions import ValidationError
+
+    from audiences.contacts import normalise_phone
+
+    if expected is None:
+        with pytest.raises(ValidationError):
+            normalise_phone(raw)
+    else:
+        assert normalise_phone(raw) == expected
