@@ -22,7 +22,7 @@ import orjson
 import phonenumbers
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 
 from audiences.models import Organisation
 from audiences.pii import email_domain, sealer
@@ -592,6 +592,11 @@ def contacts_upsert_stream(
     import keeps Python and the database busy at once; batches still write and commit one at a time, in order
     (_WriteTurns). A single batch is written here, in the caller's connection and transaction.
 
+    on_batch(tag, result) runs in this thread, in batch order, after the batch has committed; the next one or two
+    batches may already have committed by then. If on_batch (or the caller's iterator) raises, the batches still
+    waiting are rolled back, but those already committed stay, unreported: a resumed import re-sends them and
+    counts them as updates.
+
     The cyclic garbage collector is paused throughout (see _cyclic_gc_paused): the caller's batches, a CSV
     reader's rows for instance, are as many acyclic objects as validation makes."""
     with _cyclic_gc_paused():
@@ -633,10 +638,10 @@ def _upsert_stream(
     # Two writer threads, each with its own connection: while one writes batch k, the other stages batch k+1
     # (its COPY into the session's staging table) and waits for its turn; this thread validates batch k+2.
     turns = _WriteTurns()
-    writer_threads: set[int] = set()
+    writer_connections: list[Any] = []
 
     def register_thread() -> None:
-        writer_threads.add(threading.get_ident())
+        writer_connections.append(connections[DEFAULT_DB_ALIAS])  # this thread's own connection wrapper
 
     def write_in_thread(index: int, batch: PreparedBatch) -> UpsertResult:
         try:
@@ -646,44 +651,43 @@ def _upsert_stream(
                 return batch.result
             result, inserted = write_batch(organisation, batch, wait_turn=lambda: turns.wait_for(index))
         except BaseException:
-            turns.abandon()
+            turns.abandon(after=index)
             raise
         # After the commit: the next batch may now write (and sees what this one wrote).
         turns.done(index, all_new=inserted)
         return result
 
-    with (
-        ThreadPoolExecutor(
-            max_workers=WRITERS, thread_name_prefix="contacts-writer", initializer=register_thread
-        ) as writers,
-        _writer_responsive(),
-    ):
-        pending: deque[tuple[Any, Future[UpsertResult]]] = deque()
-        try:
-            pending.append((first_tag, writers.submit(write_in_thread, 0, prepared)))
-            for index, (tag, rows) in enumerate(itertools.chain([second], iterator), start=1):
-                prepared = prepare_batch(rows)  # overlaps with the writes in progress
-                if len(pending) == WRITERS:
+    try:
+        with (
+            ThreadPoolExecutor(
+                max_workers=WRITERS, thread_name_prefix="contacts-writer", initializer=register_thread
+            ) as writers,
+            _writer_responsive(),
+        ):
+            pending: deque[tuple[Any, Future[UpsertResult]]] = deque()
+            try:
+                pending.append((first_tag, writers.submit(write_in_thread, 0, prepared)))
+                for index, (tag, rows) in enumerate(itertools.chain([second], iterator), start=1):
+                    prepared = prepare_batch(rows)  # overlaps with the writes in progress
+                    if len(pending) == WRITERS:
+                        done_tag, future = pending.popleft()
+                        account(done_tag, future.result())
+                    pending.append((tag, writers.submit(write_in_thread, index, prepared)))
+                while pending:
                     done_tag, future = pending.popleft()
                     account(done_tag, future.result())
-                pending.append((tag, writers.submit(write_in_thread, index, prepared)))
-            while pending:
-                done_tag, future = pending.popleft()
-                account(done_tag, future.result())
-        finally:
-            turns.abandon()  # a failed batch: writers still waiting for their turn give up
-            for _, future in pending:
-                future.exception()  # wait for them to roll back
-            # Each writer thread closes its own connection (Django connections belong to their thread): one task
-            # per thread, held at a barrier so that no thread takes two.
-            barrier = threading.Barrier(max(len(writer_threads), 1))
-
-            def close_connection() -> None:
-                barrier.wait()
-                connection.close()
-
-            for closing in [writers.submit(close_connection) for _ in writer_threads]:
-                closing.result()
+            finally:
+                turns.abandon()  # on an error here, writers still waiting for their turn give up
+                for _, future in pending:
+                    future.exception()  # wait for them to roll back
+    finally:
+        # The pool has shut down: close its threads' connections from here (idle, and never used again).
+        for writer_connection in writer_connections:
+            writer_connection.inc_thread_sharing()
+            try:
+                writer_connection.close()
+            finally:
+                writer_connection.dec_thread_sharing()
     return total
 
 
@@ -702,12 +706,12 @@ class _WriteTurns:
         self._changed = threading.Condition()
         self._next = 0
         self._all_new = True
-        self._abandoned = False
+        self._abandoned_after = sys.maxsize
 
     def wait_for(self, index: int) -> bool:
         with self._changed:
-            self._changed.wait_for(lambda: self._next == index or self._abandoned)
-            if self._abandoned:
+            self._changed.wait_for(lambda: self._next == index or self._abandoned_after < index)
+            if self._abandoned_after < index:
                 raise StreamAbandoned
             return self._all_new
 
@@ -717,9 +721,12 @@ class _WriteTurns:
             self._next = index + 1
             self._changed.notify_all()
 
-    def abandon(self) -> None:
+    def abandon(self, after: int = -1) -> None:
+        """Batches after `after` will not write (a batch that failed names itself; the stream, on its own error,
+        abandons every batch still waiting). An earlier batch keeps its turn, so the error a caller sees first is
+        the failed batch's own."""
         with self._changed:
-            self._abandoned = True
+            self._abandoned_after = min(self._abandoned_after, after)
             self._changed.notify_all()
 
 

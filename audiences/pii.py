@@ -170,7 +170,7 @@ class Sealer:
         return sealed
 
     def hash(self, address: str) -> str:
-        return self.hash_many([normalise(address)])[0] or ""
+        return pii_hash(address, self.hash_key)
 
     def hash_many(self, normalised: list[str | None]) -> list[str | None]:
         """pii_hash of values that are already normalised (validated emails and phones); None stays None."""
@@ -193,7 +193,14 @@ class Sealer:
 
 def sealer() -> Sealer:
     key_id = active_key_id()
-    return Sealer(key_id, keys()[key_id], hash_key())
+    return _sealer(key_id, keys()[key_id], hash_key())
+
+
+@lru_cache(maxsize=8)
+def _sealer(key_id: str, cipher: AESGCM, hash_key: bytes) -> Sealer:
+    # keys() hands out the same cipher objects while the settings stay the same, so this holds one Sealer per
+    # configuration: encrypt() of single values does not rebuild the HMAC states each time.
+    return Sealer(key_id, cipher, hash_key)
 
 
 def contact_search(term: str) -> Any:

@@ -109,3 +109,11 @@ def test_django_cascade_deletes_an_organisation_with_its_contacts():
     Contact.objects.create(organisation=organisation, external_id="two")
     organisation.delete()
     assert not Contact.objects.filter(organisation_id=organisation.pk).exists()
+
+
+def test_truncating_organisations_alone_is_refused_but_both_tables_together_is_not():
+    organisation = OrganisationFactory()
+    Contact.objects.create(organisation=organisation, external_id="stays")
+    with pytest.raises(IntegrityError, match="cannot truncate"), transaction.atomic(), connection.cursor() as cur:
+        cur.execute("TRUNCATE audiences_organisation CASCADE")
+    assert Contact.objects.filter(organisation=organisation).exists()

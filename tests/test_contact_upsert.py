@@ -344,3 +344,37 @@ def test_phone_numbers_normalise_to_e164(raw, expected):
             normalise_phone(raw)
     else:
         assert normalise_phone(raw) == expected
+
+
+def test_write_turns_abandon_only_the_batches_after_the_failed_one():
+    from audiences.contacts import StreamAbandoned, _WriteTurns
+
+    turns = _WriteTurns()
+    assert turns.wait_for(0) is True
+    turns.done(0, all_new=False)
+    turns.abandon(after=2)  # batch 2 failed while staging …
+    assert turns.wait_for(1) is False  # … batch 1 still writes (and reports its own outcome first)
+    turns.done(1, all_new=False)
+    with pytest.raises(StreamAbandoned):
+        turns.wait_for(3)
+    turns.abandon()  # the stream's own error: everything still waiting gives up
+    with pytest.raises(StreamAbandoned):
+        turns.wait_for(2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_closes_its_writer_connections(organisation):
+    import time
+
+    def backends():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    before = backends()
+    batches = [(n, [{"external_id": f"cl{n}-{i}"} for i in range(3)]) for n in range(5)]
+    contacts_upsert_stream(organisation=organisation, batches=batches)
+    deadline = time.monotonic() + 5
+    while backends() > before and time.monotonic() < deadline:
+        time.sleep(0.05)  # a closed connection's backend exits a moment later
+    assert backends() == before

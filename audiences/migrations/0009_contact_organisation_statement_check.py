@@ -12,7 +12,15 @@ rule set-based:
 - DELETE of an organisation (or a change of its id) while contacts still point at it: refused at commit, as the
   deferred constraint refused it (Django's CASCADE deletes the contacts first, in the same transaction).
 
+- TRUNCATE of the organisations while contacts remain: refused (truncating both tables together is allowed).
+
 Violations raise SQLSTATE 23503 (foreign_key_violation), which Django reports as an IntegrityError.
+
+Two differences from the constraint: the insert-side check runs at the end of each statement, not at commit (an
+organisation must exist before its contacts are inserted; nothing here inserts in the other order), and the
+commit-time check on deleting an organisation sees its transaction's snapshot, so a deleter running at REPEATABLE
+READ or SERIALIZABLE could miss a contact inserted concurrently (the project runs at READ COMMITTED, where it
+cannot).
 """
 
 from django.db import migrations, models
@@ -75,9 +83,27 @@ END $$;
 CREATE CONSTRAINT TRIGGER organisation_contacts_remain AFTER DELETE OR UPDATE OF id ON audiences_organisation
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION audiences_organisation_contacts_check();
+
+-- TRUNCATE fires no row triggers. AFTER, so that truncating both tables in one statement (as Django's test flush
+-- does) is allowed, as the foreign key allowed it.
+CREATE FUNCTION audiences_organisation_truncate_check() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM audiences_contact) THEN
+        RAISE foreign_key_violation USING
+            MESSAGE = 'cannot truncate table "audiences_organisation": contacts still refer to it '
+                      '(contact_organisation_exists)',
+            TABLE = 'audiences_organisation', CONSTRAINT = 'contact_organisation_exists';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER organisation_truncate_contacts_remain AFTER TRUNCATE ON audiences_organisation
+    FOR EACH STATEMENT EXECUTE FUNCTION audiences_organisation_truncate_check();
 """
 
 DROP = """
+DROP TRIGGER IF EXISTS organisation_truncate_contacts_remain ON audiences_organisation;
+DROP FUNCTION IF EXISTS audiences_organisation_truncate_check();
 DROP TRIGGER IF EXISTS organisation_contacts_remain ON audiences_organisation;
 DROP FUNCTION IF EXISTS audiences_organisation_contacts_check();
 DROP TRIGGER IF EXISTS contact_organisation_moved ON audiences_contact;
@@ -93,8 +119,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # Triggers first when going back: the constraint returns once they are gone.
-        migrations.RunSQL(sql=migrations.RunSQL.noop, reverse_sql=DROP),
         migrations.AlterField(
             model_name="contact",
             name="organisation",
@@ -106,5 +130,6 @@ class Migration(migrations.Migration):
                 to="audiences.organisation",
             ),
         ),
-        migrations.RunSQL(sql=CREATE, reverse_sql=migrations.RunSQL.noop),
+        # Going back, the triggers are dropped first, then the constraint returns.
+        migrations.RunSQL(sql=CREATE, reverse_sql=DROP),
     ]
