@@ -323,7 +323,10 @@ STAGING_COLUMNS = (
 # with no per-field escaping; the rest are quoted (see _copy_csv).
 DELIMITER = "\x1f"
 QUOTE = "\x1e"
-COPY_SQL = "COPY contacts_incoming FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')"
+COPY_SQL = (
+    f"COPY contacts_incoming ({', '.join(STAGING_COLUMNS)}, attributes)"
+    " FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')"
+)  # the columns in the order _copy_csv writes them
 
 # New contacts only: no join with the contacts table at all, so no plan to get wrong (during a first load the
 # organisation's statistics say it has next to no contacts, and a join reads all of them for every batch). A
