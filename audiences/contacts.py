@@ -6,6 +6,7 @@ import gc
 import itertools
 import json
 import math
+import operator
 import re
 import sys
 import threading
@@ -247,35 +248,48 @@ Column = list[Any]  # per row: None left out, "" cleared, else the clean value (
 def _clean_columns(rows: Sequence[Any]) -> tuple[list[str], dict[str, Column]] | None:
     """_clean_plain for a whole batch at once, column by column: each check is one scan over a column (map,
     set, str.join and a regex in C) instead of a dozen bytecodes per value. Returns the external ids and the
-    clean columns, exactly what _clean_plain would give row by row, or None when any row needs more than
-    that (an error, an unusual value, a repeated id): the batch then takes the row-by-row path."""
+    clean columns (with "attributes_json", the documents encoded), exactly what _clean_plain would give row by
+    row, or None when any row needs more than that (an error, an unusual value, a repeated id): the batch then
+    takes the row-by-row path."""
     if not rows or set(map(type, rows)) != {dict} or not ALLOWED_KEYS.issuperset(set().union(*rows)):
         return None
-    external_ids = [row.get("external_id", _MISSING) for row in rows]
+    external_ids = _column(rows, "external_id")
     if set(map(type, external_ids)) != {str} or max(map(len, external_ids)) > 255:
         return None
-    joined = _JOIN.join(external_ids)
-    if _unsafe(joined):
+    if _unsafe(_JOIN.join(external_ids)):
         return None
     external_ids = list(map(str.strip, external_ids))
     if not min(map(len, external_ids)) or len(set(external_ids)) != len(external_ids):
         return None
     columns: dict[str, Column] = {}
-    for key, clean in _COLUMN_CLEANERS.items():
-        column = _texts(rows, key) if key != "attributes" else _attribute_dicts(rows)
-        if column is None:
-            return None
-        cleaned = clean(column)
+    for key, clean in _TEXT_CLEANERS.items():
+        column = _texts(rows, key)
+        cleaned = None if column is None else clean(column)
         if cleaned is None:
             return None
         columns[key] = cleaned
+    documents = _column(rows, "attributes", None)
+    if not {dict, type(None)}.issuperset(map(type, documents)):
+        return None
+    encoded = _clean_attribute_column(documents)
+    if encoded is None:
+        return None
+    columns["attributes"], columns["attributes_json"] = documents, encoded
     return external_ids, columns
+
+
+def _column(rows: Sequence[dict[str, Any]], key: str, missing: Any = _MISSING) -> Column:
+    """Each row's value for key, `missing` where the row leaves it out."""
+    try:
+        return list(map(operator.itemgetter(key), rows))  # in C, when every row has the key
+    except KeyError:
+        return [row.get(key, missing) for row in rows]
 
 
 def _texts(rows: Sequence[dict[str, Any]], key: str) -> Column | None:
     """The key's values: None where left out, "" where null or empty, the string otherwise; None (take the
     row-by-row path) if any value is something else."""
-    values = [row.get(key, _MISSING) for row in rows]
+    values = _column(rows, key)
     kinds = set(map(type, values))
     if kinds == {str}:
         return values
@@ -352,20 +366,18 @@ def _clean_locale_column(raw: Column) -> Column | None:
     return list(map(normalised.__getitem__, raw))
 
 
-def _attribute_dicts(rows: Sequence[dict[str, Any]]) -> Column | None:
-    """Each row's attributes: the dict, or None where left out or null; None if any is something else."""
-    values = [row.get("attributes") for row in rows]
-    kinds = set(map(type, values))
-    return values if kinds <= {dict, type(None)} else None
-
-
 ATTRIBUTE_VALUE_KINDS = frozenset({str, int, bool, float, list, type(None)})
 
 
-def _clean_attribute_column(column: Column) -> Column | None:
+def _clean_attribute_column(column: Column) -> list[str | None] | None:
+    """The documents encoded (None where left out), if every one passes _clean_plain's checks; else None.
+
+    Texts and floats are screened on the encoded JSON, one scan for the batch: orjson writes NUL as \\u0000 and
+    NaN and infinities as null, and a document no longer than MAX_ATTRIBUTE_TEXT holds no longer text. Only a
+    batch the screen cannot clear (a null, a long document, a backslash sequence) checks the values one by one."""
     documents = _given(column)  # the dicts (an empty one is kept as it is)
     if not documents:
-        return column
+        return [None if document is None else "{}" for document in column]
     if max(map(len, documents)) > MAX_ATTRIBUTES:
         return None
     for name in set().union(*documents) - _known_names:
@@ -377,36 +389,39 @@ def _clean_attribute_column(column: Column) -> Column | None:
     kinds = set(map(type, values))
     if not kinds <= ATTRIBUTE_VALUE_KINDS:
         return None
-    if str in kinds and not _plain_texts(list(filter(str.__instancecheck__, values)), MAX_ATTRIBUTE_TEXT):
-        return None
-    if float in kinds and not all(map(math.isfinite, filter(float.__instancecheck__, values))):
-        return None
     if list in kinds:
         lists = list(filter(list.__instancecheck__, values))
         if max(map(len, lists)) > 100:
             return None
-        items = list(itertools.chain.from_iterable(lists))
-        item_kinds = set(map(type, items))
+        item_kinds = set(map(type, itertools.chain.from_iterable(lists)))
         if dict in item_kinds or list in item_kinds:
             return None
-        if str in item_kinds and "\x00" in _JOIN.join(filter(str.__instancecheck__, items)):
+    try:
+        encoded = [None if document is None else encode_attributes(document) for document in column]
+    except TypeError:  # an object JSON cannot hold, inside a list: the row path reports it
+        return None
+    texts = _JOIN.join(filter(None, encoded))
+    if "\\u0000" in texts or (str in kinds and max(map(len, filter(None, encoded))) > MAX_ATTRIBUTE_TEXT):
+        strings = list(filter(str.__instancecheck__, values))  # limited in length, list items are not
+        if strings and (max(map(len, strings)) > MAX_ATTRIBUTE_TEXT or "\x00" in _JOIN.join(strings)):
             return None
-    return column
+        items = itertools.chain.from_iterable(filter(list.__instancecheck__, values))
+        if "\x00" in _JOIN.join(filter(str.__instancecheck__, items)):
+            return None
+    if float in kinds and "null" in texts and not all(map(math.isfinite, filter(float.__instancecheck__, values))):
+        return None
+    return encoded
 
 
-def _plain_texts(texts: list[str], longest: int) -> bool:
-    return max(map(len, texts)) <= longest and "\x00" not in _JOIN.join(texts)
-
-
-_COLUMN_CLEANERS: dict[str, Callable[[Column], Column | None]] = {
+_TEXT_CLEANERS: dict[str, Callable[[Column], Column | None]] = {
     "email": _clean_email_column,
     "phone": _clean_phone_column,
     "first_name": _clean_name_column,
     "last_name": _clean_name_column,
     "timezone": _clean_timezone_column,
     "locale": _clean_locale_column,
-    "attributes": _clean_attribute_column,
 }
+COLUMNS = (*_TEXT_CLEANERS, "attributes")
 
 
 def _validate_contact_fully(raw: Any, *, partial: bool) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -644,7 +659,7 @@ def _prepare_batch(rows: Sequence[Any]) -> PreparedBatch:
         result.rejected.sort(key=lambda item: item["index"])
     entries = list(cleaned.values())
     contacts = [clean for _, clean, _ in entries]
-    columns = {key: [contact.get(key) for contact in contacts] for key in _COLUMN_CLEANERS}
+    columns = {key: [contact.get(key) for contact in contacts] for key in COLUMNS}
     quoted = [row for row, (_, _, plain) in enumerate(entries) if not plain]
     return PreparedBatch(
         copy_data=_copy_csv(list(cleaned), columns, quoted=quoted),
@@ -696,7 +711,8 @@ def _copy_csv(external_ids: list[str], columns: dict[str, Column], *, quoted: Se
         seal.hash_many(emails),
         seal.hash_many(phones),
         [None if email is None else email_domain(email) for email in emails],
-        [None if attributes is None else encode_attributes(attributes) for attributes in columns["attributes"]],
+        columns.get("attributes_json")
+        or [None if attributes is None else encode_attributes(attributes) for attributes in columns["attributes"]],
     ]  # fmt: skip
     as_copied = [
         ["" if value is None else value or _EMPTY for value in column] if None in column or "" in column else column

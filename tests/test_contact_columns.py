@@ -148,6 +148,12 @@ PROBES = [
     ("attributes", {"text": "t" * 2000}),
     ("attributes", {"text": "nul\x00"}),
     ("attributes", {"text": "quote\x1e\x1fseparators"}),
+    ("attributes", {"text": "a backslash sequence \\u0000, not a NUL"}),
+    ("attributes", {"list": ["t" * 2500]}),  # list items have no length limit
+    ("attributes", {"list": ["t" * 2500, "nul\x00"]}),
+    ("attributes", {"list": [float("nan")]}),  # nor a finiteness check
+    ("attributes", {"gone": None, "n": float("-inf")}),
+    ("attributes", {"gone": None, "n": 1.5, "text": "t" * 1990}),  # a long document, every value fine
     ("attributes", {"tuple": (1, 2)}),
     ("attributes", {f"a{index}": index for index in range(101)}),
     ("attributes", {"big": 2**70}),
