@@ -242,7 +242,7 @@ KNOWN_E164 = re.compile(
     r"\+(?=[1-9][0-9]{7,14}\Z)(?:" + "|".join(sorted(COUNTRY_CODES, key=lambda code: (-len(code), code))) + ")"
 )
 _known_e164 = KNOWN_E164.match
-Column = list[Any]  # per row: None left out, "" cleared, else the clean value (attributes: a dict or None)
+Column = Sequence[Any]  # per row: None left out, "" cleared, else the clean value (attributes: a dict or None)
 
 
 def _clean_columns(rows: Sequence[Any]) -> tuple[list[str], dict[str, Column]] | None:
