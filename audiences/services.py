@@ -9,7 +9,7 @@ import io
 import logging
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -540,21 +540,60 @@ def csv_value(raw: str) -> object:
     return text
 
 
-def csv_row_to_contact(row: dict[str, str]) -> dict[str, object]:
-    contact: dict[str, object] = {}
-    attributes: dict[str, object] = {}
-    for column, value in row.items():
-        if column is None or value is None:
-            continue
+CsvPlan = list[tuple[int, str, bool]]  # per column: cell index, field or attribute name, whether an attribute
+
+
+def csv_plan(header: Sequence[str]) -> CsvPlan:
+    """How to read each row of a file with this header, worked out once: a column named external_id or a standard
+    field fills that field, any other column (an "attributes." prefix is optional) an attribute. A name that
+    appears twice takes the later column's cells."""
+    last: dict[str, int] = {}
+    for index, column in enumerate(header):
+        last[column] = index  # first place in the header, last column of that name
+    plan: CsvPlan = []
+    for column, index in last.items():
         name = column.strip()
         if name == "external_id" or name in STANDARD_CONTACT_FIELDS:
-            if value.strip():
-                contact[name] = value.strip()
-        elif value.strip():
-            attributes[name.removeprefix("attributes.")] = csv_value(value)
+            plan.append((index, name, False))
+        else:
+            plan.append((index, name.removeprefix("attributes."), True))
+    return plan
+
+
+def csv_row_to_contact(
+    cells: Sequence[str], plan: CsvPlan, values: dict[str, object] | None = None
+) -> dict[str, object]:
+    """A CSV row as a contact: empty cells are left out (the stored value stays), cells past the row's end too.
+
+    `values` remembers what csv_value made of each attribute text (an import repeats the same plans, countries
+    and flags on most rows)."""
+    contact: dict[str, object] = {}
+    attributes: dict[str, object] = {}
+    width = len(cells)
+    for index, name, is_attribute in plan:
+        if index >= width:
+            continue
+        value = cells[index].strip()
+        if not value:
+            continue
+        if not is_attribute:
+            contact[name] = value
+            continue
+        if values is None:
+            attributes[name] = csv_value(value)
+            continue
+        parsed = values.get(value, values)  # the dict itself: not seen yet
+        if parsed is values:
+            parsed = csv_value(value)
+            if len(values) < CSV_VALUE_MEMORY:
+                values[value] = parsed
+        attributes[name] = parsed
     if attributes:
         contact["attributes"] = attributes
     return contact
+
+
+CSV_VALUE_MEMORY = 50_000  # distinct attribute texts an import remembers
 
 
 @transaction.atomic
@@ -596,10 +635,9 @@ def contact_import_run(import_id: object) -> ContactImport | None:
             total = sum(1 for _ in csv.reader(text)) - 1
             ContactImport.objects.filter(pk=job.pk).update(total_rows=max(total, 0))
             text.seek(0)
-            reader = csv.DictReader(text)
             contacts_upsert_stream(
                 organisation=job.organisation,
-                batches=_import_batches(reader, skip=job.processed_rows),
+                batches=_import_batches(text, skip=job.processed_rows),
                 on_batch=lambda line_numbers, result: _import_progress(job, line_numbers, result),
             )
             text.detach()  # the file object closes the handle, not the wrapper
@@ -625,15 +663,22 @@ def _discard_upload(job: ContactImport) -> None:
     ContactImport.objects.filter(pk=job.pk).update(file="")
 
 
-def _import_batches(reader: csv.DictReader, *, skip: int) -> Iterator[tuple[list[int], list[dict[str, object]]]]:
-    """(line numbers, contacts) chunks of the CSV, after the `skip` rows an interrupted run already did."""
+def _import_batches(text: Iterable[str], *, skip: int) -> Iterator[tuple[list[int], list[dict[str, object]]]]:
+    """(line numbers, contacts) chunks of the CSV, after the `skip` rows an interrupted run already did. Blank
+    lines are passed over, as csv.DictReader does."""
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if header is None:
+        return
+    plan = csv_plan(header)
+    values: dict[str, object] = {}
     lines: list[int] = []
     rows: list[dict[str, object]] = []
-    for line_number, row in enumerate(reader, start=2):  # line 1 is the header
+    for line_number, cells in enumerate(filter(None, reader), start=2):  # line 1 is the header
         if line_number - 1 <= skip:
             continue
         lines.append(line_number)
-        rows.append(csv_row_to_contact(row))
+        rows.append(csv_row_to_contact(cells, plan, values))
         if len(rows) >= IMPORT_CHUNK:
             yield lines, rows
             lines, rows = [], []

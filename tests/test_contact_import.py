@@ -144,3 +144,49 @@ def test_a_large_import_overlaps_validation_and_writes(organisation, teammate, m
     assert Contact.objects.filter(organisation=organisation).count() == 50
     assert Contact.objects.get(external_id="big7").attributes == {"plan": "pro", "score": 7}
     assert job.rejected_report.startswith("11,")
+
+
+def dict_reader_contacts(text: str) -> list[dict]:
+    """The reference: what the import made of a file before it read rows by a header plan (csv.DictReader, every
+    cell of every row looked at by column name)."""
+    from audiences.services import STANDARD_CONTACT_FIELDS, csv_value
+
+    contacts = []
+    for row in csv.DictReader(io.StringIO(text)):
+        contact, attributes = {}, {}
+        for column, value in row.items():
+            if column is None or value is None:
+                continue
+            name = column.strip()
+            if name == "external_id" or name in STANDARD_CONTACT_FIELDS:
+                if value.strip():
+                    contact[name] = value.strip()
+            elif value.strip():
+                attributes[name.removeprefix("attributes.")] = csv_value(value)
+        if attributes:
+            contact["attributes"] = attributes
+        contacts.append(contact)
+    return contacts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        CSV,
+        "external_id, email ,attributes.plan,plan,score\nu1,A@x.io,pro,team,1\n\nu2,,,,\nu3,b@x.io\n"
+        "u4,c@x.io,a,b,2,extra,cells\n",
+        # repeated names: the later column's cells
+        "external_id,plan,plan,external_id\nu1,first,second,u1-again\nu2,,second,\n",
+        " external_id ,first_name,vip,ratio,code\n  u1  ,  Ann  , TRUE ,-0.5,007\nu2,Bo,false,1e3,12345678901234567\n",
+        "external_id\n",
+    ],
+    ids=["sample", "odd-widths-and-blank-lines", "repeated-columns", "spaces-and-numbers", "header-only"],
+)
+def test_rows_read_by_the_header_plan_match_the_dict_reader(text):
+    from audiences.services import _import_batches
+
+    batches = list(_import_batches(io.StringIO(text), skip=0))
+    assert [contact for _, rows in batches for contact in rows] == dict_reader_contacts(text)
+    assert [line for lines, _ in batches for line in lines] == list(range(2, 2 + len(dict_reader_contacts(text))))
+    resumed = list(_import_batches(io.StringIO(text), skip=1))
+    assert [contact for _, rows in resumed for contact in rows] == dict_reader_contacts(text)[1:]
