@@ -190,3 +190,30 @@ def test_rows_read_by_the_header_plan_match_the_dict_reader(text):
     assert [line for lines, _ in batches for line in lines] == list(range(2, 2 + len(dict_reader_contacts(text))))
     resumed = list(_import_batches(io.StringIO(text), skip=1))
     assert [contact for _, rows in resumed for contact in rows] == dict_reader_contacts(text)[1:]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "external_id",
+        "external_id\n",
+        "external_id\nu1\nu2",
+        "external_id\r\nu1\r\nu2\r\n",
+        "external_id\n\nu1\n\n",
+        'external_id,note\nu1,"two\nlines"\nu2,x\n',
+        "external_id\ru1\ru2\r",
+        "external_id\nu1\r\nu2\rx\n",
+        "external_id\n" + "u\n" * 3000,
+    ],
+)
+def test_the_progress_total_counts_what_csv_reader_reads(text, tmp_path):
+    from audiences.services import _count_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_bytes(text.encode())
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        expected = sum(1 for _ in csv.reader(handle))
+        handle.seek(0)
+        assert _count_rows(handle) == expected
+        assert handle.read() == text  # rewound for the import itself
