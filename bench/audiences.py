@@ -14,14 +14,12 @@ recipient (contact id + holdout flag, 10 % holdout) into a table, as a campaign 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,26 +63,15 @@ def main() -> None:
     parser.add_argument("--estimates", type=int, default=50)
     args = parser.parse_args()
 
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/campaign_service")
-    parts = urlsplit(base)
-    bench_url = parts._replace(path=(parts.path.rstrip("/") or "/campaign_service") + "_bench").geturl()
-    from config.devstack import ensure_database
+    from benchdb import setup_django
 
-    ensure_database(bench_url)
-    os.environ["DATABASE_URL"] = bench_url
-    os.environ.setdefault("SECRET_KEY", "bench")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    setup_django()
     from django.db import connection
 
     from audiences import segments as engine
     from audiences.contacts import MAX_BATCH, contacts_upsert_stream
     from audiences.models import Contact, Organisation
 
-    call_command("migrate", verbosity=0)
     organisation, _ = Organisation.objects.get_or_create(slug="bench-audiences", defaults={"name": "Bench"})
     if args.fresh:
         with connection.cursor() as cursor:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import random
 import sys
 import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,25 +63,14 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=200_000)
     args = parser.parse_args()
 
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/campaign_service")
-    parts = urlsplit(base)
-    bench_url = parts._replace(path=(parts.path.rstrip("/") or "/campaign_service") + "_bench").geturl()
-    from config.devstack import ensure_database
+    from benchdb import setup_django
 
-    ensure_database(bench_url)
-    os.environ["DATABASE_URL"] = bench_url
-    os.environ.setdefault("SECRET_KEY", "bench")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
+    setup_django()
     from django.core.files.base import ContentFile
-    from django.core.management import call_command
 
     from audiences.models import Contact, ContactImport, Organisation
     from audiences.services import contact_import_run
 
-    call_command("migrate", verbosity=0)
     started = time.perf_counter()
     content = synthetic_csv(args.contacts)
     print(f"file: {args.contacts:,} rows, {len(content) / 1e6:.1f} MB, written in {time.perf_counter() - started:.1f}s")
