@@ -986,15 +986,12 @@ def attribute_type(value: Any) -> str | None:
 CATALOGUE_SAMPLE = 250
 
 
-def attribute_catalogue(rows: Sequence[Mapping[str, Any]], max_examples: int = 5) -> list[dict[str, Any]]:
-    """Each attribute name in the batch with its most common type and a few distinct example values.
-
-    Types and examples come from the first CATALOGUE_SAMPLE rows; later rows only add names not seen yet, so a
-    10,000-row batch costs little more than a 250-row one (250 values are plenty to tell a type by)."""
-    return _catalogue([row.get("attributes") for row in rows], max_examples)
-
-
 def _catalogue(documents: Sequence[Mapping[str, Any] | None], max_examples: int = 5) -> list[dict[str, Any]]:
+    """Each attribute name in a batch's documents (None: left out) with its most common type and a few distinct
+    example values.
+
+    Types and examples come from the first CATALOGUE_SAMPLE documents; later ones only add names not seen yet, so
+    a 10,000-row batch costs little more than a 250-row one (250 values are plenty to tell a type by)."""
     kinds: dict[str, Counter[str]] = {}
     examples: dict[str, list[str]] = {}
 
