@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -155,9 +156,19 @@ def _profile(row: Sequence[Any], pii_keys: dict[str, Any]) -> dict[str, Any]:
         "last_name": row[9],
         "timezone": row[10],
         "locale": row[11],
-        "attributes": row[12] or {},
+        "attributes": _json(row[12]),
         "created_at": row[13],
     }
+
+
+def _json(value: Any) -> dict[str, Any]:
+    """jsonb from a raw cursor: Django's psycopg 3 setup hands it over as text (JSONField parses it itself), so a
+    raw query must parse it too, or templates see a string instead of the contact's attributes."""
+    if value is None:
+        return {}
+    if isinstance(value, (str, bytes)):
+        return orjson.loads(value)
+    return value
 
 
 def _address(channel: str, profile: Mapping[str, Any]) -> str:
@@ -373,7 +384,9 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
         "window_start": campaign.send_window_start,
         "window_end": campaign.send_window_end,
         "skip_weekends": campaign.skip_weekends,
-        "local_time": campaign.local_send_time,
+        # The local send time was applied at fan-out (it set due_at); applied again here, after the due instant,
+        # it would push every message to the next day, forever. The claim only keeps windows and weekdays.
+        "local_time": None,
         **consent_params(campaign.organisation_id, campaign.category),
         "freeform_whatsapp": whatsapp_freeform_variants(ctx.variants.values()),
     }
