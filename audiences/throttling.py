@@ -2,6 +2,10 @@
 
 DRF's stock throttles keep a list of timestamps per client and rewrite it on every request, which loses counts
 when two requests race; INCR cannot.
+
+While Redis is unreachable the limits degrade open: a request is answered uncounted rather than refused or
+failed, because the counter protects capacity, while an API that answers 500 (or a one-click unsubscribe that
+fails) is the outage itself. The failure is logged, at most once a minute per process (config.outage).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
+
+from config.outage import REDIS_ERRORS, cache_outage
 
 
 def parse_rate(rate: str) -> tuple[int, int]:
@@ -29,12 +35,18 @@ def window_count(identity: str, rate: str, *, add: int = 1) -> tuple[int, int, i
     now = time.time()
     window_start = int(now // window) * window
     key = f"throttle:{identity}:{window_start}"
-    cache.add(key, 0, timeout=window + 1)
+    if cache_outage.skipping():
+        return 0, limit, window_start + window  # Redis failed moments ago: do not wait on it again yet
     try:
-        used = cache.incr(key, add) if add else int(cache.get(key) or 0)
-    except ValueError:  # expired between add and incr
-        cache.add(key, add, timeout=window + 1)
-        used = add
+        cache.add(key, 0, timeout=window + 1)
+        try:
+            used = cache.incr(key, add) if add else int(cache.get(key) or 0)
+        except ValueError:  # expired between add and incr
+            cache.add(key, add, timeout=window + 1)
+            used = add
+    except REDIS_ERRORS as exc:
+        cache_outage.failed("rate-limit counter", exc)
+        return 0, limit, window_start + window  # degrade open: counted as nothing used
     return used, limit, window_start + window
 
 

@@ -105,9 +105,10 @@ class OutboxEventAdmin(ReadOnlyAdmin):
         from django.utils import timezone
 
         from compliance.tasks import compliance_outbox_push_task
+        from config.outage import task_enqueue
 
         count = queryset.filter(delivered_at__isnull=True).update(attempts=0, next_attempt_at=timezone.now())  # type: ignore[attr-defined]
-        compliance_outbox_push_task.delay()
+        task_enqueue(compliance_outbox_push_task)  # beat's retry pushes them if the broker is down
         self.message_user(request, f"{count} pushes queued again.")
 
 

@@ -43,8 +43,9 @@ def enqueue(*, contact: Contact, kind: str, state: dict[str, Any]) -> OutboxEven
         next_attempt_at=timezone.now(),
     )
     from compliance.tasks import compliance_outbox_push_task
+    from config.outage import task_enqueue_on_commit
 
-    transaction.on_commit(lambda: compliance_outbox_push_task.delay())
+    task_enqueue_on_commit(compliance_outbox_push_task)  # beat's retry pushes it if the broker is down
     return event
 
 
