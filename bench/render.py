@@ -1,12 +1,16 @@
 """Email rendering throughput on one core: content + contact + message id -> subject, HTML, text, headers.
 
-    .venv/bin/python bench/render.py [--messages 20000]
+    .venv/bin/python bench/render.py [--messages 20000] [--per-message] [--parse-attributes]
 
-A typical 3 KB marketing email (5 links, personalised greeting, a loop over 3 items, conditional block, explicit
-text part) rendered the way the delivery engine does (campaigns.content.render.Renderer, made once per run, then
-called per message) with tracking on: every link rewritten to a signed click URL, an open pixel, signed unsubscribe
-and preference links and List-Unsubscribe headers. Each message gets its own contact and message id. No database is
-touched. `--per-message` renders through render_message instead (a Renderer per message, as a preview does).
+A typical 3 KB marketing email (5 links, personalised greeting, a loop over the contact's picks, a block shown only
+above 100 points, explicit text part) rendered the way the delivery engine does (campaigns.content.render.Renderer,
+made once per run, then called per message) with tracking on: every link rewritten to a signed click URL, an open
+pixel, signed unsubscribe and preference links and List-Unsubscribe headers. Each message gets its own contact and
+message id; the 1,000 contacts differ in plan (one of them non-ASCII), points and picks, and a sample of the
+rendered messages is checked for its contact's values after the clock stops (the bench fails if one is blank).
+No database is touched. `--per-message` renders through render_message instead (a Renderer per message, as a
+preview does); `--parse-attributes` parses each contact's attributes from jsonb text per message inside the clock,
+as a real send does after its claim.
 """
 
 from __future__ import annotations
@@ -55,16 +59,75 @@ Unsubscribe: {{ unsubscribe_url }}
 {{ organisation.postal_address }}"""
 
 
+PLANS = ("free", "pro", "enterprise", "Prämie ✓")
+PICKS = ("shoes", "bags", "tents", "jackets", "boots", "socks", "caps")
+
+
+def bench_contacts(count: int) -> list[dict]:
+    """Contacts whose attributes differ from one to the next (plan, points, picks), so every rendered message
+    carries its own values: a blank or shared value is a rendering bug the checks below catch."""
+    import orjson
+
+    contacts = []
+    for i in range(count):
+        attributes = {
+            "plan": PLANS[i % len(PLANS)],
+            "points": 90 + i % 50,  # below and above the template's 100 threshold
+            "picks": [PICKS[(i + k) % len(PICKS)] for k in range(1 + i % 3)],
+        }
+        # As a real send gets them: jsonb text from the claim, parsed (delivery.sending._json) — not a dict built
+        # in Python, which is what hid blank attributes in real sends while this bench showed them.
+        contacts.append(
+            {
+                "first_name": f"Alex{i}",
+                "email": f"alex{i}@example.com",
+                "attributes": orjson.loads(orjson.dumps(attributes)),
+            }
+        )
+    return contacts
+
+
+def expected_parts(contact: dict) -> list[str]:
+    """What the rendered HTML must contain for this contact (escaped as the template escapes it)."""
+    from html import escape
+
+    attributes = contact["attributes"]
+    parts = [f"Hi {contact['first_name']}, spring is here", f"As a {escape(attributes['plan'])} member"]
+    parts += [f">{pick.title()}</a>" for pick in attributes["picks"]]
+    if attributes["points"] > 100:
+        parts.append(f"You have {attributes['points']} points")
+    return parts
+
+
+def check_rendered(contact: dict, rendered: dict) -> None:
+    """Fail loudly when a message lacks its contact's values (blank personalisation)."""
+    missing = [part for part in expected_parts(contact) if part not in rendered["html"]]
+    subject = f"{contact['first_name']}, our spring sale starts now"
+    if rendered["subject"] != subject:
+        missing.append(f"subject {subject!r} (got {rendered['subject']!r})")
+    if f"As a {contact['attributes']['plan']} member" not in rendered["text"]:
+        missing.append("the plan in the text part")
+    if missing:
+        raise SystemExit(f"blank or wrong personalisation for {contact['first_name']}: missing {missing}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--per-message", action="store_true", help="render_message for every message")
+    parser.add_argument(
+        "--parse-attributes",
+        action="store_true",
+        help="parse each contact's attributes from jsonb text per message, inside the clock, as a real send does",
+    )
     args = parser.parse_args()
     os.environ.setdefault("SECRET_KEY", "bench")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
     django.setup()
+    import orjson
+
     from campaigns.content.render import MessageContext, Renderer, Sender, render_message
 
     content = {
@@ -75,14 +138,7 @@ def main() -> None:
         "from_name": "Demo Retail",
         "from_email": "news@demo-retail.example",
     }
-    contacts = [
-        {
-            "first_name": f"Alex{i}",
-            "email": f"alex{i}@example.com",
-            "attributes": {"plan": "pro", "points": 120 + i % 50, "picks": ["shoes", "bags", "tents"]},
-        }
-        for i in range(1000)
-    ]
+    contacts = bench_contacts(1000)
     print(f"template: {len(HTML):,} bytes of HTML + {len(TEXT):,} bytes of text")
     base = dict(
         organisation_id="org",
@@ -94,16 +150,31 @@ def main() -> None:
     started = time.process_time()
     wall = time.perf_counter()
     size = 0
+    samples = []  # every 499th message (a prime: it walks through the 1,000 contacts), checked after the clock
     if args.per_message:
         for index in range(args.messages):
             ctx = MessageContext(message_id=f"m-{index}", contact=contacts[index % 1000], contact_id=str(index), **base)
-            size += len(render_message("email", content, ctx)["html"])
+            rendered = render_message("email", content, ctx)
+            size += len(rendered["html"])
+            if not index % 499:
+                samples.append((contacts[index % 1000], rendered))
     else:
         render = Renderer("email", content, Sender(**base)).render  # once per run (delivery: once per batch)
+        texts = [orjson.dumps(contact["attributes"]).decode() for contact in contacts]
         for index in range(args.messages):
-            size += len(render(f"m-{index}", contacts[index % 1000], str(index))["html"])
+            contact = contacts[index % 1000]
+            if args.parse_attributes:
+                contact = {**contact, "attributes": orjson.loads(texts[index % 1000])}
+            rendered = render(f"m-{index}", contact, str(index))
+            size += len(rendered["html"])
+            if not index % 499:
+                samples.append((contacts[index % 1000], rendered))
     cpu = time.process_time() - started
     elapsed = time.perf_counter() - wall
+    for contact, rendered in samples:
+        check_rendered(contact, rendered)
+    plans = {contact["attributes"]["plan"] for contact, _ in samples}
+    print(f"checked {len(samples)} sampled messages: each has its contact's name, plan, picks and points ({plans})")
     print(
         f"rendered {args.messages:,} emails in {elapsed:.2f}s wall, {cpu:.2f}s CPU: "
         f"{args.messages / cpu:,.0f} emails/s per core (average HTML {size // args.messages:,} bytes)"
