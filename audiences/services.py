@@ -621,8 +621,11 @@ def contact_import_start(*, actor: Actor, upload: UploadedFile) -> ContactImport
     job.save()
     audit_record(actor=actor, action="contacts.import", target=job, details={"filename": name})
     from audiences.tasks import contacts_import_task
+    from config.outage import task_enqueue_on_commit
 
-    transaction.on_commit(lambda: contacts_import_task.delay(str(job.pk)))
+    # A broker that is down does not fail the upload: the job is pending in PostgreSQL and
+    # contact_imports_pump_task starts it when Redis is back.
+    task_enqueue_on_commit(contacts_import_task, str(job.pk))
     return job
 
 

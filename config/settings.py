@@ -190,6 +190,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # caller logs it and the pump finds the work in PostgreSQL (config.outage.task_enqueue). The default, three retries
 # 0.2 s apart, kept a request waiting 0.7 s on a dead broker.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
+# An import still pending this long is taken for one whose task message was lost, and asked for again.
+CONTACT_IMPORT_STALL_SECONDS = float(envstr("CONTACT_IMPORT_STALL_SECONDS", "60"))
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = envstr("CELERY_TASK_DEFAULT_QUEUE", "celery")
@@ -199,6 +201,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "delivery.tasks.delivery_pump_task",
         "schedule": timedelta(seconds=float(envstr("DELIVERY_PUMP_SECONDS", "2"))),
         "options": {"expires": 10},
+    },
+    # Starts CSV imports whose task message was lost (uploaded while the broker was down).
+    "contact-imports-pump": {
+        "task": "audiences.tasks.contact_imports_pump_task",
+        "schedule": timedelta(seconds=float(envstr("CONTACT_IMPORT_PUMP_SECONDS", "30"))),
+        "options": {"expires": 30},
     },
     "event-feed-pull": {
         "task": "audiences.tasks.event_feed_pull_task",
