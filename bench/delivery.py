@@ -9,11 +9,17 @@ is done first and not timed (bench/fanout.py measures it). The clock starts when
 and stops when the run is completed: every message claimed (SELECT … FOR UPDATE SKIP LOCKED), rendered, handed
 to the sandbox provider (which books every idempotency key in its own ledger and draws outcomes and engagement),
 and recorded (message statuses, run counters, engagement events) in PostgreSQL.
+
+The content uses the contacts' attributes (plan, country, orders in an `if`, interests in a loop; the webhook payload
+their JSON), and the workers hand each batch over through SamplingBackend, which keeps the first message of every
+batch: after the run the bench checks each kept message against its contact's attributes and fails if one is blank
+or wrong, or if any message failed on its template.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -31,16 +37,102 @@ CONTENT = {
         "subject": "{{ contact.first_name }}, your {{ contact.attributes.plan }} offers",
         "html": "<html><body><h1>Hi {{ contact.first_name }}</h1><p>New in {{ contact.attributes.country }}:"
         ' <a href="https://shop.example.com/new?plan={{ contact.attributes.plan }}">see what is new</a>.</p>'
+        "{% if contact.attributes.orders >= 5 %}<p>{{ contact.attributes.orders }} orders: thank you</p>{% endif %}"
+        "<p>For you: {% for i in contact.attributes.interests %}{{ i }} {% endfor %}</p>"
         "<p>{{ unsubscribe_url }}</p></body></html>",
     },
-    "sms": {"body": "Hi {{ contact.first_name }}, {{ contact.attributes.plan }} offers inside: https://ex.am/p"},
-    "in_app": {"title": "Hi {{ contact.first_name }}", "body": "New {{ contact.attributes.plan }} offers"},
-    "whatsapp": {"body": "Hi {{ contact.first_name }}, {{ contact.attributes.plan }} offers inside"},
+    # SMS content is counted against the one-message limit as written (a brace is two GSM-7 units): written tight.
+    "sms": {
+        "body": "{%set a=contact.attributes%}Hi {{contact.first_name}}, {{a.plan}} offers"
+        "{%if a.orders>=5%} ({{a.orders}} orders){%endif%}: https://ex.am/p"
+    },
+    "in_app": {
+        "title": "Hi {{ contact.first_name }}",
+        "body": "New {{ contact.attributes.plan }} offers in {{ contact.attributes.country }}",
+    },
+    "whatsapp": {
+        "body": "Hi {{ contact.first_name }}, {{ contact.attributes.plan }} offers"
+        "{% if contact.attributes.orders >= 5 %} ({{ contact.attributes.orders }} orders){% endif %} inside"
+    },
     "webhook": {
         "url": "http://127.0.0.1:{port}/hooks/campaign",
-        "payload_template": '{"user": "{{ contact.external_id }}", "plan": "{{ contact.attributes.plan }}"}',
+        "payload_template": '{"user": "{{ contact.external_id }}", "plan": {{ contact.attributes.plan | tojson }},'
+        ' "orders": {{ contact.attributes.orders }}, "interests": {{ contact.attributes.interests | tojson }}}',
     },
 }
+
+
+def expected_content(channel: str, contact) -> dict:
+    """What CONTENT must render to for this contact: its own attribute values, never blanks."""
+    name, attributes = contact.first_name, contact.attributes
+    plan, orders = attributes["plan"], attributes["orders"]
+    if channel == "email":
+        thanks = f"<p>{orders} orders: thank you</p>" if orders >= 5 else ""
+        picks = "".join(f"{i} " for i in attributes["interests"])
+        return {
+            "subject": f"{name}, your {plan} offers",
+            "html": f"<h1>Hi {name}</h1><p>New in {attributes['country']}:",
+            "html ": f".</p>{thanks}<p>For you: {picks}</p>",
+        }
+    if channel in ("sms", "whatsapp"):
+        counted = f" ({orders} orders)" if orders >= 5 else ""
+        tail = ": https://ex.am/p" if channel == "sms" else " inside"
+        return {"body": f"Hi {name}, {plan} offers{counted}{tail}"}
+    if channel == "in_app":
+        return {"title": f"Hi {name}", "body": f"New {plan} offers in {attributes['country']}"}
+    return {"body": {"user": contact.external_id, "plan": plan, "orders": orders, "interests": attributes["interests"]}}
+
+
+class SamplingBackend:
+    """The channel's real backend (BENCH_INNER_BACKEND), which first appends the first message of every batch to
+    BENCH_SAMPLES_FILE: the bench checks afterwards that what was handed over carries each contact's values. One
+    small write per batch, next to a provider call."""
+
+    def __init__(self) -> None:
+        from django.utils.module_loading import import_string
+
+        self.inner = import_string(os.environ["BENCH_INNER_BACKEND"])()
+        self.path = os.environ["BENCH_SAMPLES_FILE"]
+
+    def send_batch(self, messages, *, profile):
+        if messages:
+            first = messages[0]
+            with open(self.path, "a") as samples:
+                samples.write(json.dumps({"contact_id": first.contact_id, "payload": first.payload}) + "\n")
+        return self.inner.send_batch(messages, profile=profile)
+
+
+def check_samples(channel: str, path: str, run) -> int:
+    """Every sampled message must be exactly what its contact's attributes give; no message may have failed on
+    its template. Fails loudly otherwise (a bench of blank messages measures nothing)."""
+    from audiences.models import Contact
+    from delivery.models import Message
+
+    samples = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    if not samples:
+        raise SystemExit("no message reached the provider: nothing to check")
+    contacts = Contact.objects.in_bulk([s["contact_id"] for s in samples])
+    wrong = []
+    for sample in samples:
+        payload, contact = sample["payload"], contacts[sample["contact_id"]]
+        for field, want in expected_content(channel, contact).items():
+            got = payload[field.strip()]
+            if field == "body" and channel == "webhook":
+                ok = json.loads(got) == want
+            elif field.startswith("html"):
+                ok = want in got
+            else:
+                ok = got == want
+            if not ok:
+                wrong.append((contact.external_id, field.strip(), want, got[:300] if isinstance(got, str) else got))
+    if wrong:
+        raise SystemExit(f"{len(wrong)} sampled messages lack their contact's values, e.g. {wrong[:3]}")
+    failed = Message.objects.filter(run=run, error__startswith="template").count()
+    if failed:
+        raise SystemExit(f"{failed} messages failed on their template")
+    return len(samples)
+
+
 # --peer: the real backend for the channel, against bench/peer_server.py (a local provider answering after a delay).
 REAL_BACKENDS = {
     "webhook": "delivery.channels.WebhookBackend",
@@ -79,11 +171,16 @@ def main() -> None:
                 str(args.peer_latency_ms),
             ]
         )
-        os.environ[f"DELIVERY_BACKEND_{args.channel.upper()}"] = REAL_BACKENDS[args.channel]
         os.environ["SSRF_ALLOWED_TARGETS"] = f"127.0.0.1:{port}"
         os.environ["NOTIFICATION_SERVICE_URL"] = f"http://127.0.0.1:{port}"
         CONTENT["webhook"]["url"] = CONTENT["webhook"]["url"].replace("{port}", str(port))
 
+    # The workers hand every batch to the real backend through SamplingBackend, which keeps one message per batch.
+    samples_file = Path(f"/tmp/bench-delivery-samples-{uuid.uuid4().hex[:8]}.jsonl")
+    samples_file.touch()
+    os.environ["BENCH_SAMPLES_FILE"] = str(samples_file)
+    os.environ["BENCH_INNER_BACKEND"] = REAL_BACKENDS[args.channel] if args.peer else "delivery.sandbox.SandboxBackend"
+    os.environ[f"DELIVERY_BACKEND_{args.channel.upper()}"] = "bench.delivery.SamplingBackend"
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/campaign_service")
     parts = urlsplit(base)
     os.environ["DATABASE_URL"] = parts._replace(
@@ -214,6 +311,9 @@ def main() -> None:
         f"{handed:,} messages "
         f"in {elapsed:.1f}s = {handed / elapsed:,.0f} messages/s = {60 * handed / elapsed:,.0f} messages/minute"
     )
+    checked = check_samples(args.channel, str(samples_file), run)
+    print(f"checked {checked} sampled messages (one per batch): each carries its own contact's attribute values")
+    samples_file.unlink()
     with connection.cursor() as cursor:  # leave the bench database as it was
         cursor.execute("DELETE FROM delivery_message WHERE run_id = %s", [str(run.pk)])
         cursor.execute("DELETE FROM delivery_sandboxhandoff WHERE run_id = %s", [str(run.pk)])
