@@ -9,12 +9,15 @@ finishes runs with nothing left to send. Every step is idempotent, so duplicate 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audiences.access import Actor, system_actor
@@ -46,37 +49,125 @@ def _enqueue_seed_copies(run_id: Any) -> None:
 
 
 def run_kick(run_id: Any, *, workers: int | None = None) -> None:
-    """Ask workers to send a run: one task per lane. Extra tasks find nothing to claim and end."""
-    from delivery.tasks import run_send_task
-
-    lanes = workers or (1 if _throttled(run_id) else settings.DELIVERY_PARALLELISM)
-    _on_commit(lambda: [run_send_task.delay(str(run_id)) for _ in range(lanes)])
-
-
-def kick_marker(run_id: Any) -> str:
-    return f"run-kick-pending:{run_id}"
+    """Ask workers to send a run, once this transaction commits: one task per lane. A lane already asked for (its
+    task is queued, or a throttle's follow-up is waiting) is not asked twice, and a task whose lane is busy ends at
+    once, so kicking is cheap and safe from anywhere."""
+    lanes = workers or run_lanes(run_id)
+    _on_commit(lambda: [_ask_for_lane(run_id, lane) for lane in range(lanes)])
 
 
 def run_kick_coalesced(run_id: Any) -> None:
-    """For streams of small additions (triggered sends): one send task waiting per run is enough. The marker is
-    cleared by the task as it starts, before it claims, so anything added after that asks for a new task."""
+    """For streams of small additions (triggered sends): one lane."""
+    run_kick(run_id, workers=1)
+
+
+def kick_marker(run_id: Any, lane: int = 0) -> str:
+    return f"run-kick-pending:{run_id}:{lane}"
+
+
+# A kick is pending for at most this long without its task starting before another may be asked for (a task lost
+# with a Redis restart); the pump asks again after that.
+KICK_PENDING_SECONDS = 15
+# A throttle's wait up to this long is slept inside the task; a longer one ends the task with a follow-up task
+# at the time the tokens are there (a Celery countdown, which holds no worker), at most this long ahead — a longer
+# wait is simply another follow-up then.
+SLEEP_IN_TASK_SECONDS = 0.5
+FOLLOW_UP_MAX_SECONDS = 300.0
+
+
+def _ask_for_lane(run_id: Any, lane: int, *, countdown: float = 0.0) -> bool:
     from django.core.cache import cache
 
     from delivery.tasks import run_send_task
 
-    def kick() -> None:
-        if cache.add(kick_marker(run_id), 1, timeout=30):
-            run_send_task.delay(str(run_id))
+    try:
+        if not cache.add(kick_marker(run_id, lane), 1, timeout=int(countdown + KICK_PENDING_SECONDS)):
+            return False
+        if countdown:
+            run_send_task.apply_async((str(run_id), lane), countdown=countdown)
+        else:
+            run_send_task.delay(str(run_id), lane)
+    except Exception as exc:
+        # Redis (the broker) is down: the messages are safe in PostgreSQL and the pump asks again once it is back.
+        logger.warning("could not ask for run %s lane %d: %s", run_id, lane, exc)
+        return False
+    return True
 
-    _on_commit(kick)
 
-
-def _throttled(run_id: Any) -> bool:
-    """A throttled run needs one lane: more would only wait for the same tokens."""
-    from delivery.throttle import campaign_buckets
+def run_lanes(run_id: Any) -> int:
+    """How many tasks send a run at once. A throttled run needs as many as it takes to keep up with its limit
+    while batches are with the provider (one, below about 30,000 a minute); more would only wait for the same
+    tokens. A triggered campaign's standing run takes small additions: one."""
+    from delivery.throttle import effective_per_minute
 
     run = Run.objects.select_related("campaign", "campaign__organisation").filter(pk=run_id).first()
-    return bool(run and any(campaign_buckets(run.campaign, channel) for channel in run.campaign.channels))
+    if run is None or run.trigger == Run.Trigger.EVENT:
+        return 1
+    per_minute = effective_per_minute(run.campaign, list(run.campaign.channels))
+    if per_minute is None:
+        return settings.DELIVERY_PARALLELISM
+    per_lane = 30_000 * settings.DELIVERY_BATCH_SIZE / 1000  # a lane's batch every two seconds at most
+    return max(1, min(settings.DELIVERY_PARALLELISM, math.ceil(per_minute / per_lane)))
+
+
+@contextmanager
+def send_lane(run_id: Any, lane: int) -> Iterator[bool]:
+    """Hold lane `lane` of a run for one send task (a session-level advisory lock: it goes with the connection if
+    the worker dies). Yields whether this task has it; a second task for a busy lane has nothing to do."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", [str(run_id), lane])
+        held = bool(cursor.fetchone()[0])
+    try:
+        yield held
+    finally:
+        if held:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", [str(run_id), lane])
+            except DatabaseError:  # the connection is gone, and the lock with it
+                logger.info("run %s lane %d: connection lost before unlocking", run_id, lane)
+
+
+# Whether a run has a message due now that nobody holds (SKIP LOCKED passes over rows a lane has claimed).
+CLAIMABLE_SQL = """
+SELECT EXISTS (SELECT 1 FROM delivery_run WHERE id = %(run)s AND status = 'sending')
+   AND EXISTS (SELECT 1 FROM delivery_message WHERE run_id = %(run)s AND status = 'queued' AND due_at <= %(now)s
+               FOR UPDATE SKIP LOCKED)
+"""
+
+
+def run_send_spell(run_id: Any, *, lane: int = 0) -> int:
+    """A send task's work: hold the lane, send for a while, then say what comes next — a fresh task at once (the
+    time was up), a follow-up when the throttle has tokens again, or nothing: the run is finished, or what is left
+    is due later and the pump wakes it then. Nothing polls."""
+    from django.core.cache import cache
+
+    from delivery import sending
+
+    try:
+        cache.delete(kick_marker(run_id, lane))  # started: anything added from now on asks for a new task
+    except Exception as exc:
+        logger.warning("run %s lane %d: kick marker not cleared: %s", run_id, lane, exc)
+    with send_lane(run_id, lane) as held:
+        if not held:
+            return 0
+        spell = sending.run_send_for(run_id, seconds=settings.DELIVERY_TASK_SECONDS, max_sleep=SLEEP_IN_TASK_SECONDS)
+    if spell.more:
+        _ask_for_lane(run_id, lane)
+    elif spell.wait:
+        _ask_for_lane(run_id, lane, countdown=min(spell.wait, FOLLOW_UP_MAX_SECONDS))
+    elif _claimable_now(run_id):
+        # Added while this task held the lane (a triggered send whose own task found the lane busy): go again.
+        _ask_for_lane(run_id, lane)
+    else:
+        run_finish_if_done(run_id)
+    return spell.claimed
+
+
+def _claimable_now(run_id: Any) -> bool:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CLAIMABLE_SQL, {"run": str(run_id), "now": timezone.now()})
+        return bool(cursor.fetchone()[0])
 
 
 # --- reacting to campaign transitions (delivery.receivers) ---------------------------------------------------
@@ -92,7 +183,68 @@ def runs_on_campaign_start(campaign: Campaign, *, occurrence: datetime | None) -
     return run
 
 
+# --- pause, resume, cancel: the lock order -------------------------------------------------------------------
+#
+# Cancel, complete, delete and pause answer at once, even while a worker is inside a slow provider call, and they
+# cannot deadlock with the workers, triggered sends or each other, because every transaction that may WAIT for a
+# lock takes them in one order:
+#
+#     campaign row  →  run row  →  (message rows, only ever with SKIP LOCKED: nobody waits for a message row)
+#
+# - A campaign transition locks the campaign (campaign_get_for_update), then the run rows here, and then changes
+#   only the queued messages no worker holds (FOR UPDATE SKIP LOCKED). It never waits on a claimed batch.
+# - Ingestion of events (delivery.triggers) share-locks the campaigns it queues for, then adds to the run's
+#   counters: the same order, so a complete or delete either waits for the batch of events or is seen by it.
+# - A worker holds its claimed message rows (taken with SKIP LOCKED, so it never waited for them) and may then wait
+#   for the run row to add its counters: nobody holding a run row waits for message rows, so there is no cycle.
+#
+# The run's status is what workers obey: set first, and re-read by the worker in a fresh statement right before
+# each hand-off (delivery.sending). A batch claimed before a cancel or pause is not handed over after it; its rows
+# are released, still queued. A batch already with the provider is recorded as sent. Queued rows of a stopped run
+# that were locked when the cancel ran are cancelled by whoever sees them last: the worker after recording its
+# batch (under the run row's lock, so the cancel's status is visible), or run_cancel_leftovers from the pump.
+
+STOPPED_STATUSES = (S.CANCELLED, S.COMPLETED, S.FAILED)
+
+# Cancel a stopped run's queued messages that no transaction holds, and count them on the run in the same
+# statement, so cancelled_count always equals the rows.
+CANCEL_QUEUED_SQL = """
+WITH cancelled AS (
+    UPDATE delivery_message SET status = 'cancelled', error = %(reason)s
+    WHERE id IN (SELECT id FROM delivery_message WHERE run_id = %(run)s AND status = 'queued'
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+UPDATE delivery_run SET cancelled_count = cancelled_count + (SELECT count(*) FROM cancelled)
+WHERE id = %(run)s
+RETURNING (SELECT count(*) FROM cancelled)
+"""
+
+
+def run_cancel_queued(cursor: Any, run_id: Any, reason: str) -> int:
+    """Cancel the queued messages of a stopped run that nobody holds; returns how many. The caller holds (or will
+    take, in this statement) the run row; message rows are skipped when locked, never waited for."""
+    cursor.execute(CANCEL_QUEUED_SQL, {"run": str(run_id), "reason": reason[:500]})
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def run_cancel_leftovers(run_id: Any) -> int:
+    """For the pump and run finishing: queued rows of a cancelled or completed run (a worker killed mid-batch after
+    the cancel rolls its rows back to queued) become cancelled. Cheap and idempotent."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status_reason FROM delivery_run WHERE id = %s AND status = ANY(%s) FOR UPDATE",
+            [str(run_id), list(STOPPED_STATUSES)],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return 0
+        return run_cancel_queued(cursor, run_id, row[0] or "run stopped")
+
+
 def runs_pause(campaign: Campaign, *, actor: Actor) -> int:
+    """Workers stop handing over at once: a batch claimed before the pause is released, still queued, for resume."""
     return Run.objects.filter(campaign=campaign, status__in=[S.PENDING, S.FANNING_OUT, S.READY, S.SENDING]).update(
         status=S.PAUSED, paused_at=timezone.now(), paused_by=actor.label
     )
@@ -100,7 +252,7 @@ def runs_pause(campaign: Campaign, *, actor: Actor) -> int:
 
 def runs_resume(campaign: Campaign) -> int:
     resumed = 0
-    for run in Run.objects.filter(campaign=campaign, status=S.PAUSED):
+    for run in Run.objects.select_for_update().filter(campaign=campaign, status=S.PAUSED):
         if run.fanned_out_at is None:
             Run.objects.filter(pk=run.pk).update(status=S.PENDING, paused_at=None, paused_by="")
             _enqueue_prepare(run.pk)
@@ -112,23 +264,16 @@ def runs_resume(campaign: Campaign) -> int:
 
 
 def runs_cancel(campaign: Campaign, *, reason: str = "", final_status: str = S.CANCELLED) -> int:
-    """Stop every open run for good; their unsent messages become cancelled (set-based)."""
+    """Stop every open run for good (inside the campaign's transition, which holds the campaign row). The status
+    comes first, so workers hand nothing more over; the queued messages no worker holds become cancelled now, the
+    ones in a claimed batch when that worker records it (see the lock order above)."""
     now = timezone.now()
     cancelled = 0
-    for run in Run.objects.select_for_update().filter(campaign=campaign, status__in=Run.ACTIVE_STATUSES):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "UPDATE delivery_message SET status = 'cancelled', error = %s WHERE run_id = %s AND status = 'queued'",
-                [reason[:500], str(run.pk)],
-            )
-            count = cursor.rowcount
-        Run.objects.filter(pk=run.pk).update(
-            status=final_status,
-            cancelled_count=run.cancelled_count + count,
-            finished_at=now,
-            status_reason=reason[:500],
-        )
-        cancelled += 1
+    with connection.cursor() as cursor:
+        for run in Run.objects.select_for_update().filter(campaign=campaign, status__in=Run.ACTIVE_STATUSES):
+            Run.objects.filter(pk=run.pk).update(status=final_status, finished_at=now, status_reason=reason[:500])
+            run_cancel_queued(cursor, run.pk, reason)
+            cancelled += 1
     return cancelled
 
 
@@ -163,7 +308,16 @@ def run_finish_if_done(run_id: Any) -> bool:
     """Complete a sending run that has nothing queued (sent, failed, skipped or cancelled every message), and move
     its campaign on: completed, or back to scheduled for a recurring campaign's next occurrence."""
     with transaction.atomic():
-        run = Run.objects.select_for_update().filter(pk=run_id, status=S.SENDING).select_related("campaign").first()
+        # The campaign row before the run row: the lock order of cancel and every transition (see above); locking
+        # both in one join could take the run first and deadlock with a cancel holding the campaign.
+        campaign_of_run = Run.objects.filter(pk=run_id).values_list("campaign_id", flat=True)
+        list(Campaign.objects.select_for_update().filter(pk__in=campaign_of_run).values_list("pk", flat=True))
+        run = (
+            Run.objects.select_for_update(of=("self",))
+            .filter(pk=run_id, status=S.SENDING)
+            .select_related("campaign")
+            .first()
+        )
         if run is None or run.trigger == Run.Trigger.EVENT:
             return False  # a triggered campaign's standing run stays open while the campaign is active
         with connection.cursor() as cursor:
@@ -258,32 +412,42 @@ def delivery_pump(*, now: datetime | None = None) -> dict[str, int]:
             continue
         _enqueue_prepare_now(run.pk)
         report["prepared"] += 1
-    for run in Run.objects.filter(status=S.SENDING):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT EXISTS (SELECT 1 FROM delivery_message WHERE run_id = %s AND status = 'queued'),"
-                " EXISTS (SELECT 1 FROM delivery_message WHERE run_id = %s AND status = 'queued' AND due_at <= %s)",
-                [str(run.pk), str(run.pk), now],
-            )
-            any_queued, any_due = cursor.fetchone()
+    for run_id, trigger, any_queued, any_due, busy in _sending_runs(now):
         if not any_queued:
-            if run_finish_if_done(run.pk):
+            if trigger != Run.Trigger.EVENT and run_finish_if_done(run_id):
                 report["finished"] += 1
-        elif any_due and run.trigger == Run.Trigger.EVENT:
-            # Delayed and deferred triggered sends: asked for as soon as they are due (one lane; idempotent).
-            if run.last_progress_at is None or run.last_progress_at <= now - timedelta(seconds=2):
-                with transaction.atomic():
-                    run_kick(run.pk, workers=1)
-                report["kicked"] += 1
-        elif any_due and (run.last_progress_at is None or run.last_progress_at <= now - stall):
+        elif any_due and not busy:
+            # Due now and no task on it: a retry's backoff is over, a send window opened, a deferred or delayed
+            # send came due — or a task was lost. Asking is idempotent (a pending ask is not repeated).
             with transaction.atomic():
-                run_kick(run.pk)
+                run_kick(run_id)
             report["kicked"] += 1
     for run_id in seeds.due_seed_copy_runs(now=now):
         with transaction.atomic():
             _enqueue_seed_copies(run_id)
         report["seed_copies"] += 1
     return report
+
+
+# Every sending run in one statement: whether it has anything queued, anything due now, and whether a send task
+# holds one of its lanes (send_lane's advisory locks, in this database).
+SENDING_RUNS_SQL = """
+SELECT r.id, r.trigger,
+       EXISTS (SELECT 1 FROM delivery_message m WHERE m.run_id = r.id AND m.status = 'queued'),
+       EXISTS (SELECT 1 FROM delivery_message m WHERE m.run_id = r.id AND m.status = 'queued'
+               AND m.due_at <= %(now)s),
+       EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.objsubid = 2
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.classid = hashtext(r.id::text)::oid)
+FROM delivery_run r
+WHERE r.status = 'sending'
+"""
+
+
+def _sending_runs(now: datetime) -> list[tuple[Any, str, bool, bool, bool]]:
+    with connection.cursor() as cursor:
+        cursor.execute(SENDING_RUNS_SQL, {"now": now})
+        return cursor.fetchall()
 
 
 def _enqueue_prepare_now(run_id: Any) -> None:

@@ -8,6 +8,14 @@ a second time and a provider that honours them does not send twice. Nothing depe
 
 Preferences, unsubscribes and suppressions are checked again in the claim itself, so a contact who opted out after
 fan-out is skipped, not sent.
+
+Lock order (the full statement is at the top of delivery.runs' cancel section): campaign row → run row → message
+rows, and message rows are only ever taken with SKIP LOCKED, so nobody waits for one. A worker holds its claimed
+rows through the provider call and then waits, at most briefly, for the run row to add its counters; cancel, pause
+and complete hold the run row but never wait for a claimed row, so they answer at once and cannot deadlock with a
+worker. Right before each hand-off the worker re-reads the run's status in a fresh statement: a batch claimed
+before a pause or cancel is not handed over, its rows stay queued (for resume) and a stopped run's leftovers are
+cancelled as the batch is recorded, under the run row's lock.
 """
 
 from __future__ import annotations
@@ -22,14 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.adapters import user_profile_provider
+from audiences.jsonb import jsonb_loads
 from audiences.pii import decrypt, keys
-from campaigns.content.render import Renderer, Sender
+from campaigns.content.render import Renderer, Sender, trigger_event
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
 from compliance.selectors import consent_params, whatsapp_freeform_variants
@@ -89,10 +97,17 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
             CASE WHEN %(category)s = 'marketing' AND cl.channel = 'sms' THEN cs_quiet_hours_end(%(now)s,
                  COALESCE(NULLIF(c.timezone, ''), %(tz)s), %(sms_quiet_start)s::time, %(sms_quiet_end)s::time) END,
             CASE WHEN %(email_held)s AND cl.channel = 'email' THEN %(now)s + interval '5 minutes' END) AS next_at,
-       cl.trigger_key
+       cl.trigger_key,
+       -- A triggered message's event, for its templates: the trigger key is the sender's event id, unique in the
+       -- organisation (an index lookup per claimed row, none for other runs' empty keys).
+       e.type, e.properties,
+       to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+         || CASE WHEN date_part('microseconds', e.occurred_at)::int %% 1000000 = 0 THEN ''
+                 ELSE to_char(e.occurred_at AT TIME ZONE 'UTC', '.US') END || '+00:00'
 FROM claimed cl
 LEFT JOIN audiences_contact c ON c.id = cl.contact_id
 LEFT JOIN compliance_contactpreference p ON p.contact_id = cl.contact_id
+LEFT JOIN audiences_event e ON cl.trigger_key <> '' AND e.organisation_id = %(org)s AND e.event_id = cl.trigger_key
 """
 
 # Batches travel as one JSON parameter each: PostgreSQL parses it far faster than the driver quotes arrays.
@@ -131,7 +146,8 @@ class RunContext:
 class BatchResult:
     claimed: int = 0
     counts: Counter[str] | None = None
-    # Seconds until a throttle lets more through, when it held messages back.
+    # Seconds until a throttle lets more through, set only when due messages were held back by it: an empty
+    # bucket with nothing due is not a reason to come back.
     wait: float = 0.0
 
     @property
@@ -166,9 +182,7 @@ def _json(value: Any) -> dict[str, Any]:
     raw query must parse it too, or templates see a string instead of the contact's attributes."""
     if value is None:
         return {}
-    if isinstance(value, (str, bytes)):
-        return orjson.loads(value)
-    return value
+    return jsonb_loads(value)  # exactly as JSONField reads it (orjson alone turns big integers into floats)
 
 
 def _address(channel: str, profile: Mapping[str, Any]) -> str:
@@ -215,11 +229,13 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
             settled.append(Outcome(message_id, "failed", "", "the variant has no content for this channel"))
             continue
         key = message_key(run_id, contact_id, channel, row[16])
+        # A triggered message's event, built as its preview builds it (a stored event that is gone keeps its id).
+        event = trigger_event(row[16], row[17] or campaign.trigger_event, _json(row[18]), row[19]) if row[16] else None
         try:
             renderer = renderers.get((variant_id, channel))
             if renderer is None:
                 renderer = renderers[variant_id, channel] = Renderer(channel, content, sender)
-            payload = renderer.render(str(message_id), profile, str(contact_id))
+            payload = renderer.render(str(message_id), profile, str(contact_id), None, event)
         except TemplateProblem as exc:
             settled.append(Outcome(message_id, "failed", "", f"template: {exc}"[:500]))
             continue
@@ -295,7 +311,8 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
         cursor.execute(
             "UPDATE delivery_run SET sent_count = sent_count + %s, delivered_count = delivered_count + %s,"
             " bounced_count = bounced_count + %s, failed_count = failed_count + %s,"
-            " skipped_count = skipped_count + %s, last_progress_at = %s WHERE id = %s",
+            " skipped_count = skipped_count + %s, last_progress_at = %s WHERE id = %s"
+            " RETURNING status, status_reason",
             [
                 sum(counts[s] for s in SENT_STATUSES),
                 counts["delivered"],
@@ -306,7 +323,21 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
                 str(ctx.run.pk),
             ],
         )
+        run_status, reason = cursor.fetchone() or ("", "")
+        from delivery import runs  # the cancel rule lives with the run lifecycle
+
+        if run_status in runs.STOPPED_STATUSES:
+            # Cancelled or completed while this batch was out (the run row, locked now, shows it): the cancel
+            # skipped these rows, so this batch's still-queued ones (released, or retries) are cancelled here.
+            runs.run_cancel_queued(cursor, ctx.run.pk, reason or "run stopped")
     return counts
+
+
+def _run_still_sending(cursor: Any, run_id: Any) -> bool:
+    """The run's status as committed now (a fresh statement sees a pause or cancel made after the claim)."""
+    cursor.execute("SELECT status = 'sending' FROM delivery_run WHERE id = %s", [str(run_id)])
+    row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def _record_engagement(
@@ -337,7 +368,7 @@ def _record_engagement(
 
 def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContext | None = None) -> BatchResult:
     """Claim, render, hand off and record one batch of a run. Returns how many rows it claimed (0: none due) and,
-    when a throttle held messages back, how long until it lets more through."""
+    when a throttle held due messages back, how long until it lets more through."""
     ctx = ctx or _run_context(run_id)
     if ctx is None:
         return BatchResult()
@@ -353,21 +384,32 @@ def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContex
         for channel, channel_buckets in buckets.items():
             taken, wait = throttle.take(channel_buckets, limit)
             if not taken:
-                waits.append(wait)
+                if _due_now(ctx, channel):
+                    waits.append(wait)
                 continue
             part = _send_claimed(ctx, channel=channel, limit=taken)
             unused = taken - part.claimed + (part.counts or Counter())["deferred"]
             throttle.give_back(channel_buckets, unused)
             result.claimed += part.claimed
             result.counts.update(part.counts or Counter())
-            if not part.claimed and wait:
-                waits.append(wait)
         if not result.claimed and waits:
             result.wait = min(waits)
     counts = result.counts or Counter()
     if counts["failed"] or counts["bounced"]:
         run_pause_if_failing(ctx.run.pk)
     return result
+
+
+def _due_now(ctx: RunContext, channel: str) -> bool:
+    """Whether the run is sending and has a message of this channel due now (the partial due index answers)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM delivery_run WHERE id = %(run)s AND status = 'sending')"
+            " AND EXISTS (SELECT 1 FROM delivery_message WHERE run_id = %(run)s AND status = 'queued'"
+            " AND due_at <= %(now)s AND channel = %(channel)s)",
+            {"run": str(ctx.run.pk), "now": timezone.now(), "channel": channel},
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchResult:
@@ -410,6 +452,10 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
                 capped = [Outcome(message_id, "skipped", "", "frequency_cap") for message_id in refused]
                 sendable = [row for row in sendable if row[0] not in refused]
             outgoing, outcomes = _render(ctx, sendable)
+            if not _run_still_sending(cursor, ctx.run.pk):
+                # Paused or cancelled since the claim: nothing of this batch reaches the provider and nothing of it
+                # is recorded; its rows stay queued, for resume, or to be cancelled in _record for a stopped run.
+                outgoing, outcomes, deferred, capped = [], [], [], []
             outcomes.extend(_hand_off(ctx, outgoing))
             counts = _record(ctx, rows, [*outcomes, *deferred, *capped], timezone.now())
             if caps:
@@ -453,23 +499,40 @@ def run_pause_if_failing(run_id: Any) -> bool:
     return True
 
 
-def run_send_for(run_id: Any, *, seconds: float, batch_size: int | None = None) -> tuple[int, bool]:
-    """Send batches until nothing is due or the time is up. Returns (messages claimed, whether some may remain)."""
+@dataclass
+class SendSpell:
+    """What a send task did and what should happen next."""
+
+    claimed: int = 0
+    # More is due now (the time was up): hand over to a fresh task at once.
+    more: bool = False
+    # Due messages are held back by a throttle for this many seconds: come back then.
+    wait: float = 0.0
+
+
+def run_send_for(
+    run_id: Any, *, seconds: float, batch_size: int | None = None, max_sleep: float | None = None
+) -> SendSpell:
+    """Send batches until nothing is due or the time is up. A throttle's wait is slept here when it is at most
+    `max_sleep` seconds (any wait within the time left, when None); a longer one ends the spell with `wait` set,
+    so a worker is not held asleep. Nothing due now ends it with neither `more` nor `wait`: whatever is due later
+    (a retry, a send window, a deferred SMS) is the pump's to wake."""
     deadline = timezone.now() + timedelta(seconds=seconds)
     ctx = _run_context(run_id)
-    total = 0
+    spell = SendSpell()
     while ctx is not None:
         result = run_send_batch(run_id, batch_size=batch_size, ctx=ctx)
-        total += result.claimed
+        spell.claimed += result.claimed
         if result.done:
-            return total, False
+            return spell
+        left = (deadline - timezone.now()).total_seconds()
         if result.wait and not result.claimed:
-            # Throttled: wait for the next token here (short: a bucket refills within seconds), or hand over.
-            left = (deadline - timezone.now()).total_seconds()
-            if left <= 0:
-                return total, True
-            time.sleep(min(result.wait, left, 5.0))
+            if left <= 0 or (max_sleep is not None and result.wait > max_sleep):
+                spell.wait = result.wait
+                return spell
+            time.sleep(min(result.wait, left))
             continue
-        if timezone.now() >= deadline:
-            return total, True
-    return total, False
+        if left <= 0:
+            spell.more = True
+            return spell
+    return spell

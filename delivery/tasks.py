@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from django.conf import settings
-from django.core.cache import cache
 
-from delivery import runs, seeds, sending
+from delivery import runs, seeds
 
 
 @shared_task(name="delivery.tasks.run_prepare_task")
@@ -18,16 +16,10 @@ def run_prepare_task(run_id: str) -> str | None:
 
 
 @shared_task(name="delivery.tasks.run_send_task")
-def run_send_task(run_id: str) -> int:
-    """Send a run's due messages for a while, then hand over to a fresh task (other runs get their turn and no
-    task runs for long). When nothing is left, finish the run."""
-    cache.delete(runs.kick_marker(run_id))  # a send task is running now: later additions ask for another
-    claimed, more = sending.run_send_for(run_id, seconds=settings.DELIVERY_TASK_SECONDS)
-    if more:
-        run_send_task.delay(run_id)
-    else:
-        runs.run_finish_if_done(run_id)
-    return claimed
+def run_send_task(run_id: str, lane: int = 0) -> int:
+    """Send a run's due messages for a while on one lane, then hand over, come back when the throttle allows, or
+    end (runs.run_send_spell)."""
+    return runs.run_send_spell(run_id, lane=lane)
 
 
 @shared_task(name="delivery.tasks.campaign_schedule_fire_task")

@@ -3,10 +3,15 @@ for the whole organisation (provider limits). Token buckets in Redis, taken atom
 applies, so workers on any machine share them.
 
 A bucket holds at most `capacity` tokens and refills continuously at `rate` per second. Workers take tokens before
-claiming, so sends are spread evenly through each minute instead of bursting at :00. To keep every 60-second window
-at or under N (not N + a burst), the refill rate is (N - capacity) / 60 with a capacity of N/600 (at least one): the
-long-run rate stays within 0.2 % of N. Bucket state is coordination, not data: if Redis loses it, a bucket starts
-full again, which is at most one capacity's worth of messages early.
+claiming, so sends are spread evenly through each window instead of bursting at :00. Two numbers decide whether a
+limit of N per window W is kept and delivered:
+- capacity is what accrues in BURST_SECONDS (at least one token). While a worker's batch is with the provider
+  (a slow provider takes hundreds of milliseconds), tokens keep accruing up to the capacity and are taken by the
+  next claim; a capacity of a fraction of that time throws tokens away and the run falls short of its rate.
+- the refill rate is (N - capacity) / W, so that a full bucket plus a window's refill never exceed N in any window
+  of W seconds. Over three windows that delivers 3N - 2·capacity: within 1.2 % of the limit.
+Bucket state is coordination, not data: if Redis loses it, a bucket starts full again, which is at most one
+capacity's worth of messages early.
 """
 
 from __future__ import annotations
@@ -54,19 +59,23 @@ return 1
 """
 
 
+# Tokens accrue for this long while a batch is away at the provider before any are lost (see the docstring).
+BURST_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class Bucket:
     key: str
-    per_minute: float  # the limit N
+    per_minute: float  # the limit N per window (per minute, or per hour with window_seconds=3600)
     window_seconds: float = 60.0
 
     @property
     def capacity(self) -> float:
-        return max(1.0, self.per_minute / 600)
+        return max(1.0, self.per_minute * BURST_SECONDS / self.window_seconds)
 
     @property
     def rate(self) -> float:
-        """Tokens per second such that any window holds at most N."""
+        """Tokens per second such that any window holds at most N (a full bucket plus a window's refill)."""
         return max(self.per_minute - self.capacity, self.per_minute * 0.5) / self.window_seconds
 
 
