@@ -18,8 +18,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from delivery import inbox, receipts
+from delivery.estimates import RunEstimate, run_estimate
+from delivery.failures import run_failure_reasons
 from delivery.models import InboxMessage, Run
-from delivery.selectors import run_estimated_completion, run_list, run_progress
+from delivery.selectors import run_list, run_progress
 
 
 class RunProgressSerializer(serializers.Serializer):
@@ -35,10 +37,24 @@ class RunProgressSerializer(serializers.Serializer):
     percent = serializers.FloatField()
 
 
+class FailureReasonSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["failed", "bounced"])
+    reason = serializers.CharField(help_text="As recorded on the messages: a template error, the provider's answer…")
+    count = serializers.IntegerField()
+
+
+class RunFailuresSerializer(serializers.Serializer):
+    total = serializers.IntegerField(help_text="Failed and bounced messages.")
+    reasons = FailureReasonSerializer(many=True, help_text="The commonest reasons first (at most 10).")
+    more = serializers.IntegerField(help_text="Failed and bounced messages with other reasons.")
+
+
 class RunSerializer(serializers.ModelSerializer):
     campaign = serializers.UUIDField(source="campaign_id", read_only=True)
     progress = serializers.SerializerMethodField()
+    failures = serializers.SerializerMethodField()
     estimated_completion = serializers.SerializerMethodField()
+    estimate_basis = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -56,7 +72,9 @@ class RunSerializer(serializers.ModelSerializer):
             "message_count",
             "excluded",
             "progress",
+            "failures",
             "estimated_completion",
+            "estimate_basis",
             "created_at",
             "fanned_out_at",
             "started_sending_at",
@@ -70,11 +88,35 @@ class RunSerializer(serializers.ModelSerializer):
     def get_progress(self, run: Run) -> dict[str, Any]:
         return run_progress(run)
 
+    @extend_schema_field(RunFailuresSerializer)
+    def get_failures(self, run: Run) -> dict[str, Any]:
+        """Why messages failed or bounced, grouped by reason: for a page of runs, one query for all of them."""
+        failures = self.__dict__.setdefault("_failures", {})
+        if run.pk not in failures:
+            page = getattr(self.parent, "instance", None) if self.parent is not None else None
+            failures.update(run_failure_reasons(list(page) if page is not None else [run]))
+        return failures.get(run.pk) or run_failure_reasons([run])[run.pk]
+
+    def _estimate(self, run: Run) -> RunEstimate:
+        # Both fields come from one estimate (one query, one rate reading) per run.
+        estimates = self.__dict__.setdefault("_estimates", {})
+        if run.pk not in estimates:
+            estimates[run.pk] = run_estimate(run)
+        return estimates[run.pk]
+
     @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_estimated_completion(self, run: Run) -> Any:
-        """From what is left, the campaign's and organisation's limits and the send windows."""
-        at = run_estimated_completion(run)
+        """While the run goes, when it should finish: at the rate observed once sending has started (never above
+        the limits), through the send windows and after the last deferred message is due. Once finished, the
+        actual finish; null while paused or with nothing to go on yet."""
+        at = self._estimate(run).at
         return serializers.DateTimeField().to_representation(at) if at else None
+
+    @extend_schema_field(serializers.CharField())
+    def get_estimate_basis(self, run: Run) -> str:
+        """What the estimate rests on: "at 600/min limit", "observed 512/min", "waits for send window 08:00 GMT";
+        "paused", "finished"…"""
+        return self._estimate(run).explanation
 
 
 @extend_schema_view(

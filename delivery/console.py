@@ -10,8 +10,10 @@ from django.shortcuts import render
 from audiences.decorators import member_required
 from campaigns import selectors as campaign_selectors
 from campaigns.models import Campaign
+from delivery.estimates import run_estimate
+from delivery.failures import run_failure_reasons
 from delivery.models import Run
-from delivery.selectors import run_estimated_completion, run_list, run_progress
+from delivery.selectors import run_list, run_progress
 from delivery.triggers import trigger_decisions
 
 SEGMENTS = [
@@ -63,6 +65,7 @@ def campaign_runs_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
         raise Http404("No such campaign") from exc
     runs = list(run_list(request.actor, campaign_id=campaign.pk)[:10])
     rows = []
+    failures = run_failure_reasons(runs)
     for run in runs:
         progress = run_progress(run)
         rows.append(
@@ -71,8 +74,9 @@ def campaign_runs_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
                 "progress": progress,
                 "bar": _bar(progress),
                 "legend": [(key, label, progress[key]) for key, label in SEGMENTS],
-                "eta": run_estimated_completion(run),
+                "estimate": run_estimate(run),
                 "excluded": [(REASONS.get(k, k), v) for k, v in sorted(run.excluded.items())],
+                "failures": failures[run.pk],
             }
         )
     active = any(run.status in Run.ACTIVE_STATUSES and run.status != Run.Status.PAUSED for run in runs)
