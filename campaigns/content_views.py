@@ -14,13 +14,12 @@ from audiences.access import can_write_campaigns
 from audiences.decorators import member_required
 from audiences.models import Contact
 from campaigns import services
-from campaigns.content.channels import FIELDS, content_problems
+from campaigns.content.channels import FIELDS, content_problems, content_warnings
 from campaigns.content.library import template_library
 from campaigns.content.media import store_icon
-from campaigns.content.preview import message_context, preview_contact
-from campaigns.content.render import render_message
+from campaigns.content.names import campaign_content_warnings, template_names
+from campaigns.content.preview import preview_render
 from campaigns.content.sms import sms_length
-from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Channel
 from campaigns.views import get_campaign_or_404
 from config.errors import Conflict
@@ -155,6 +154,10 @@ def campaign_content_view(request: HttpRequest, campaign_id: Any) -> HttpRespons
                 status = 409
             else:
                 messages.success(request, "Content saved.")
+                # Saved all the same: a name no message provides is worth a look, not a refusal.
+                saved = [(variant["name"], variant["content"]) for variant in variants]
+                for warning in campaign_content_warnings(campaign, saved):
+                    messages.warning(request, f"Warning: {warning}")
                 return redirect("campaigns:content", campaign_id=campaign.pk)
     context = {
         "campaign": campaign,
@@ -196,18 +199,19 @@ def campaign_content_preview_view(request: HttpRequest, campaign_id: Any) -> Htt
             problems.append(f"No contact with external id {external_id!r}; showing a sample contact.")
         else:
             contact_id = contact.pk
+    preview = None
     try:
-        profile, key = preview_contact(campaign, contact_id)
-        rendered = render_message(channel, content, message_context(campaign, profile, key, "preview"))
-    except (TemplateProblem, ValidationError) as exc:
-        problems.append(str(exc))
-        rendered = None
+        preview = preview_render(campaign, channel, content, contact_id=contact_id, message_id="preview")
+    except ValidationError as exc:
+        problems.extend(m for messages_ in exc.message_dict.values() for m in messages_)
     context.update(
         {
             "variant": variant["name"],
-            "rendered": rendered,
+            "rendered": preview.rendered if preview else None,
             "problems": problems,
-            "contact": profile if rendered else None,
+            "contact": preview.contact if preview else None,
+            "sample_event": preview.sample if preview else None,
+            "warnings": content_warnings(channel, content, **template_names(campaign)),
             "is_control": variant["is_control"],
         }
     )

@@ -5,7 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from campaigns.content.channels import content_warnings
+from campaigns.content.names import campaign_content_warnings
 from campaigns.models import Campaign, CampaignType, Channel, Recurrence, Variant
 from campaigns.scheduling import campaign_timezone, describe_schedule
 from campaigns.services import MAX_VARIANTS, allowed_transitions, campaign_restore_deadline
@@ -154,16 +154,7 @@ class CampaignSerializer(serializers.ModelSerializer):
         """Template variables no message will provide (they render empty). Only on single-campaign responses."""
         if not self.context.get("with_warnings"):
             return []
-        attributes = self.context.get("attribute_names", frozenset())
-        warnings = []
-        for variant in campaign.variants.all():
-            for channel, content in variant.content.items():
-                if channel in campaign.channels and isinstance(content, dict):
-                    warnings.extend(
-                        f"Variant {variant.name}: {w}"
-                        for w in content_warnings(channel, content, attribute_names=attributes)
-                    )
-        return warnings
+        return campaign_content_warnings(campaign, attribute_names=self.context.get("attribute_names", frozenset()))
 
     @extend_schema_field(AudienceSerializer)
     def get_audience(self, campaign: Campaign) -> dict[str, Any]:

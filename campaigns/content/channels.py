@@ -185,7 +185,16 @@ def _webhook_rules(content: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def content_warnings(channel: str, content: Mapping[str, Any], *, attribute_names: frozenset[str]) -> list[str]:
+def content_warnings(
+    channel: str,
+    content: Mapping[str, Any],
+    *,
+    attribute_names: frozenset[str],
+    event_type: str = "",
+    event_properties: frozenset[str] | None = None,
+) -> list[str]:
+    """Names the channel's templates use that no message will provide (campaigns.content.names gives a
+    campaign's arguments)."""
     warnings: list[str] = []
     for name, (_, is_template, html) in FIELDS[channel].items():
         value = content.get(name)
@@ -193,7 +202,13 @@ def content_warnings(channel: str, content: Mapping[str, Any], *, attribute_name
             try:
                 warnings.extend(
                     f"{channel}.{name}: {w}"
-                    for w in template_warnings(value, html=html, attribute_names=attribute_names)
+                    for w in template_warnings(
+                        value,
+                        html=html,
+                        attribute_names=attribute_names,
+                        event_type=event_type,
+                        event_properties=event_properties,
+                    )
                 )
             except TemplateProblem:
                 continue  # reported as a problem elsewhere

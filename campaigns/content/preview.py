@@ -1,25 +1,32 @@
-"""Previews and test sends: a variant rendered for a real (or sample) contact, exactly as it would be sent."""
+"""Previews and test sends: a variant rendered for a real (or sample) contact, exactly as it would be sent, with
+the same context as the real send (render.Renderer): for a triggered campaign that includes an event of its
+type — the contact's latest, else the organisation's latest, else an example from the event catalogue, else an
+empty example, always labelled."""
 
 from __future__ import annotations
 
 import smtplib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.validators import validate_email
+from django.utils import timezone
 
 from audiences import segments as engine
 from audiences.access import Actor, require_campaign_write
 from audiences.adapters import contact_profile
-from audiences.models import Contact, ContactAttribute
+from audiences.models import Contact, Event, EventType
 from campaigns.audience import audience_condition
 from campaigns.content.channels import content_warnings
-from campaigns.content.render import MessageContext, render_message
+from campaigns.content.names import template_names
+from campaigns.content.render import MessageContext, render_message, trigger_event
 from campaigns.content.templates import TemplateProblem
-from campaigns.models import Campaign, Variant
+from campaigns.models import Campaign, CampaignType, Variant
 from campaigns.selectors import campaign_get
 from compliance.audit import audit_record
 from config.errors import Conflict
@@ -64,7 +71,68 @@ def preview_contact(campaign: Campaign, contact_id: int | None) -> tuple[dict[st
     return dict(SAMPLE_PROFILE), "0"
 
 
-def message_context(campaign: Campaign, profile: dict[str, Any], contact_id: str, message_id: str) -> MessageContext:
+# A catalogue property with no scalar example (objects and lists keep none) previews as its type's empty value.
+_EMPTY_OF_TYPE: dict[str, Any] = {"number": 0, "boolean": False, "list": [], "object": {}, "date": "", "string": ""}
+
+
+def _iso_utc(moment: Any) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class SampleEvent:
+    event: dict[str, Any]
+    source: str  # contact | organisation | catalogue | example
+    label: str
+
+
+def preview_event(campaign: Campaign, contact_key: str) -> SampleEvent | None:
+    """The event a triggered campaign's preview or test send renders with (None for other campaigns): the
+    previewed contact's latest event of the trigger type, else the organisation's latest (stored events, both
+    one index probe), else an example built from the event catalogue's observed properties, else an example with
+    no properties. The label says which, so an example is never taken for real data."""
+    event_type = campaign.trigger_event
+    if campaign.type != CampaignType.TRIGGERED or not event_type:
+        return None
+    events = Event.objects.filter(organisation_id=campaign.organisation_id, type=event_type).order_by("-occurred_at")
+    stored = events.filter(contact_id=int(contact_key)).first() if contact_key != "0" else None
+    source = "contact"
+    if stored is None:
+        stored, source = events.first(), "organisation"
+    if stored is not None:
+        whose = "this contact's latest" if source == "contact" else "the latest"
+        return SampleEvent(
+            trigger_event(stored.event_id, stored.type, stored.properties, _iso_utc(stored.occurred_at)),
+            source,
+            f"Event: {whose} {event_type!r} event ({stored.event_id}, {_iso_utc(stored.occurred_at)}).",
+        )
+    now = _iso_utc(timezone.now())
+    catalogue = EventType.objects.filter(organisation_id=campaign.organisation_id, name=event_type).first()
+    if catalogue is not None and catalogue.properties:
+        properties = {
+            name: (seen.get("examples") or [_EMPTY_OF_TYPE.get(seen.get("type", ""), "")])[0]
+            for name, seen in catalogue.properties.items()
+        }
+        return SampleEvent(
+            trigger_event("example-event", event_type, properties, now),
+            "catalogue",
+            f"Example event: no stored {event_type!r} event, so its properties are examples from the event catalogue.",
+        )
+    return SampleEvent(
+        trigger_event("example-event", event_type, {}, now),
+        "example",
+        f"Example event with no properties: no {event_type!r} event has been received yet.",
+    )
+
+
+def message_context(
+    campaign: Campaign,
+    profile: dict[str, Any],
+    contact_id: str,
+    message_id: str,
+    *,
+    event: Mapping[str, Any] | None = None,
+) -> MessageContext:
     organisation = campaign.organisation
     return MessageContext(
         message_id=message_id,
@@ -79,7 +147,39 @@ def message_context(campaign: Campaign, profile: dict[str, Any], contact_id: str
         campaign_name=campaign.name,
         tracking=campaign.tracking_enabled,
         webhook_secret=organisation.webhook_secret,
+        event=event,
     )
+
+
+@dataclass(frozen=True)
+class Preview:
+    rendered: dict[str, Any]
+    contact: dict[str, Any]
+    sample: SampleEvent | None
+
+
+def preview_render(
+    campaign: Campaign,
+    channel: str,
+    content: Mapping[str, Any],
+    *,
+    contact_id: int | None,
+    message_id: str,
+    seed: bool = False,
+) -> Preview:
+    """One channel's content rendered as a real send would render it for the previewed contact (and, triggered,
+    the sample event). A seed's copy (`seed`) is rendered as contact "0": its links name nobody. Template problems
+    are a ValidationError on `content`; with an example event they say so."""
+    profile, contact_key = preview_contact(campaign, contact_id)
+    sample = preview_event(campaign, contact_key)
+    event = sample.event if sample is not None else None
+    context = message_context(campaign, profile, "0" if seed else contact_key, message_id, event=event)
+    try:
+        rendered = render_message(channel, content, context)
+    except TemplateProblem as exc:
+        note = f" ({sample.label})" if sample is not None and sample.source in ("catalogue", "example") else ""
+        raise ValidationError({"content": [f"{exc}{note}"]}) from exc
+    return Preview(rendered, profile, sample)
 
 
 def campaign_preview(
@@ -92,21 +192,19 @@ def campaign_preview(
     if chosen.is_control:
         raise ValidationError({"variant": ["The control variant sends nothing."]})
     content = chosen.content.get(channel, {})
-    profile, contact_key = preview_contact(campaign, contact_id)
-    context = message_context(campaign, profile, contact_key, f"preview-{uuid.uuid4().hex}")
-    try:
-        rendered = render_message(channel, content, context)
-    except TemplateProblem as exc:
-        raise ValidationError({"content": [str(exc)]}) from exc
-    attributes = frozenset(
-        ContactAttribute.objects.filter(organisation=campaign.organisation).values_list("name", flat=True)
+    preview = preview_render(
+        campaign, channel, content, contact_id=contact_id, message_id=f"preview-{uuid.uuid4().hex}"
     )
+    sample = preview.sample
     return {
         "variant": chosen.name,
         "channel": channel,
-        "contact": profile,
-        "rendered": rendered,
-        "warnings": content_warnings(channel, content, attribute_names=attributes),
+        "contact": preview.contact,
+        # A triggered campaign's sample event, and where it came from (contact, organisation, catalogue, example).
+        "event": sample.event if sample else None,
+        "event_source": {"source": sample.source, "label": sample.label} if sample else None,
+        "rendered": preview.rendered,
+        "warnings": content_warnings(channel, content, **template_names(campaign)),
     }
 
 
@@ -146,12 +244,11 @@ def _seed_render(campaign: Campaign, channel: str, variant: str | None, contact_
     chosen = _variant(campaign, variant)
     if chosen.is_control:
         raise ValidationError({"variant": ["The control variant sends nothing."]})
-    profile, _ = preview_contact(campaign, contact_id)
-    context = message_context(campaign, profile, "0", f"test-{uuid.uuid4().hex}")
-    try:
-        return chosen, render_message(channel, chosen.content.get(channel, {}), context)
-    except TemplateProblem as exc:
-        raise ValidationError({"content": [str(exc)]}) from exc
+    content = chosen.content.get(channel, {})
+    message_id = f"test-{uuid.uuid4().hex}"
+    return chosen, preview_render(
+        campaign, channel, content, contact_id=contact_id, message_id=message_id, seed=True
+    ).rendered
 
 
 def _test_send_phone(

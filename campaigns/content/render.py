@@ -1,7 +1,9 @@
-"""Rendering a message: content + contact + message id → what each channel sends. A pure function of its inputs
-(no queries), so bulk sending can call it for every recipient: `Renderer(channel, content, sender)` once per run
-(templates compiled, the run's constant parts built), then `.render(message_id, contact, contact_id)` per message.
-`render_message` renders one message that way."""
+"""Rendering a message: content + contact + message id (+ the triggering event) → what each channel sends. A pure
+function of its inputs (no queries), so bulk sending can call it for every recipient: `Renderer(channel, content,
+sender)` once per run (templates compiled, the run's constant parts built), then `.render(message_id, contact,
+contact_id, event=…)` per message. `render_message` renders one message that way. The context is the same in
+preview, test send and the real send: the contact as a user_360 profile, and for a triggered message the event
+built by `trigger_event`."""
 
 from __future__ import annotations
 
@@ -19,9 +21,28 @@ from typing import Any
 
 from campaigns.content import links
 from campaigns.content.sms import sms_length
-from campaigns.content.templates import CompiledParts, TemplateProblem, compiled, compiled_parts, render_globals
+from campaigns.content.templates import (
+    CompiledParts,
+    TemplateProblem,
+    compiled,
+    compiled_parts,
+    event_data,
+    render_globals,
+)
 
 SIGNATURE_HEADER = "X-Campaign-Signature"
+
+
+def trigger_event(event_id: str, event_type: str, properties: Any, occurred_at: str | None) -> dict[str, Any]:
+    """What a triggered message's templates see as `event`, in every channel, in preview and in the real send:
+    the sender's event id, its type, its properties (keys win over dict methods: `event.properties.items` is the
+    event's own list) and when it happened, as ISO 8601 in UTC (like `contact.created_at`)."""
+    return {
+        "id": event_id,
+        "type": event_type,
+        "properties": event_data(properties if isinstance(properties, dict) else {}),
+        "occurred_at": occurred_at,
+    }
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,7 @@ class MessageContext:
     tracking: bool = True
     webhook_secret: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    event: Mapping[str, Any] | None = None  # a triggered message's event (trigger_event)
 
     def sender(self) -> Sender:
         return Sender(
@@ -179,7 +201,8 @@ def _before_body_end(body: str, html: str) -> str:
 class Renderer:
     """One channel's content rendered for many recipients: templates compiled once (into one pass for an email),
     the context prototype, footer, headers and the signed link parts of the run worked out once, then
-    `render(message_id, contact, contact_id)` per message — a pure function of those and the content."""
+    `render(message_id, contact, contact_id, extra, event)` per message — a pure function of those and the
+    content."""
 
     def __init__(self, channel: str, content: Mapping[str, Any], sender: Sender) -> None:
         self.channel = channel
@@ -201,7 +224,13 @@ class Renderer:
             self.templates = {name: compiled(content.get(name, ""), html=False) for name in fields}
 
     def _variables(
-        self, message_id: str, contact: Mapping[str, Any], unsubscribe: str, preferences: str, extra: Mapping | None
+        self,
+        message_id: str,
+        contact: Mapping[str, Any],
+        unsubscribe: str,
+        preferences: str,
+        extra: Mapping | None,
+        event: Mapping | None,
     ) -> dict[str, Any]:
         variables = {
             **self.prototype,
@@ -211,6 +240,8 @@ class Renderer:
             "preferences_url": preferences,
             "message_id": message_id,
         }
+        if event is not None:
+            variables["event"] = event
         if extra:
             variables.update(extra)
         return variables
@@ -248,14 +279,19 @@ class Renderer:
         self.mailto = f"<mailto:unsubscribe@{self.domain}?subject=unsubscribe%20"
 
     def _email(
-        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+        self,
+        message_id: str,
+        contact: Mapping[str, Any],
+        contact_id: str,
+        extra: Mapping | None = None,
+        event: Mapping | None = None,
     ) -> dict[str, Any]:
         sender, program = self.sender, self.program
         issued = str(int(time.time()))
         token = links.sign("unsubscribe", sender.organisation_id, contact_id, message_id, issued)
         unsubscribe = self.unsubscribe_base + token
         preferences = self.preferences_base + links.sign("preferences", sender.organisation_id, contact_id, issued)
-        variables = self._variables(message_id, contact, unsubscribe, preferences, extra)
+        variables = self._variables(message_id, contact, unsubscribe, preferences, extra, event)
         if program.table:
             # One signature per message: every click URL is this message part plus a link part signed per run.
             message_part = program.table.message_part(message_id)
@@ -309,17 +345,28 @@ class Renderer:
     # The other channels
 
     def _sms(
-        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+        self,
+        message_id: str,
+        contact: Mapping[str, Any],
+        contact_id: str,
+        extra: Mapping | None = None,
+        event: Mapping | None = None,
     ) -> dict[str, Any]:
         preferences = links.preferences_url(self.sender.organisation_id, contact_id)
-        variables = self._variables(message_id, contact, "", preferences, extra)
+        variables = self._variables(message_id, contact, "", preferences, extra, event)
         body = self.templates["body"].render_variables(variables).strip()
         return {"body": body, "length": sms_length(body).as_dict()}
 
     def _whatsapp(
-        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+        self,
+        message_id: str,
+        contact: Mapping[str, Any],
+        contact_id: str,
+        extra: Mapping | None = None,
+        event: Mapping | None = None,
     ) -> dict[str, Any]:
-        body = self.templates["body"].render_variables(self._variables(message_id, contact, "", "", extra)).strip()
+        variables = self._variables(message_id, contact, "", "", extra, event)
+        body = self.templates["body"].render_variables(variables).strip()
         return {
             "body": body,
             "characters": len(body),
@@ -328,16 +375,26 @@ class Renderer:
         }
 
     def _in_app(
-        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+        self,
+        message_id: str,
+        contact: Mapping[str, Any],
+        contact_id: str,
+        extra: Mapping | None = None,
+        event: Mapping | None = None,
     ) -> dict[str, Any]:
-        variables = self._variables(message_id, contact, "", "", extra)
+        variables = self._variables(message_id, contact, "", "", extra, event)
         rendered = {name: template.render_variables(variables).strip() for name, template in self.templates.items()}
         return {**rendered, "icon_url": self.content.get("icon_url", "")}
 
     def _webhook(
-        self, message_id: str, contact: Mapping[str, Any], contact_id: str, extra: Mapping | None = None
+        self,
+        message_id: str,
+        contact: Mapping[str, Any],
+        contact_id: str,
+        extra: Mapping | None = None,
+        event: Mapping | None = None,
     ) -> dict[str, Any]:
-        payload = self.payload.render_variables(self._variables(message_id, contact, "", "", extra))
+        payload = self.payload.render_variables(self._variables(message_id, contact, "", "", extra, event))
         problems = []
         try:
             json.loads(payload)
@@ -367,4 +424,5 @@ def render_message(channel: str, content: Mapping[str, Any], ctx: MessageContext
     """One message. Bulk sending makes one Renderer per content and run instead and calls it per recipient."""
     if channel not in CHANNELS:
         raise KeyError(channel)
-    return Renderer(channel, content, ctx.sender()).render(ctx.message_id, ctx.contact, ctx.contact_id, ctx.extra)
+    renderer = Renderer(channel, content, ctx.sender())
+    return renderer.render(ctx.message_id, ctx.contact, ctx.contact_id, ctx.extra, ctx.event)

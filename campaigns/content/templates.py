@@ -39,6 +39,8 @@ MAX_LOOP_DEPTH = 3
 RENDER_SECONDS = 0.25
 
 KNOWN_VARIABLES = {"contact", "campaign", "organisation", "unsubscribe_url", "preferences_url", "message_id"}
+# A triggered message's `event` (campaigns.content.render.trigger_event): the event that triggered it.
+EVENT_FIELDS = ("id", "type", "properties", "occurred_at")
 CONTACT_FIELDS = {
     "external_id",
     "email",
@@ -74,6 +76,25 @@ class _Deadline(threading.local):
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
+_A_DICT: dict[str, Any] = {}
+
+
+class EventData(dict):
+    """A JSON object of an event's properties, in which a key wins over the dict method of the same name:
+    `{% for item in event.properties.items %}` loops over the cart's items, not `dict.items`. Event payloads come
+    from the organisation's own systems, where keys like items, values or keys are ordinary; contact data keeps
+    Jinja's reading (the attribute first)."""
+
+    __slots__ = ()
+
+
+def event_data(value: Any) -> Any:
+    """Event JSON with every object (nested ones too) made an EventData."""
+    if isinstance(value, dict):
+        return EventData((key, event_data(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return [event_data(item) for item in value]
+    return value
 
 
 class BoundedEnvironment(ImmutableSandboxedEnvironment):
@@ -107,6 +128,12 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                 return obj[attribute]
             except KeyError:
                 return self.undefined(obj=obj, name=attribute)
+        if type(obj) is EventData:
+            if attribute in obj:
+                return obj[attribute]
+            if attribute not in _DICT_ATTRIBUTES:
+                # Reported as for any JSON object ("'dict object' has no attribute 'cart'"), not by class path.
+                return self.undefined(obj=_A_DICT, name=attribute)
         return super().getattr(obj, attribute)
 
     def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -314,21 +341,44 @@ def compiled_parts(sources: tuple[tuple[str, bool], ...]) -> CompiledParts:
 
 
 def template_warnings(
-    source: str, *, html: bool, attribute_names: set[str] | frozenset[str] = frozenset()
+    source: str,
+    *,
+    html: bool,
+    attribute_names: set[str] | frozenset[str] = frozenset(),
+    event_type: str = "",
+    event_properties: frozenset[str] | None = None,
 ) -> list[str]:
-    """Variables the template uses that no message will provide (they render empty): worth a look, not an error."""
+    """Names the template uses that no message will provide (they render empty, or fail the message when used
+    further): worth a look, not an error. `event_type` is a triggered campaign's event (only its templates have
+    `event`); `event_properties` the properties the event catalogue has seen on that type (None: none seen yet,
+    nothing to check against)."""
     template = compiled(source, html=html)
     environment = _HTML if html else _TEXT
     tree = environment.parse(source)
-    warnings = [f"Unknown variable {name!r}." for name in sorted(template.variables - KNOWN_VARIABLES)]
+    known = (KNOWN_VARIABLES | {"event"}) if event_type else KNOWN_VARIABLES
+    warnings = []
+    for name in sorted(template.variables - known - set(environment.globals)):
+        if name == "event":
+            warnings.append("Unknown variable 'event': only triggered campaigns have an event.")
+        else:
+            warnings.append(f"Unknown variable {name!r}.")
     for node in tree.find_all(nodes.Getattr):
         chain = _attribute_chain(node)
-        if not chain or chain[0] != "contact":
-            continue
-        if len(chain) >= 2 and chain[1] not in CONTACT_FIELDS:
-            warnings.append(f"Unknown contact field {'.'.join(chain[:2])!r}.")
-        elif len(chain) >= 3 and chain[1] == "attributes" and chain[2] not in attribute_names:
-            warnings.append(f"No contact has the attribute {chain[2]!r} yet.")
+        if chain and chain[0] == "contact":
+            if len(chain) >= 2 and chain[1] not in CONTACT_FIELDS:
+                warnings.append(f"Unknown contact field {'.'.join(chain[:2])!r}.")
+            elif len(chain) >= 3 and chain[1] == "attributes" and chain[2] not in attribute_names:
+                warnings.append(f"No contact has the attribute {chain[2]!r} yet.")
+        elif chain and chain[0] == "event" and event_type:
+            if len(chain) >= 2 and chain[1] not in EVENT_FIELDS:
+                warnings.append(f"Unknown event field {'.'.join(chain[:2])!r}; an event has {', '.join(EVENT_FIELDS)}.")
+            elif (
+                len(chain) >= 3
+                and chain[1] == "properties"
+                and event_properties is not None
+                and chain[2] not in event_properties
+            ):
+                warnings.append(f"No {event_type!r} event has had the property {chain[2]!r} yet.")
     return sorted(set(warnings))
 
 
