@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from audiences.access import Actor
-from audiences.models import Event, EventType
+from audiences.models import Event
 from audiences.services import require_contact_write
 from audiences.signals import events_received
 from compliance.audit import audit_record
@@ -115,7 +115,7 @@ def _contacts(actor: Actor, external_ids: set[str], *, create: bool) -> tuple[di
             cursor.execute(
                 "INSERT INTO audiences_contact (organisation_id, external_id, email, phone, first_name, last_name,"
                 " timezone, locale, attributes, created_at, updated_at)"
-                " SELECT %s, x, '', '', '', '', '', '', '{}'::jsonb, %s, %s FROM unnest(%s::text[]) AS x"
+                " SELECT %s, x, '', '', '', '', '', '', '{}'::jsonb, %s, %s FROM unnest(%s::text[]) AS x ORDER BY x"
                 " ON CONFLICT (organisation_id, external_id) DO NOTHING",
                 [str(organisation.pk), now, now, sorted(external_ids)],
             )
@@ -129,29 +129,65 @@ def _contacts(actor: Actor, external_ids: set[str], *, create: bool) -> tuple[di
         return dict(cursor.fetchall()), created
 
 
+def _merged_properties(known: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    catalogue = {name: {"type": entry["type"], "examples": list(entry["examples"])} for name, entry in known.items()}
+    for item in items:
+        for key, value in item["properties"].items():
+            entry = catalogue.setdefault(str(key)[:100], {"type": _property_type(value), "examples": []})
+            example = value if isinstance(value, str | int | float | bool) else None
+            if example is not None and example not in entry["examples"] and len(entry["examples"]) < EXAMPLES:
+                entry["examples"].append(example)
+    return catalogue
+
+
 def _update_catalogue(actor: Actor, events: Sequence[Mapping[str, Any]], now: datetime) -> None:
+    """Count the stored events into their types' catalogue entries, creating the types seen for the first time.
+
+    Batches of the same types arrive concurrently, so every batch takes the type rows in one order (by name):
+    a missing type is inserted with ON CONFLICT DO NOTHING (the loser of a race waits for the winner's commit and
+    then finds its row, instead of a unique violation), then the rows are locked in that same order, merged and
+    written back in one statement. It runs last in the ingestion transaction, to hold these locks briefly."""
     by_type: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for event in events:
         by_type[event["type"]].append(event)
-    existing = {
-        t.name: t
-        for t in EventType.objects.select_for_update().filter(organisation=actor.organisation, name__in=list(by_type))
-    }
-    for name, items in by_type.items():
-        entry = existing.get(name) or EventType(
-            organisation=actor.organisation, name=name, first_seen_at=now, last_seen_at=now, properties={}
+    if not by_type:
+        return
+    organisation_id = str(actor.organisation.pk)
+    names = sorted(by_type)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_eventtype (organisation_id, name, total_count, first_seen_at, last_seen_at,"
+            " properties)"
+            " SELECT %s, n, 0, %s, %s, '{}'::jsonb FROM unnest(%s::text[]) AS n ORDER BY n"
+            " ON CONFLICT (organisation_id, name) DO NOTHING",
+            [organisation_id, now, now, names],
         )
-        entry.total_count += len(items)
-        entry.last_seen_at = max(entry.last_seen_at, max(i["occurred_at"] for i in items))
-        catalogue = dict(entry.properties)
-        for item in items:
-            for key, value in item["properties"].items():
-                known = catalogue.setdefault(str(key)[:100], {"type": _property_type(value), "examples": []})
-                example = value if isinstance(value, str | int | float | bool) else None
-                if example is not None and example not in known["examples"] and len(known["examples"]) < EXAMPLES:
-                    known["examples"].append(example)
-        entry.properties = catalogue
-        entry.save()
+        cursor.execute(
+            "SELECT id, name, total_count, last_seen_at, properties FROM audiences_eventtype"
+            " WHERE organisation_id = %s AND name = ANY(%s) ORDER BY name FOR UPDATE",
+            [organisation_id, names],
+        )
+        updates = []
+        for type_id, name, total_count, last_seen_at, properties in cursor.fetchall():
+            items = by_type[name]
+            if isinstance(properties, str):  # psycopg 3 hands jsonb to a raw cursor as text
+                properties = json.loads(properties)
+            updates.append(
+                {
+                    "id": type_id,
+                    "total_count": total_count + len(items),
+                    "last_seen_at": max(last_seen_at, *(i["occurred_at"] for i in items)).isoformat(),
+                    "properties": _merged_properties(properties or {}, items),
+                }
+            )
+        cursor.execute(
+            "UPDATE audiences_eventtype AS t"
+            " SET total_count = u.total_count, last_seen_at = u.last_seen_at, properties = u.properties"
+            " FROM json_to_recordset(%s::json) AS u(id bigint, total_count bigint, last_seen_at timestamptz,"
+            " properties jsonb)"
+            " WHERE t.id = u.id",
+            [json.dumps(updates, default=str)],
+        )
 
 
 def events_ingest(*, actor: Actor, items: Sequence[Any]) -> IngestResult:
@@ -169,6 +205,10 @@ def events_ingest(*, actor: Actor, items: Sequence[Any]) -> IngestResult:
     if not valid:
         return result
     create = actor.organisation.unknown_event_contacts == "create"
+    # Concurrent batches overlap (the same new contacts, event ids retried by a sender, the same types), and an
+    # insert that meets another transaction's uncommitted row waits for it. Every batch therefore takes its rows in
+    # one global order, phase by phase — contacts by external id, events by event id, event types by name — so
+    # no two batches can each wait for the other: the later one waits, then skips what the earlier one stored.
     with transaction.atomic():
         contact_ids, result.contacts_created = _contacts(actor, {e["contact"] for _, e in valid}, create=create)
         rows = []
@@ -201,6 +241,7 @@ def events_ingest(*, actor: Actor, items: Sequence[Any]) -> IngestResult:
                     " SELECT %s, u.event_id, u.type, u.contact_id, u.properties, u.occurred_at, %s"
                     " FROM json_to_recordset(%s::json) AS u(event_id text, type text, contact_id bigint,"
                     " properties jsonb, occurred_at timestamptz)"
+                    " ORDER BY u.event_id"
                     " ON CONFLICT (organisation_id, event_id) DO NOTHING"
                     " RETURNING event_id",
                     [
@@ -225,8 +266,8 @@ def events_ingest(*, actor: Actor, items: Sequence[Any]) -> IngestResult:
             result.accepted = len(inserted)
             result.duplicates += len(rows) - len(inserted)
             stored = [r for r in rows if r["event_id"] in inserted]
-            _update_catalogue(actor, stored, now)
             events_received.send(sender=Event, organisation=actor.organisation, events=stored)
+            _update_catalogue(actor, stored, now)
         audit_record(
             actor=actor,
             action="events.ingest",
