@@ -99,7 +99,7 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
             CASE WHEN %(email_held)s AND cl.channel = 'email' THEN %(now)s + interval '5 minutes' END) AS next_at,
        cl.trigger_key,
        -- A triggered message's event, for its templates: the trigger key is the sender's event id, unique in the
-       -- organisation (an index lookup per claimed row, none for other runs' empty keys).
+       -- organisation (one index probe per claimed triggered row).
        e.type, e.properties,
        to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
          || CASE WHEN date_part('microseconds', e.occurred_at)::int %% 1000000 = 0 THEN ''
@@ -107,7 +107,10 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
 FROM claimed cl
 LEFT JOIN audiences_contact c ON c.id = cl.contact_id
 LEFT JOIN compliance_contactpreference p ON p.contact_id = cl.contact_id
-LEFT JOIN audiences_event e ON cl.trigger_key <> '' AND e.organisation_id = %(org)s AND e.event_id = cl.trigger_key
+-- OFFSET 0 keeps the subquery apart, so the empty key of every other run's row is a one-time filter, not a probe.
+LEFT JOIN LATERAL (SELECT e.type, e.properties, e.occurred_at FROM audiences_event e
+                   WHERE cl.trigger_key <> '' AND e.organisation_id = %(org)s AND e.event_id = cl.trigger_key
+                   OFFSET 0) e ON true
 """
 
 # Batches travel as one JSON parameter each: PostgreSQL parses it far faster than the driver quotes arrays.
