@@ -11,6 +11,8 @@ from typing import Any
 
 from django.core.cache import cache
 
+from config.outage import cache_outage
+
 logger = logging.getLogger(__name__)
 TTL = 60
 
@@ -39,9 +41,12 @@ def in_flight_done(run_id: Any, token: str) -> None:
 
 
 def in_flight(run_id: Any) -> int:
+    if cache_outage.skipping():  # read by progress pages: a hung Redis must not cost each of them a timeout
+        return 0
     try:
         entries = cache._cache.get_client().hgetall(cache.make_key(_key(run_id)))
-    except Exception:
+    except Exception as exc:
+        cache_outage.failed("in-flight count", exc)
         return 0
     now, total = time.time(), 0
     for value in entries.values():
