@@ -328,6 +328,19 @@ def test_without_a_stored_event_the_preview_uses_a_labelled_example(teammate):
             "label": "Example event with no properties: no 'cart_abandoned' event has been received yet.",
         },
     )
+    # Content that needs more than the example has is a 400 that says the event was an example.
+    Variant.objects.filter(campaign=campaign).update(
+        content={"email": {"subject": "{{ event.properties.cart.total }}"}}
+    )
+    refused = teammate.api.post(url, {"channel": "email"}, format="json")
+    assert (refused.status_code, refused.data["content"]) == (
+        400,
+        [
+            "The template failed to render: 'dict object' has no attribute 'cart' (Example event with no properties:"
+            " no 'cart_abandoned' event has been received yet.)"
+        ],
+    )
+    Variant.objects.filter(campaign=campaign).update(content=content)
     # Events seen once (the catalogue remembers their properties) but no longer stored: the catalogue's examples.
     _post_events(teammate, {"id": "cart-5", "type": "cart_abandoned", "contact": "ben", "properties": {"cart": "c-77"}})
     Event.objects.filter(event_id="cart-5").delete()
