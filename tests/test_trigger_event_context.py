@@ -413,7 +413,9 @@ def test_unknown_names_warn_when_saved_in_the_console(teammate):
         ("success", "Content saved."),
         ("warning", "Warning: Variant A: email.html: Unknown variable 'coupon'."),
     ]
-    assert escape("Warning: Variant A: email.html: Unknown variable 'coupon'.") in response.content.decode()
+    page = response.content.decode()
+    assert escape("Warning: Variant A: email.html: Unknown variable 'coupon'.") in page
+    assert "and the cart_abandoned event that triggered the message: <code>{{ event.properties.total }}</code>" in page
     assert campaign.variants.get().content["email"]["html"] == "<p>{{ coupon }}</p>"
 
 
