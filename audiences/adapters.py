@@ -91,6 +91,18 @@ def user_profile_provider() -> UserProfileProvider:
     return EmbeddedUserProfiles()
 
 
+def template_profile(contact: Contact) -> dict[str, Any]:
+    """The profile a contact's messages are rendered with: the external user_360's when one is configured (our row
+    when it does not know them), else our own. Real sends read it so (delivery.sending); previews, test sends and
+    seed copies read it here, so they show what the contact will get. AdapterError when user_360 fails."""
+    provider = user_profile_provider()
+    if not getattr(provider, "embedded", True):
+        external = provider.profile(contact.organisation, contact.external_id)
+        if external is not None:
+            return external
+    return contact_profile(contact)
+
+
 # --- intelligent_query ------------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audiences.adapters import contact_profile
+from audiences.adapters import template_profile
 from audiences.models import Contact
 from campaigns.content.preview import SAMPLE_PROFILE, message_context
 from campaigns.content.render import render_message
@@ -146,7 +146,7 @@ def _copy_profile(run: Run, variant: Variant, channel: str) -> dict[str, Any]:
         .first()
     )
     contact = Contact.objects.filter(pk=contact_id, organisation_id=run.organisation_id).first() if contact_id else None
-    return contact_profile(contact) if contact else dict(SAMPLE_PROFILE)
+    return template_profile(contact) if contact else dict(SAMPLE_PROFILE)  # what that recipient was sent
 
 
 def run_seed_copies_send(run_id: Any, *, now: Any = None) -> int:

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -219,10 +220,10 @@ def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
-@pytest.fixture
-def worker(smtp, receiver) -> Iterator[str]:
+@contextmanager
+def _worker(receiver: str, **extra_env: str) -> Iterator[str]:
     """A Celery worker process on this session's queue (where the API's on-commit tasks go), with the real email,
-    SMS and webhook backends pointed at the test's SMTP server and receiver."""
+    SMS and webhook backends pointed at the test's SMTP server (already set up in settings) and receiver."""
     from config.celery import app
 
     queue = app.conf.task_default_queue
@@ -247,6 +248,7 @@ def worker(smtp, receiver) -> Iterator[str]:
         SSRF_ALLOWED_TARGETS=receiver.removeprefix("http://"),
         MARKETING_SMS_WINDOW="",  # tests run at any hour (tests/conftest.py does the same for this process)
         WHATSAPP_SESSION_RULE="false",
+        **extra_env,
     )
     process = subprocess.Popen(
         [
@@ -270,6 +272,12 @@ def worker(smtp, receiver) -> Iterator[str]:
             output, _ = process.communicate()
         if b"Traceback" in output:
             print(output.decode(errors="replace"))
+
+
+@pytest.fixture
+def worker(smtp, receiver) -> Iterator[str]:
+    with _worker(receiver) as queue:
+        yield queue
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -469,3 +477,101 @@ def test_a_raw_jsonb_read_equals_the_orm_read(organisation, document):
     orm = Contact.objects.get(pk=contact.pk).attributes
     assert jsonb_loads(raw) == orm == document
     assert [type(v) for v in jsonb_loads(raw).values()] == [type(v) for v in orm.values()]
+
+
+# --- an external user_360: profiles with nested data --------------------------------------------------------------
+
+# The contact store keeps flat attributes (nested objects and lists of objects are refused at import); an external
+# user_360 can answer with any JSON, such as a list of orders. Known to it: zoe and kim; sam and max fall back to
+# our own rows.
+USER_360 = {
+    "zoe": {
+        "external_id": "zoe",
+        "email": "zoe@example.com",
+        "first_name": "Zoë",
+        "attributes": {"plan": "gold", "orders": [{"sku": "A1", "qty": 2}, {"sku": "B7", "qty": 1}]},
+    },
+    "kim": {
+        "external_id": "kim",
+        "email": "kim@example.com",
+        "first_name": "Kim",
+        "attributes": {"orders": [{"sku": "T3", "qty": 4}]},
+    },
+}
+ORDERS_SUBJECT = f"{NAME}: {PLAN}"
+ORDERS_TEXT = (
+    "Orders: {% for o in contact.attributes.orders | default([]) %}{{ o.sku }} x{{ o.qty }}"
+    "{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}"
+)
+EXPECTED_ORDERS = {
+    "zoe": ("Zoë: gold", "Orders: A1 x2, B7 x1"),
+    "kim": ("Kim: basic", "Orders: T3 x4"),
+    "sam": ("friend: free", "Orders: none"),
+    "max": ("Max: basic", "Orders: none"),
+}
+
+
+class Profiles(BaseHTTPRequestHandler):
+    """user_360: GET /organisations/<slug>/users/<external id> → the profile, 404 for users it does not know."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        profile = (
+            USER_360.get(self.path.rsplit("/", 1)[-1]) if self.path.startswith("/organisations/acme/users/") else None
+        )
+        self.send_response(200 if profile else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(profile or {"detail": "not found"}).encode())
+
+
+@pytest.fixture
+def user_360(settings) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Profiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.USER_360_URL = f"http://127.0.0.1:{server.server_address[1]}"
+    yield settings.USER_360_URL
+    server.shutdown()
+
+
+def test_an_external_user_360_profile_is_what_preview_test_send_and_real_send_render(
+    teammate, contacts, smtp, receiver, user_360
+):
+    campaign = _create_campaign(
+        teammate, channels=["email"], content={"email": {"subject": ORDERS_SUBJECT, "text": ORDERS_TEXT, "html": HTML}}
+    )
+    previews, tests = {}, {}
+    for key, contact_id in contacts.items():
+        previews[key] = _preview(teammate, campaign, "email", contact_id)
+        seed = f"seed-{key}@acme.example"
+        sent = teammate.api.post(
+            f"/api/v1/campaigns/{campaign}/test-send/",
+            {"channel": "email", "recipients": [seed], "contact_id": contact_id},
+            format="json",
+        )
+        assert sent.status_code == 200, sent.data
+        (raw,) = _received_by(smtp, seed)
+        tests[key] = _mail(raw)
+    with _worker(receiver, USER_360_URL=user_360):
+        assert teammate.api.post(f"/api/v1/campaigns/{campaign}/send-now/").status_code == 200
+        assert _wait_for(lambda: all(_received_by(smtp, c["email"]) for c in CONTACTS), START_LIMIT_SECONDS), list(
+            Message.objects.values_list("status", "error")
+        )
+    for key, (subject, body) in EXPECTED_ORDERS.items():
+        (raw,) = _received_by(smtp, f"{key}@example.com")
+        real_subject, real_text, _ = _mail(raw)
+        assert (real_subject, _body(real_text)) == (subject, body)
+        assert (previews[key]["subject"], _body(previews[key]["text"])) == (subject, body)
+        assert (tests[key][0], _body(tests[key][1])) == (f"[Test] {subject}", body)
+
+
+def test_a_preview_when_user_360_is_down_is_a_409_saying_so(teammate, contacts, settings):
+    settings.USER_360_URL = "http://127.0.0.1:9"  # nothing listens there
+    campaign = _create_campaign(teammate, channels=["email"], content={"email": {"subject": SUBJECT, "html": HTML}})
+    response = teammate.api.post(
+        f"/api/v1/campaigns/{campaign}/preview/", {"channel": "email", "contact_id": contacts["zoe"]}, format="json"
+    )
+    assert response.status_code == 409
+    assert response.data["code"] == "user_360_unavailable"

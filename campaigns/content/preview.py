@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from audiences import segments as engine
 from audiences.access import Actor, require_campaign_write
-from audiences.adapters import contact_profile
+from audiences.adapters import AdapterError, template_profile
 from audiences.models import Contact, Event, EventType
 from campaigns.audience import audience_condition
 from campaigns.content.channels import content_warnings
@@ -62,13 +62,21 @@ def preview_contact(campaign: Campaign, contact_id: int | None) -> tuple[dict[st
         contact = Contact.objects.filter(organisation=campaign.organisation, pk=contact_id).first()
         if contact is None:
             raise ValidationError({"contact_id": ["No such contact in this organisation."]})
-        return contact_profile(contact), str(contact.pk)
+        return _profile_of(contact), str(contact.pk)
     condition = audience_condition(campaign, refresh_external=False)
     if condition is not None:
         contact = engine.matching_contacts(campaign.organisation, condition).order_by("id").first()
         if contact is not None:
-            return contact_profile(contact), str(contact.pk)
+            return _profile_of(contact), str(contact.pk)
     return dict(SAMPLE_PROFILE), "0"
+
+
+def _profile_of(contact: Contact) -> dict[str, Any]:
+    # The profile a real send renders with (the external user_360's when configured), so a preview shows that.
+    try:
+        return template_profile(contact)
+    except AdapterError as exc:
+        raise Conflict(f"The contact's user_360 profile could not be read: {exc}", code="user_360_unavailable") from exc
 
 
 # A catalogue property with no scalar example (objects and lists keep none) previews as its type's empty value.
