@@ -567,11 +567,12 @@ def test_an_external_user_360_profile_is_what_preview_test_send_and_real_send_re
         assert (tests[key][0], _body(tests[key][1])) == (f"[Test] {subject}", body)
 
 
-def test_a_preview_when_user_360_is_down_is_a_409_saying_so(teammate, contacts, settings):
+def test_a_preview_when_user_360_is_down_is_a_400_saying_so(teammate, contacts, settings):
     settings.USER_360_URL = "http://127.0.0.1:9"  # nothing listens there
     campaign = _create_campaign(teammate, channels=["email"], content={"email": {"subject": SUBJECT, "html": HTML}})
     response = teammate.api.post(
         f"/api/v1/campaigns/{campaign}/preview/", {"channel": "email", "contact_id": contacts["zoe"]}, format="json"
     )
-    assert response.status_code == 409
-    assert response.data["code"] == "user_360_unavailable"
+    assert response.status_code == 400
+    (message,) = response.data["contact"]
+    assert message.startswith("The contact's user_360 profile could not be read: user_360 unreachable")

@@ -73,10 +73,11 @@ def preview_contact(campaign: Campaign, contact_id: int | None) -> tuple[dict[st
 
 def _profile_of(contact: Contact) -> dict[str, Any]:
     # The profile a real send renders with (the external user_360's when configured), so a preview shows that.
+    # A failing user_360 is reported as the preview's problem (the console lists it beside the form), not a 500.
     try:
         return template_profile(contact)
     except AdapterError as exc:
-        raise Conflict(f"The contact's user_360 profile could not be read: {exc}", code="user_360_unavailable") from exc
+        raise ValidationError({"contact": [f"The contact's user_360 profile could not be read: {exc}"]}) from exc
 
 
 # A catalogue property with no scalar example (objects and lists keep none) previews as its type's empty value.
@@ -94,11 +95,36 @@ class SampleEvent:
     label: str
 
 
-def preview_event(campaign: Campaign, contact_key: str) -> SampleEvent | None:
-    """The event a triggered campaign's preview or test send renders with (None for other campaigns): the
-    previewed contact's latest event of the trigger type, else the organisation's latest (stored events, both
-    one index probe), else an example built from the event catalogue's observed properties, else an example with
-    no properties. The label says which, so an example is never taken for real data."""
+def _chosen_event(campaign: Campaign, event_id: str) -> SampleEvent:
+    if campaign.type != CampaignType.TRIGGERED or not campaign.trigger_event:
+        raise ValidationError({"event_id": ["Only a triggered campaign's messages have an event."]})
+    stored = Event.objects.filter(organisation_id=campaign.organisation_id, event_id=event_id).first()
+    if stored is None:
+        raise ValidationError({"event_id": [f"No event {event_id!r} in this organisation."]})
+    if stored.type != campaign.trigger_event:
+        raise ValidationError(
+            {
+                "event_id": [
+                    f"Event {event_id!r} is {stored.type!r}; this campaign is triggered by {campaign.trigger_event!r}."
+                ]
+            }
+        )
+    occurred = _iso_utc(stored.occurred_at)
+    return SampleEvent(
+        trigger_event(stored.event_id, stored.type, stored.properties, occurred),
+        "chosen",
+        f"Event: {stored.event_id} ({stored.type!r}, {occurred}).",
+    )
+
+
+def preview_event(campaign: Campaign, contact_key: str, *, event_id: str | None = None) -> SampleEvent | None:
+    """The event a triggered campaign's preview or test send renders with (None for other campaigns): the stored
+    event asked for (`event_id`, the sender's id), else the previewed contact's latest event of the trigger type,
+    else the organisation's latest (stored events, each one index probe), else an example built from the event
+    catalogue's observed properties, else an example with no properties. The label says which, so an example is
+    never taken for real data."""
+    if event_id:
+        return _chosen_event(campaign, event_id)
     event_type = campaign.trigger_event
     if campaign.type != CampaignType.TRIGGERED or not event_type:
         return None
@@ -174,12 +200,13 @@ def preview_render(
     contact_id: int | None,
     message_id: str,
     seed: bool = False,
+    event_id: str | None = None,
 ) -> Preview:
     """One channel's content rendered as a real send would render it for the previewed contact (and, triggered,
     the sample event). A seed's copy (`seed`) is rendered as contact "0": its links name nobody. Template problems
     are a ValidationError on `content`; with an example event they say so."""
     profile, contact_key = preview_contact(campaign, contact_id)
-    sample = preview_event(campaign, contact_key)
+    sample = preview_event(campaign, contact_key, event_id=event_id)
     event = sample.event if sample is not None else None
     context = message_context(campaign, profile, "0" if seed else contact_key, message_id, event=event)
     try:
@@ -191,7 +218,13 @@ def preview_render(
 
 
 def campaign_preview(
-    *, actor: Actor, campaign_id: Any, channel: str, variant: str | None = None, contact_id: int | None = None
+    *,
+    actor: Actor,
+    campaign_id: Any,
+    channel: str,
+    variant: str | None = None,
+    contact_id: int | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     campaign = campaign_get(actor, campaign_id)
     if channel not in campaign.channels:
@@ -200,8 +233,9 @@ def campaign_preview(
     if chosen.is_control:
         raise ValidationError({"variant": ["The control variant sends nothing."]})
     content = chosen.content.get(channel, {})
+    message_id = f"preview-{uuid.uuid4().hex}"
     preview = preview_render(
-        campaign, channel, content, contact_id=contact_id, message_id=f"preview-{uuid.uuid4().hex}"
+        campaign, channel, content, contact_id=contact_id, message_id=message_id, event_id=event_id
     )
     sample = preview.sample
     return {
