@@ -80,5 +80,5 @@ def _alarm_remove(campaign: Any) -> None:
 @receiver(events_received)
 def match_events_to_triggers(sender: Any, organisation: Any, events: list[dict[str, Any]], **kwargs: Any) -> None:
     """Inside the ingestion transaction: decide and queue; workers are asked once it commits."""
-    for run_id in triggers.triggers_on_events(organisation, events):
-        runs.run_kick_coalesced(run_id)
+    if triggers.triggers_on_events(organisation, events):
+        runs.trigger_sweep_kick(organisation.pk)

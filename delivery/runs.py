@@ -24,6 +24,7 @@ from audiences.access import Actor, system_actor
 from campaigns import services as campaign_services
 from campaigns.models import Campaign, CampaignStatus
 from config.errors import Conflict
+from config.outage import REDIS_ERRORS, cache_outage, task_enqueue, task_enqueue_on_commit
 from delivery import seeds
 from delivery.fanout import run_create, run_fan_out
 from delivery.models import Run
@@ -39,26 +40,28 @@ def _on_commit(callback: Any) -> None:
 def _enqueue_prepare(run_id: Any) -> None:
     from delivery.tasks import run_prepare_task
 
-    _on_commit(lambda: run_prepare_task.delay(str(run_id)))
+    task_enqueue_on_commit(run_prepare_task, str(run_id))
 
 
 def _enqueue_seed_copies(run_id: Any) -> None:
     from delivery.tasks import run_seed_copies_task
 
-    _on_commit(lambda: run_seed_copies_task.delay(str(run_id)))
+    task_enqueue_on_commit(run_seed_copies_task, str(run_id))
 
 
 def run_kick(run_id: Any, *, workers: int | None = None) -> None:
     """Ask workers to send a run, once this transaction commits: one task per lane. A lane already asked for (its
     task is queued, or a throttle's follow-up is waiting) is not asked twice, and a task whose lane is busy ends at
-    once, so kicking is cheap and safe from anywhere."""
+    once, so kicking is cheap and safe from anywhere. A triggered campaign's standing run is sent by its
+    organisation's trigger sweep instead."""
+    run = Run.objects.filter(pk=run_id).values("trigger", "organisation_id").first()
+    if run is None:
+        return
+    if run["trigger"] == Run.Trigger.EVENT:
+        trigger_sweep_kick(run["organisation_id"])
+        return
     lanes = workers or run_lanes(run_id)
     _on_commit(lambda: [_ask_for_lane(run_id, lane) for lane in range(lanes)])
-
-
-def run_kick_coalesced(run_id: Any) -> None:
-    """For streams of small additions (triggered sends): one lane."""
-    run_kick(run_id, workers=1)
 
 
 def kick_marker(run_id: Any, lane: int = 0) -> str:
@@ -75,23 +78,33 @@ SLEEP_IN_TASK_SECONDS = 0.5
 FOLLOW_UP_MAX_SECONDS = 300.0
 
 
-def _ask_for_lane(run_id: Any, lane: int, *, countdown: float = 0.0) -> bool:
+def _ask(marker: str, task: Any, *args: Any, countdown: float = 0.0) -> bool:
+    """Send `task` unless the same ask is pending (marker), tolerating a Redis that is down: the messages are safe
+    in PostgreSQL and the pump asks again once it is back."""
     from django.core.cache import cache
 
+    try:
+        if not cache.add(marker, 1, timeout=int(countdown + KICK_PENDING_SECONDS)):
+            return False
+    except REDIS_ERRORS as exc:
+        cache_outage.failed("kick marker", exc)
+        return False
+    return task_enqueue(task, *args, countdown=countdown or None)
+
+
+def _ask_for_lane(run_id: Any, lane: int, *, countdown: float = 0.0) -> bool:
     from delivery.tasks import run_send_task
 
+    return _ask(kick_marker(run_id, lane), run_send_task, str(run_id), lane, countdown=countdown)
+
+
+def _clear_marker(marker: str) -> None:
+    from django.core.cache import cache
+
     try:
-        if not cache.add(kick_marker(run_id, lane), 1, timeout=int(countdown + KICK_PENDING_SECONDS)):
-            return False
-        if countdown:
-            run_send_task.apply_async((str(run_id), lane), countdown=countdown)
-        else:
-            run_send_task.delay(str(run_id), lane)
-    except Exception as exc:
-        # Redis (the broker) is down: the messages are safe in PostgreSQL and the pump asks again once it is back.
-        logger.warning("could not ask for run %s lane %d: %s", run_id, lane, exc)
-        return False
-    return True
+        cache.delete(marker)  # started: anything added from now on asks for a new task
+    except REDIS_ERRORS as exc:
+        cache_outage.failed("kick marker", exc)
 
 
 def run_lanes(run_id: Any) -> int:
@@ -111,11 +124,12 @@ def run_lanes(run_id: Any) -> int:
 
 
 @contextmanager
-def send_lane(run_id: Any, lane: int) -> Iterator[bool]:
-    """Hold lane `lane` of a run for one send task (a session-level advisory lock: it goes with the connection if
-    the worker dies). Yields whether this task has it; a second task for a busy lane has nothing to do."""
+def advisory_lock(name: str, lane: int) -> Iterator[bool]:
+    """Hold lane `lane` of `name` for one task (a session-level advisory lock on (hashtext(name), lane): it goes
+    with the connection if the worker dies). Yields whether this task has it; a second task for a busy lane has
+    nothing to do. The pump reads these locks to know what is being worked on."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", [str(run_id), lane])
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", [name, lane])
         held = bool(cursor.fetchone()[0])
     try:
         yield held
@@ -123,9 +137,14 @@ def send_lane(run_id: Any, lane: int) -> Iterator[bool]:
         if held:
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", [str(run_id), lane])
+                    cursor.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", [name, lane])
             except DatabaseError:  # the connection is gone, and the lock with it
-                logger.info("run %s lane %d: connection lost before unlocking", run_id, lane)
+                logger.info("%s lane %d: connection lost before unlocking", name, lane)
+
+
+def send_lane(run_id: Any, lane: int) -> Any:
+    """Lane `lane` of a run's sending (advisory_lock on the run's id)."""
+    return advisory_lock(str(run_id), lane)
 
 
 # Whether a run has a message due now that nobody holds (SKIP LOCKED passes over rows a lane has claimed).
@@ -140,14 +159,9 @@ def run_send_spell(run_id: Any, *, lane: int = 0) -> int:
     """A send task's work: hold the lane, send for a while, then say what comes next — a fresh task at once (the
     time was up), a follow-up when the throttle has tokens again, or nothing: the run is finished, or what is left
     is due later and the pump wakes it then. Nothing polls."""
-    from django.core.cache import cache
-
     from delivery import sending
 
-    try:
-        cache.delete(kick_marker(run_id, lane))  # started: anything added from now on asks for a new task
-    except Exception as exc:
-        logger.warning("run %s lane %d: kick marker not cleared: %s", run_id, lane, exc)
+    _clear_marker(kick_marker(run_id, lane))
     with send_lane(run_id, lane) as held:
         if not held:
             return 0
@@ -167,6 +181,110 @@ def run_send_spell(run_id: Any, *, lane: int = 0) -> int:
 def _claimable_now(run_id: Any) -> bool:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(CLAIMABLE_SQL, {"run": str(run_id), "now": timezone.now()})
+        return bool(cursor.fetchone()[0])
+
+
+# --- triggered sends: a sweep per organisation over its standing runs ------------------------------------------
+#
+# Events for a hundred triggered campaigns make a hundred runs with a message or two due at a time; a send task
+# per run would pay its fixed cost (task, run context, lane) for each. One sweep instead goes over every standing
+# run of the organisation with something due, claiming each run's due messages in turn (SKIP LOCKED, as lanes do),
+# and keeps the run contexts for its spell. Lane 0 is asked for on every ingestion commit; it asks lane 1 to help
+# when more than one run has something due.
+
+TRIGGER_SWEEP_LANES = 2
+
+DUE_TRIGGER_RUNS_SQL = """
+SELECT r.id FROM delivery_run r
+WHERE r.organisation_id = %(org)s AND r.status = 'sending' AND r.trigger = 'event'
+  AND EXISTS (SELECT 1 FROM delivery_message m WHERE m.run_id = r.id AND m.status = 'queued' AND m.due_at <= %(now)s)
+ORDER BY r.id
+"""
+
+CLAIMABLE_TRIGGER_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM delivery_message m JOIN delivery_run r ON r.id = m.run_id
+    WHERE r.organisation_id = %(org)s AND r.status = 'sending' AND r.trigger = 'event'
+      AND m.status = 'queued' AND m.due_at <= %(now)s
+    FOR UPDATE OF m SKIP LOCKED)
+"""
+
+
+def sweep_marker(organisation_id: Any, lane: int = 0) -> str:
+    return f"trigger-sweep-pending:{organisation_id}:{lane}"
+
+
+def sweep_lock_name(organisation_id: Any) -> str:
+    return f"trigger-sweep:{organisation_id}"
+
+
+def trigger_sweep_kick(organisation_id: Any, *, lane: int = 0) -> None:
+    """Ask for the organisation's trigger sweep once this transaction commits (not twice while one is pending)."""
+    _on_commit(lambda: _ask_for_sweep(organisation_id, lane))
+
+
+def _ask_for_sweep(organisation_id: Any, lane: int, *, countdown: float = 0.0) -> bool:
+    from delivery.tasks import trigger_sweep_task
+
+    return _ask(
+        sweep_marker(organisation_id, lane), trigger_sweep_task, str(organisation_id), lane, countdown=countdown
+    )
+
+
+def trigger_sweep(organisation_id: Any, *, lane: int = 0) -> int:
+    """Send what is due in the organisation's standing trigger runs, for a spell; then hand over, come back when a
+    throttle has tokens again, or end. Returns the messages claimed."""
+    from delivery import sending
+
+    _clear_marker(sweep_marker(organisation_id, lane))
+    contexts: dict[Any, Any] = {}
+    claimed, wait, more = 0, 0.0, False
+    with advisory_lock(sweep_lock_name(organisation_id), lane) as held:
+        if not held:
+            return 0
+        deadline = timezone.now() + timedelta(seconds=settings.DELIVERY_TASK_SECONDS)
+        while True:
+            due = _due_trigger_runs(organisation_id)
+            if lane == 0 and len(due) > 1:
+                for helper in range(1, TRIGGER_SWEEP_LANES):
+                    _ask_for_sweep(organisation_id, helper)
+            if lane % 2:
+                due.reverse()  # the lanes start at opposite ends and meet in the middle
+            progressed, waits = 0, []
+            for run_id in due:
+                if run_id not in contexts:
+                    contexts[run_id] = sending._run_context(run_id)
+                if contexts[run_id] is None:
+                    continue
+                result = sending.run_send_batch(run_id, ctx=contexts[run_id])
+                progressed += result.claimed
+                if result.wait:
+                    waits.append(result.wait)
+            claimed += progressed
+            if not progressed:
+                wait = min(waits, default=0.0)
+                break
+            if timezone.now() >= deadline:
+                more = True
+                break
+    if more:
+        _ask_for_sweep(organisation_id, lane)
+    elif wait:
+        _ask_for_sweep(organisation_id, lane, countdown=min(wait, FOLLOW_UP_MAX_SECONDS))
+    elif _trigger_claimable_now(organisation_id):
+        _ask_for_sweep(organisation_id, lane)  # added while this sweep held the lane
+    return claimed
+
+
+def _due_trigger_runs(organisation_id: Any) -> list[Any]:
+    with connection.cursor() as cursor:
+        cursor.execute(DUE_TRIGGER_RUNS_SQL, {"org": str(organisation_id), "now": timezone.now()})
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _trigger_claimable_now(organisation_id: Any) -> bool:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CLAIMABLE_TRIGGER_SQL, {"org": str(organisation_id), "now": timezone.now()})
         return bool(cursor.fetchone()[0])
 
 
@@ -430,7 +548,7 @@ def delivery_pump(*, now: datetime | None = None) -> dict[str, int]:
 
 
 # Every sending run in one statement: whether it has anything queued, anything due now, and whether a send task
-# holds one of its lanes (send_lane's advisory locks, in this database).
+# holds one of its lanes (advisory_lock: the run's lanes, or for a standing trigger run its organisation's sweep).
 SENDING_RUNS_SQL = """
 SELECT r.id, r.trigger,
        EXISTS (SELECT 1 FROM delivery_message m WHERE m.run_id = r.id AND m.status = 'queued'),
@@ -438,7 +556,9 @@ SELECT r.id, r.trigger,
                AND m.due_at <= %(now)s),
        EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.objsubid = 2
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND l.classid = hashtext(r.id::text)::oid)
+               AND l.classid = hashtext(CASE WHEN r.trigger = 'event'
+                                             THEN 'trigger-sweep:' || r.organisation_id::text
+                                             ELSE r.id::text END)::oid)
 FROM delivery_run r
 WHERE r.status = 'sending'
 """
@@ -453,7 +573,7 @@ def _sending_runs(now: datetime) -> list[tuple[Any, str, bool, bool, bool]]:
 def _enqueue_prepare_now(run_id: Any) -> None:
     from delivery.tasks import run_prepare_task
 
-    run_prepare_task.delay(str(run_id))
+    task_enqueue(run_prepare_task, str(run_id))
 
 
 def _fan_out_in_progress(run_id: Any) -> bool:

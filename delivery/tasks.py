@@ -22,6 +22,12 @@ def run_send_task(run_id: str, lane: int = 0) -> int:
     return runs.run_send_spell(run_id, lane=lane)
 
 
+@shared_task(name="delivery.tasks.trigger_sweep_task")
+def trigger_sweep_task(organisation_id: str, lane: int = 0) -> int:
+    """Send what is due in an organisation's triggered campaigns' standing runs (runs.trigger_sweep)."""
+    return runs.trigger_sweep(organisation_id, lane=lane)
+
+
 @shared_task(name="delivery.tasks.campaign_schedule_fire_task")
 def campaign_schedule_fire_task(campaign_id: str) -> str | None:
     run = runs.campaign_schedule_fire(campaign_id)
