@@ -302,6 +302,12 @@ class PreviewRequestSerializer(serializers.Serializer):
     channel = serializers.ChoiceField(choices=Channel.choices)
     variant = serializers.CharField(required=False, allow_blank=True, help_text="Name or id; default the first.")
     contact_id = serializers.IntegerField(required=False, help_text="Default: the first contact of the audience.")
+    event_id = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text="Triggered campaigns: preview with this stored event (the sender's id). Default: the contact's"
+        " latest event of the trigger type, else the organisation's, else a labelled example.",
+    )
 
 
 class TestSendSerializer(serializers.Serializer):

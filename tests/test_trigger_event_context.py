@@ -352,6 +352,33 @@ def test_without_a_stored_event_the_preview_uses_a_labelled_example(teammate):
 
 
 @pytest.mark.django_db
+def test_the_preview_renders_a_chosen_stored_event(teammate):
+    _contacts(teammate.organisation)
+    campaign = _triggered(teammate, EMAIL, channels=["email"])
+    posted, seen = _occurred()
+    _post_events(
+        teammate,
+        {"id": "cart-8", "type": "cart_abandoned", "contact": "ben", "occurred_at": posted, "properties": CART},
+        {"id": "cart-9", "type": "cart_abandoned", "contact": "ben", "properties": {"cart": {"total": 3}}},
+        {"id": "login-1", "type": "login", "contact": "ben"},
+    )
+    url = f"/api/v1/campaigns/{campaign.pk}/preview/"
+    chosen = teammate.api.post(url, {"channel": "email", "event_id": "cart-8"}, format="json")
+    assert (chosen.status_code, chosen.data["rendered"]["subject"], chosen.data["event_source"]) == (
+        200,
+        "Your cart: 42.5 GBP",
+        {"source": "chosen", "label": f"Event: cart-8 ('cart_abandoned', {seen})."},
+    )
+    other_type = teammate.api.post(url, {"channel": "email", "event_id": "login-1"}, format="json")
+    assert (other_type.status_code, other_type.data["event_id"]) == (
+        400,
+        ["Event 'login-1' is 'login'; this campaign is triggered by 'cart_abandoned'."],
+    )
+    missing = teammate.api.post(url, {"channel": "email", "event_id": "nope"}, format="json")
+    assert (missing.status_code, missing.data["event_id"]) == (400, ["No event 'nope' in this organisation."])
+
+
+@pytest.mark.django_db
 def test_a_test_send_renders_the_sample_event(teammate, smtp):
     _contacts(teammate.organisation)
     campaign = _triggered(teammate, EMAIL, channels=["email"])
