@@ -1,23 +1,30 @@
 """When a scheduled campaign runs: one time, or recurring (daily, weekly, monthly, custom cron) in a timezone.
 
-Recurring schedules are five-field cron expressions evaluated in wall-clock time of the campaign's timezone, so
-"09:00 every day" in Europe/London is 09:00 GMT in winter and 09:00 BST in summer. Around daylight-saving changes:
-a time that does not exist (the hour skipped in spring) runs at the moment the clock jumps past it (02:30 becomes
-03:30), and a time that happens twice (the hour repeated in autumn) runs once, at its first occurrence.
+Recurring schedules are five-field cron expressions (minute hour day-of-month month day-of-week) read as standard
+(Vixie) cron reads them, evaluated in wall-clock time of the campaign's timezone, so "09:00 every day" in
+Europe/London is 09:00 GMT in winter and 09:00 BST in summer:
 
-Cron fields are parsed by Celery's crontab parser, the one celery-beat uses to fire the alarm, and follow its
-meaning: when both day-of-month and day-of-week are restricted, a day must match both.
+- Fields take `*`, numbers, ranges `a-b`, steps `*/n` and `a-b/n`, and comma lists of these; months and weekdays
+  also take names (JAN…DEC, SUN…SAT, any case); day-of-week 0 and 7 are both Sunday.
+- Day-of-month and day-of-week: when both are restricted (neither field starts with `*`), a day matches if EITHER
+  matches — "0 9 1 * MON" is the 1st of every month and every Monday. When one starts with `*` (`*`, `*/2`), a day
+  must match both, which with a plain `*` means the other field alone decides. Celery's crontab ANDs them always,
+  so nothing here uses it: occurrences are computed by this module only, and the alarm is set for each computed
+  occurrence (delivery.task_service), so what fires is exactly what this module says.
+- Daylight-saving changes: a wall-clock time fires the first time the local clock reaches or passes it. A time
+  skipped in spring (02:30 when clocks jump from 02:00 to 03:00) fires at the jump (03:00 local); a time repeated
+  in autumn fires once, at its first occurrence.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from celery.schedules import ParseException, crontab
 from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_datetime, parse_time
 
@@ -28,6 +35,10 @@ MIN_SCHEDULE_LEAD = timedelta(minutes=5)
 # (e.g. 30 February) is refused.
 SEARCH_DAYS = 366 * 8 + 2
 WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # cron numbering: 0 = Sunday
+MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+# The campaign's cron_expression column holds 120 characters.
+MAX_CRON_LENGTH = 120
+CRON_FIELD = re.compile(r"^[0-9A-Za-z*,/\-]+$")
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ class Schedule:
 
 def zone(name: str) -> ZoneInfo:
     if not name or name not in _zones():
-        raise ValidationError({"timezone": [f"Unknown timezone {name!r}; use an IANA name such as Europe/Paris."]})
+        raise ValidationError({"timezone": [f"Unknown timezone {name[:64]!r}; use an IANA name such as Europe/Paris."]})
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:  # pragma: no cover - filtered above
@@ -62,46 +73,147 @@ def _zones() -> set[str]:
     return _ZONES
 
 
-def parse_cron(expression: str) -> crontab:
+@dataclass(frozen=True)
+class Cron:
+    """A parsed five-field cron expression: the values each field allows, and whether the day fields are starred
+    (which decides how they combine)."""
+
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days_of_month: frozenset[int]
+    months: frozenset[int]
+    days_of_week: frozenset[int]  # 0 = Sunday … 6 = Saturday
+    day_of_month_starred: bool
+    day_of_week_starred: bool
+
+    def matches_day(self, day: date) -> bool:
+        if day.month not in self.months:
+            return False
+        by_month_day = day.day in self.days_of_month
+        by_weekday = (day.weekday() + 1) % 7 in self.days_of_week
+        if self.day_of_month_starred or self.day_of_week_starred:
+            return by_month_day and by_weekday
+        return by_month_day or by_weekday
+
+
+_CRON_FIELDS = (
+    ("minute", 0, 59, None),
+    ("hour", 0, 23, None),
+    ("day-of-month", 1, 31, None),
+    ("month", 1, 12, MONTHS),
+    ("day-of-week", 0, 7, WEEKDAYS),
+)
+
+
+def _cron_error(message: str) -> ValidationError:
+    return ValidationError({"cron": [message]})
+
+
+def _cron_value(text: str, label: str, low: int, high: int, names: list[str] | None) -> int:
+    if names is not None and text.lower() in names:
+        return names.index(text.lower()) + low
+    if not text.isdigit() or len(text) > 2 or not low <= int(text) <= high:
+        named = f" or a name ({names[0].upper()}…{names[-1].upper()})" if names else ""
+        raise _cron_error(f"{label}: {text[:20]!r} is not a number from {low} to {high}{named}.")
+    return int(text)
+
+
+def _cron_field(text: str, label: str, low: int, high: int, names: list[str] | None) -> set[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        base, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or len(step_text) > 2 or int(step_text) == 0:
+                raise _cron_error(f"{label}: the step in {part[:20]!r} must be a number from 1 to {high}.")
+            step = int(step_text)
+        if base == "*":
+            first, last = low, high
+        elif "-" in base:
+            start_text, _, end_text = base.partition("-")
+            first = _cron_value(start_text, label, low, high, names)
+            last = _cron_value(end_text, label, low, high, names)
+            if first > last:
+                sunday = " (Sunday ends a range as 7, e.g. FRI-7)" if names is WEEKDAYS else ""
+                raise _cron_error(f"{label}: the range {base[:20]!r} runs backwards{sunday}.")
+        elif slash:
+            raise _cron_error(f"{label}: a step needs a range or *, e.g. */{step} or {base[:5]}-{high}/{step}.")
+        else:
+            first = last = _cron_value(base, label, low, high, names)
+        values.update(range(first, last + 1, step))
+    return values
+
+
+def parse_cron(expression: str) -> Cron:
+    """Parse a five-field cron expression, refusing anything standard cron would not read the same way."""
+    if not isinstance(expression, str) or len(expression) > MAX_CRON_LENGTH:
+        raise _cron_error(f"A cron expression is at most {MAX_CRON_LENGTH} characters.")
     fields = expression.split()
     if len(fields) != 5:
-        raise ValidationError(
-            {"cron": ["A cron expression has five fields: minute hour day-of-month month day-of-week."]}
-        )
-    minute, hour, day_of_month, month, day_of_week = fields
-    try:
-        return crontab(
-            minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week
-        )
-    except (ParseException, ValueError, TypeError, KeyError) as exc:
-        raise ValidationError({"cron": [f"Not a valid cron expression: {exc}"]}) from exc
+        raise _cron_error("A cron expression has five fields: minute hour day-of-month month day-of-week.")
+    parsed = []
+    for text, (label, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        if not CRON_FIELD.match(text):
+            raise _cron_error(f"{label}: use numbers, names, *, -, / and commas only.")
+        parsed.append(_cron_field(text, label, low, high, names))
+    minutes, hours, days_of_month, months, days_of_week = parsed
+    return Cron(
+        minutes=tuple(sorted(minutes)),
+        hours=tuple(sorted(hours)),
+        days_of_month=frozenset(days_of_month),
+        months=frozenset(months),
+        days_of_week=frozenset(day % 7 for day in days_of_week),
+        day_of_month_starred=fields[2].startswith("*"),
+        day_of_week_starred=fields[4].startswith("*"),
+    )
 
 
-def _local_candidates(cron: crontab, day: date, tz: ZoneInfo) -> list[datetime]:
-    """The UTC instants on which the cron fires on this local day, in order."""
-    found = []
-    for hour in sorted(cron.hour):
-        for minute in sorted(cron.minute):
-            # fold=0 picks the first of a repeated autumn time; for a time skipped in spring, zoneinfo applies the
-            # offset from before the jump, which is the instant the clock passes it (02:30 → 03:30 local).
-            found.append(datetime.combine(day, time(hour, minute), tzinfo=tz).astimezone(UTC))
-    return sorted(found)
+def _local_wall(instant: datetime, tz: ZoneInfo) -> datetime:
+    return instant.astimezone(tz).replace(tzinfo=None)
+
+
+def first_instant_of(wall: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant (UTC) at which the local clock in `tz` reads `wall` or later.
+
+    For an existing time that is its first occurrence (fold=0, the earlier of a repeated autumn time). For a time
+    inside a spring gap it is the jump itself: zoneinfo gives the instants with the offsets before (fold=0) and
+    after (fold=1) the jump, and the jump lies between them."""
+    later = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if _local_wall(later, tz) == wall:
+        return later
+    earlier = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    low, high = min(earlier, later), max(earlier, later)
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if _local_wall(middle, tz) >= wall:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=0)
 
 
 def next_occurrence(expression: str, timezone_name: str, after: datetime) -> datetime | None:
     """The first instant strictly after `after` at which the cron expression fires in the zone (UTC), if any."""
     cron = parse_cron(expression)
     tz = zone(timezone_name)
-    start = after.astimezone(tz).date()
+    times = [time(hour, minute) for hour in cron.hours for minute in cron.minutes]
+    # From the day before: a clock set back across midnight can still have yesterday's times ahead of it.
+    start = after.astimezone(tz).date() - timedelta(days=1)
     for offset in range(SEARCH_DAYS):
         day = start + timedelta(days=offset)
-        if day.month not in cron.month_of_year or day.day not in cron.day_of_month:
+        if not cron.matches_day(day):
             continue
-        if (day.weekday() + 1) % 7 not in cron.day_of_week:
-            continue
-        for instant in _local_candidates(cron, day, tz):
-            if instant > after:
-                return instant
+        # A later wall time is never reached earlier, so the day's first time still ahead is found by bisection
+        # (an every-minute cron has 1,440 times a day).
+        low, high = 0, len(times)
+        while low < high:
+            middle = (low + high) // 2
+            if first_instant_of(datetime.combine(day, times[middle]), tz) > after:
+                high = middle
+            else:
+                low = middle + 1
+        if low < len(times):
+            return first_instant_of(datetime.combine(day, times[low]), tz)
     return None
 
 
@@ -202,6 +314,19 @@ def schedule_from_input(data: Mapping[str, Any], *, default_timezone: str, now: 
     first = next_occurrence(expression, timezone_name, max(starts, now) - timedelta(microseconds=1))
     if first is None:
         raise ValidationError({"cron": ["This schedule never fires."]})
+    if first < now + MIN_SCHEDULE_LEAD:
+        # The first run is a scheduled time like any other (AC-008.4): quietly moving it to the next occurrence
+        # would send a day (or a week) later than the marketer saw on the form.
+        field = "starts_at" if data.get("starts_at") else "cron" if recurrence == Recurrence.CRON else "time"
+        raise ValidationError(
+            {
+                field: [
+                    f"The first run would be {first.astimezone(tz):%a %d %b %Y %H:%M} ({timezone_name}), less than"
+                    " 5 minutes from now; the scheduled time must be at least 5 minutes in the future. Choose a"
+                    " later time or a later start."
+                ]
+            }
+        )
     if ends_at is not None and ends_at <= first:
         raise ValidationError({"ends_at": ["The schedule ends before it first runs."]})
     return Schedule(

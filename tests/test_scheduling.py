@@ -41,8 +41,8 @@ def test_daily_at_nine_stays_at_nine_local_across_both_dst_changes():
 
 
 def test_a_skipped_local_time_runs_when_the_clock_jumps_past_it_and_a_repeated_one_runs_once():
-    # Europe/Berlin: 29 March 2026 02:00 → 03:00; 02:30 does not exist and runs at 03:30 CEST = 01:30 UTC.
-    assert next_occurrence("30 2 * * *", "Europe/Berlin", utc(2026, 3, 28, 12)) == utc(2026, 3, 29, 1, 30)
+    # Europe/Berlin: 29 March 2026 02:00 → 03:00; 02:30 does not exist and runs at the jump, 03:00 CEST = 01:00 UTC.
+    assert next_occurrence("30 2 * * *", "Europe/Berlin", utc(2026, 3, 28, 12)) == utc(2026, 3, 29, 1, 0)
     # 25 October 2026 03:00 → 02:00; 02:30 happens twice and runs at the first (CEST, 00:30 UTC) only.
     runs_ = occurrences("30 2 * * *", "Europe/Berlin", utc(2026, 10, 24, 12), 2)
     assert runs_ == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]
