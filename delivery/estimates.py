@@ -1,7 +1,8 @@
 """When a run will finish: one estimate for the run page, its progress fragment and the API.
 
 What is left goes at a rate — the rate observed over the last minute of recorded batches once sending has started,
-never above what the throttles allow (delivery.throttle.effective_per_minute); before that, the throttles' rate —
+the throttles' rate (delivery.throttle.effective_per_minute) when that is within 2 % of it or above, and the
+throttles' rate before sending starts —
 in order of due time: messages due now first, then the deferred ones (retries, marketing SMS waiting for the
 morning, quiet hours, local send times, a closed send window) from their due_at on, so the last due_at among queued
 messages is a lower bound. A campaign's send window stops the flow when it closes and resumes it when it opens.
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 RATE_WINDOW_SECONDS = 60.0
 # …and over at least this much, below which a reading is too close to the last one to tell a rate.
 RATE_MIN_SPAN_SECONDS = 2.0
+# An observed rate this close to the throttles' (or above) is the throttle at work: the estimate goes at its rate.
+LIMIT_REACHED = 0.98
 # How far ahead the walk through send windows looks before it gives up (a window of a minute a week is slow).
 HORIZON_DAYS = 400
 
@@ -83,9 +86,12 @@ def run_estimate(run: Run, *, now: datetime | None = None) -> RunEstimate:
     deferred = _deferred(run, now)
     due_now = max(0, remaining - sum(count for _, count in deferred))
     observed = _observed_per_minute(run) if run.status == Run.Status.SENDING else None
-    if observed and due_now:
-        per_minute: float | None = min(observed, limit) if limit else observed
-        basis = f"observed {_rate(observed)}/min" if not limit or observed < limit else f"at {_rate(limit)}/min limit"
+    if observed and due_now and not (limit and observed >= LIMIT_REACHED * limit):
+        per_minute: float | None = observed
+        basis = f"observed {_rate(observed)}/min"
+    elif observed and due_now:
+        # Going at the limit (a reading a batch early or late is a little over or under it): the throttle decides.
+        per_minute, basis = limit, f"at {_rate(limit)}/min limit"
     elif limit:
         # Nothing sending now (or not yet): what went in the last minute says nothing of the rate once the
         # deferred messages are due; the throttle's rate does.
