@@ -47,7 +47,7 @@ def _variant_case(campaign: Campaign, *, sticky: bool = False) -> tuple[str, lis
 def _due_at(campaign: Campaign, *, now: Any) -> tuple[str, list[Any], str, list[Any]]:
     """When each message may go: now, or — with a send window, weekends off or a local send time — the next
     allowed moment in the recipient's timezone (the organisation's for contacts without one), worked out once per
-    recipient by cs_next_send_time (delivery migration 0004)."""
+    recipient by cs_next_send_time (delivery migration 0011)."""
     if not campaign.has_send_rules:
         return "%s", [now], "", []
     join = (
