@@ -201,7 +201,10 @@ def campaign_content_preview_view(request: HttpRequest, campaign_id: Any) -> Htt
             contact_id = contact.pk
     preview = None
     try:
-        preview = preview_render(campaign, channel, content, contact_id=contact_id, message_id="preview")
+        event_id = (request.POST.get("preview_event") or "").strip() or None
+        preview = preview_render(
+            campaign, channel, content, contact_id=contact_id, message_id="preview", event_id=event_id
+        )
     except ValidationError as exc:
         problems.extend(m for messages_ in exc.message_dict.values() for m in messages_)
     context.update(

@@ -311,6 +311,11 @@ def test_the_console_preview_names_the_sample_event(teammate):
     label = escape(f"Event: the latest 'cart_abandoned' event (cart-4, {occurred}).")
     assert f'data-testid="preview-event" data-source="organisation">{label}</p>' in page
     assert "<strong>Your cart: 42.5 GBP</strong>" in page
+    # An event id that is not there is a problem listed beside the form, not an error page.
+    form["preview_event"] = "nope"
+    missing = console_client(teammate).post(f"/campaigns/{campaign.pk}/content/preview/", form)
+    assert missing.status_code == 200
+    assert escape("No event 'nope' in this organisation.") in missing.content.decode()
 
 
 @pytest.mark.django_db
