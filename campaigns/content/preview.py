@@ -91,7 +91,7 @@ def _iso_utc(moment: Any) -> str:
 @dataclass(frozen=True)
 class SampleEvent:
     event: dict[str, Any]
-    source: str  # contact | organisation | catalogue | example
+    source: str  # chosen | contact | organisation | catalogue | example
     label: str
 
 
