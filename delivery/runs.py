@@ -311,8 +311,9 @@ def runs_on_campaign_start(campaign: Campaign, *, occurrence: datetime | None) -
 #
 # - A campaign transition locks the campaign (campaign_get_for_update), then the run rows here, and then changes
 #   only the queued messages no worker holds (FOR UPDATE SKIP LOCKED). It never waits on a claimed batch.
-# - Ingestion of events (delivery.triggers) share-locks the campaigns it queues for, then adds to the run's
-#   counters: the same order, so a complete or delete either waits for the batch of events or is seen by it.
+# - Ingestion of events (delivery.triggers) locks the standing runs (id order) before it decides anything and
+#   never locks a campaign: a complete or delete either waits for the batch of events and cancels what it queued,
+#   or closes the run first and the batch adds nothing.
 # - A worker holds its claimed message rows (taken with SKIP LOCKED, so it never waited for them) and may then wait
 #   for the run row to add its counters: nobody holding a run row waits for message rows, so there is no cycle.
 #

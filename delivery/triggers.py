@@ -269,12 +269,26 @@ def triggers_on_events(organisation: Organisation, events: Sequence[Mapping[str,
     by_type: dict[str, list[Mapping[str, Any]]] = {}
     for event in events:
         by_type.setdefault(event["type"], []).append(event)
+    # The standing runs are locked (in id order) before anything is decided. A complete, cancel or delete locks
+    # the campaign, then its run (the lock order in delivery.runs), so it either waits for this batch and then
+    # cancels what it queued, or closes the run first, and this batch, having waited, finds no open run and adds
+    # nothing. (The counters update below held this lock until commit anyway; it is only taken earlier.)
     standing = {
         run.campaign_id: run
-        for run in Run.objects.filter(campaign__in=campaigns, trigger=Run.Trigger.EVENT).exclude(
-            status__in=[Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED]
-        )
+        for run in Run.objects.select_for_update(no_key=True)
+        .filter(campaign__in=campaigns, trigger=Run.Trigger.EVENT)
+        .exclude(status__in=[Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED])
+        .order_by("pk")
     }
+    # Read again now that the runs are held: a campaign closed while this batch waited is left out.
+    still_open = set(
+        Campaign.objects.filter(
+            pk__in=[campaign.pk for campaign in campaigns],
+            status__in=[CampaignStatus.ACTIVE, CampaignStatus.PAUSED],
+            deleted_at__isnull=True,
+        ).values_list("pk", flat=True)
+    )
+    campaigns = [campaign for campaign in campaigns if campaign.pk in still_open]
     candidates: dict[Any, list[Mapping[str, Any]]] = {}
     by_id = {campaign.pk: campaign for campaign in campaigns}
     for campaign in campaigns:
