@@ -76,24 +76,31 @@ cache_outage = Outage("Redis cache")
 broker_outage = Outage("Celery broker")
 
 
-def task_enqueue(task: Any, *args: Any, **kwargs: Any) -> bool:
-    """`task.delay(*args, **kwargs)` that never raises for a broker that is down: returns whether the message was
-    sent. Only for tasks whose work a pump finds again from PostgreSQL; the caller's state must already be
-    committed (see `task_enqueue_on_commit`)."""
+def task_enqueue(task: Any, *args: Any, countdown: float | None = None) -> bool:
+    """`task.delay(*args)` (or `apply_async` with a countdown) that never raises for a broker that is down:
+    returns whether the message was sent. Only for tasks whose work a pump finds again from PostgreSQL (tasks take
+    ids, positionally); the caller's state must already be committed (see `task_enqueue_on_commit`)."""
+
+    def send() -> None:
+        if countdown:
+            task.apply_async(args, countdown=countdown)
+        else:
+            task.delay(*args)
+
     if task.app.conf.task_always_eager:
-        task.delay(*args, **kwargs)  # no broker involved; the task's own errors are the caller's to see
+        send()  # no broker involved; the task's own errors are the caller's to see
         return True
     if broker_outage.skipping():
         return False
     try:
-        task.delay(*args, **kwargs)
+        send()
     except REDIS_ERRORS as exc:
         broker_outage.failed(f"enqueue {task.name}", exc)
         return False
     return True
 
 
-def task_enqueue_on_commit(task: Any, *args: Any, **kwargs: Any) -> None:
+def task_enqueue_on_commit(task: Any, *args: Any, countdown: float | None = None) -> None:
     """Enqueue once the current transaction commits (a worker must find the rows it is told about), with
     `task_enqueue`'s tolerance of a broker that is down."""
-    transaction.on_commit(lambda: task_enqueue(task, *args, **kwargs))
+    transaction.on_commit(lambda: task_enqueue(task, *args, countdown=countdown))
