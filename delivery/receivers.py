@@ -3,20 +3,16 @@ follows the deletions that would otherwise have cascaded."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import connection
 from django.dispatch import receiver
 
-from audiences.adapters import AdapterError
 from audiences.signals import contacts_deleting, events_received
 from campaigns.signals import campaign_transitioned, campaigns_purging
 from delivery import runs, triggers
 from delivery.models import Run
-from delivery.task_service import task_service
-
-logger = logging.getLogger(__name__)
+from delivery.task_service import beat_alarms_prune, task_service, task_service_is_external
 
 
 @receiver(campaigns_purging)
@@ -35,13 +31,16 @@ def delete_messages_of_deleted_contacts(sender: Any, contact_ids: list[int], **k
         cursor.execute("DELETE FROM delivery_message WHERE contact_id = ANY(%s)", [list(contact_ids)])
 
 
+# Every action into or out of "scheduled" (delete cancels first, so it is one of these too).
+ALARM_ACTIONS = frozenset({"schedule", "reschedule", "await_next", "unschedule", "start", "cancel", "complete"})
+
+
 @receiver(campaign_transitioned)
 def follow_campaign_transition(
     sender: Any, campaign: Any, action: str, previous: str, actor: Any, occurrence: Any = None, **kwargs: Any
 ) -> None:
     """Keep runs and the schedule alarm in step with the campaign's status (inside its transaction)."""
     if action == "start":
-        _alarm_remove(campaign)
         runs.runs_on_campaign_start(campaign, occurrence=occurrence)
     elif action == "activate":
         triggers.trigger_run_open(campaign)
@@ -50,31 +49,21 @@ def follow_campaign_transition(
     elif action == "resume":
         runs.runs_resume(campaign)
     elif action == "cancel":
-        _alarm_remove(campaign)
         runs.runs_cancel(campaign, reason=f"cancelled by {actor.label}")
-    elif action in ("schedule", "reschedule", "await_next"):
-        _alarm_register(campaign)
-    elif action in ("unschedule", "complete"):
-        _alarm_remove(campaign)
-        if action == "complete" and campaign.type == "triggered":
-            # Deactivating a triggered campaign cancels the sends still waiting (delays, quiet hours).
-            runs.runs_cancel(campaign, reason=f"campaign completed by {actor.label}", final_status=Run.Status.COMPLETED)
+    elif action == "complete" and campaign.type == "triggered":
+        # Deactivating a triggered campaign cancels the sends still waiting (delays, quiet hours).
+        runs.runs_cancel(campaign, reason=f"campaign completed by {actor.label}", final_status=Run.Status.COMPLETED)
+    if action in ALARM_ACTIONS:
+        # After the runs: the alarm follows the status the campaign ends this transaction with (set for a schedule,
+        # a reschedule or the next occurrence; removed otherwise). The HTTP task_service is called after commit.
+        task_service().follow(campaign)
 
 
-def _alarm_register(campaign: Any) -> None:
-    try:
-        task_service().register(campaign)
-    except AdapterError as exc:
-        # The pump starts due campaigns from scheduled_at anyway; the alarm only makes it punctual.
-        logger.warning("task_service could not register campaign %s: %s", campaign.pk, exc)
-
-
-def _alarm_remove(campaign: Any) -> None:
-    try:
-        task_service().remove(campaign.pk)
-    except AdapterError as exc:
-        # A stale alarm is harmless: firing checks the campaign's status and time first.
-        logger.warning("task_service could not remove campaign %s: %s", campaign.pk, exc)
+@receiver(campaigns_purging)
+def prune_schedule_alarms(sender: Any, campaign_ids: list[Any], **kwargs: Any) -> None:
+    """Purged campaigns lose any alarm left behind, and so does every campaign no longer waiting for one."""
+    if not task_service_is_external():
+        beat_alarms_prune()
 
 
 @receiver(events_received)

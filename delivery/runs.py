@@ -458,7 +458,10 @@ def _campaign_after_run(run: Run, now: datetime) -> None:
     if Run.objects.filter(campaign=campaign, status__in=Run.ACTIVE_STATUSES).exclude(pk=run.pk).exists():
         return
     actor = system_actor(campaign.organisation, "delivery engine")
-    action = "await_next" if _has_next_occurrence(campaign, now) else "complete"
+    # Measured from the same instant campaign_transition's await_next uses: a run that finished before its own
+    # occurrence (an alarm may fire a few seconds early) must not count that occurrence as the next one.
+    after = max(now, run.scheduled_for or now)
+    action = "await_next" if _has_next_occurrence(campaign, after) else "complete"
     campaign_services.campaign_transition(
         actor=actor, campaign_id=campaign.pk, action=action, by_engine=True, occurrence=run.scheduled_for
     )

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -122,7 +123,7 @@ def test_schedule_once_registers_a_one_off_beat_alarm_and_cancel_removes_it(team
     assert not PeriodicTask.objects.filter(name=alarm_key(campaign.pk)).exists()
 
 
-def test_recurring_schedule_is_a_crontab_in_the_campaign_timezone(teammate):
+def test_recurring_schedule_is_an_alarm_at_its_next_occurrence_in_the_campaign_timezone(teammate):
     campaign = CampaignFactory(organisation=teammate.organisation)
     response = teammate.api.post(
         f"/api/v1/campaigns/{campaign.pk}/schedule/",
@@ -133,11 +134,11 @@ def test_recurring_schedule_is_a_crontab_in_the_campaign_timezone(teammate):
     schedule = response.data["schedule"]
     assert schedule["cron"] == "30 9 * * *" and schedule["timezone"] == "America/New_York"
     assert schedule["description"] == "Every day at 09:30 (America/New_York)"
+    # celery-beat never reads the cron (its crontab ANDs the day fields): the alarm is the next occurrence.
     alarm = PeriodicTask.objects.get(name=alarm_key(campaign.pk))
-    assert not alarm.one_off
-    assert (alarm.crontab.minute, alarm.crontab.hour, str(alarm.crontab.timezone)) == ("30", "9", "America/New_York")
     campaign.refresh_from_db()
-    local = campaign.scheduled_at.astimezone(alarm.crontab.timezone)
+    assert alarm.one_off and alarm.crontab is None and alarm.clocked.clocked_time == campaign.scheduled_at
+    local = campaign.scheduled_at.astimezone(ZoneInfo("America/New_York"))
     assert (local.hour, local.minute) == (9, 30) and campaign.scheduled_at > timezone.now()
     assert teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/unschedule/").status_code == 200
     assert not PeriodicTask.objects.filter(name=alarm_key(campaign.pk)).exists()
@@ -246,22 +247,22 @@ def task_server() -> Iterator[str]:
     server.shutdown()
 
 
-def test_http_task_service_registers_with_a_signed_callback(settings, task_server, teammate):
+def test_http_task_service_registers_with_a_signed_callback(
+    settings, task_server, teammate, django_capture_on_commit_callbacks
+):
     settings.TASK_SERVICE_URL = task_server
     settings.TASK_SERVICE_TOKEN = "svc-token"
-    campaign = _scheduled(teammate, recurrence="weekly", time="18:00", weekdays=["fri"], timezone="Asia/Kolkata")
+    with django_capture_on_commit_callbacks(execute=True):  # the call is made once the schedule has committed
+        campaign = _scheduled(teammate, recurrence="weekly", time="18:00", weekdays=["fri"], timezone="Asia/Kolkata")
     [(method, path, sent)] = FakeTaskService.requests
     assert (method, path) == ("PUT", f"/tasks/{alarm_key(campaign.pk)}")
     assert sent["auth"] == "Bearer svc-token"
-    assert sent["body"]["schedule"] == {
-        "type": "cron",
-        "cron": "0 18 * * 5",
-        "timezone": "Asia/Kolkata",
-        "ends_at": None,
-    }
+    # The next occurrence, as campaigns.scheduling computes it (the service's own cron reading may differ).
+    assert sent["body"]["schedule"] == {"type": "once", "run_at": campaign.scheduled_at.isoformat()}
     assert sent["body"]["callback"]["url"].startswith(settings.SITE_URL + "/hooks/task-service/")
     assert not PeriodicTask.objects.filter(name=alarm_key(campaign.pk)).exists()  # the external service owns it
-    teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/unschedule/")
+    with django_capture_on_commit_callbacks(execute=True):
+        teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/unschedule/")
     assert FakeTaskService.requests[-1][:2] == ("DELETE", f"/tasks/{alarm_key(campaign.pk)}")
 
 
