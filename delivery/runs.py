@@ -362,6 +362,21 @@ def run_cancel_leftovers(run_id: Any) -> int:
         return run_cancel_queued(cursor, run_id, row[0] or "run stopped")
 
 
+# Stopped runs of the last day that still have queued rows (a batch rolled back after the cancel, e.g. its worker
+# was killed). delivery_run is small and a read commits nothing, so the pump can ask every pass.
+STOPPED_WITH_QUEUED_SQL = """
+SELECT r.id FROM delivery_run r
+WHERE r.status = ANY(%(stopped)s) AND r.finished_at >= %(since)s
+  AND EXISTS (SELECT 1 FROM delivery_message m WHERE m.run_id = r.id AND m.status = 'queued')
+"""
+
+
+def stopped_runs_with_queued(now: datetime) -> list[Any]:
+    with connection.cursor() as cursor:
+        cursor.execute(STOPPED_WITH_QUEUED_SQL, {"stopped": list(STOPPED_STATUSES), "since": now - timedelta(days=1)})
+        return [row[0] for row in cursor.fetchall()]
+
+
 def runs_pause(campaign: Campaign, *, actor: Actor) -> int:
     """Workers stop handing over at once: a batch claimed before the pause is released, still queued, for resume."""
     return Run.objects.filter(campaign=campaign, status__in=[S.PENDING, S.FANNING_OUT, S.READY, S.SENDING]).update(
@@ -544,6 +559,8 @@ def delivery_pump(*, now: datetime | None = None) -> dict[str, int]:
             with transaction.atomic():
                 run_kick(run_id)
             report["kicked"] += 1
+    for run_id in stopped_runs_with_queued(now):
+        report["leftovers_cancelled"] = report.get("leftovers_cancelled", 0) + run_cancel_leftovers(run_id)
     for run_id in seeds.due_seed_copy_runs(now=now):
         with transaction.atomic():
             _enqueue_seed_copies(run_id)

@@ -536,3 +536,39 @@ def test_ending_a_triggered_campaign_while_events_stream_in(teammate, provider, 
         f"{ending}: answered in {(answered - asked) * 1000:.0f} ms; {len(stream.answers)} event posts, "
         f"{sum(received.values())} sent, {sum(1 for s in statuses.values() if s == 'cancelled')} cancelled"
     )
+
+
+# --- leftovers of a batch rolled back after the cancel -------------------------------------------------------------
+
+
+def test_the_pump_cancels_what_a_batch_rolled_back_after_the_cancel_left_queued(teammate, transactional_db):
+    import psycopg
+
+    from delivery import runs
+    from delivery.fanout import run_fan_out
+
+    _phones(teammate.organisation, 3)
+    campaign = _sms_campaign(teammate.organisation)
+    api = _api(teammate)
+    assert api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/").status_code == 200
+    run = Run.objects.get(campaign=campaign)
+    run_fan_out(run.pk)
+    Run.objects.filter(pk=run.pk).update(status="sending")
+    held = sorted(Message.objects.filter(run=run).values_list("id", flat=True))[:2]
+    # A worker's claim, on a connection of its own: these rows are locked until it ends.
+    params = {
+        k: v
+        for k, v in connection.get_connection_params().items()
+        if k in ("dbname", "user", "password", "host", "port")
+    }
+    with psycopg.connect(**params) as worker:
+        worker.execute("SELECT id FROM delivery_message WHERE id = ANY(%s) FOR UPDATE", [held])
+        asked = time.monotonic()
+        response = api.post(f"/api/v1/campaigns/{campaign.pk}/cancel/")
+        assert response.status_code == 200, response.data
+        assert time.monotonic() - asked < LATENCY  # it did not wait for the claimed rows
+        worker.rollback()  # the worker dies before recording: its rows are queued again, in a cancelled run
+    assert Counter(_statuses(run).values()) == Counter(cancelled=1, queued=2)
+    assert runs.delivery_pump()["leftovers_cancelled"] == 2
+    assert _assert_counters_match_rows(run) == Counter(cancelled=3)
+    assert "leftovers_cancelled" not in runs.delivery_pump()  # nothing left: the next pass does nothing
