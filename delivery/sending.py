@@ -96,7 +96,11 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
             -- Marketing SMS only inside MARKETING_SMS_WINDOW local time; marketing email waits during a complaint hold.
             CASE WHEN %(category)s = 'marketing' AND cl.channel = 'sms' THEN cs_quiet_hours_end(%(now)s,
                  COALESCE(NULLIF(c.timezone, ''), %(tz)s), %(sms_quiet_start)s::time, %(sms_quiet_end)s::time) END,
-            CASE WHEN %(email_held)s AND cl.channel = 'email' THEN %(now)s + interval '5 minutes' END) AS next_at,
+            -- (The complaint hold, compliance.SendingHold: an uncorrelated EXISTS, evaluated once per claim.)
+            CASE WHEN %(category)s = 'marketing' AND cl.channel = 'email' AND EXISTS (SELECT 1
+                 FROM compliance_sendinghold h WHERE h.organisation_id = %(org)s AND h.channel = 'email'
+                 AND h.category = 'marketing' AND h.released_at IS NULL)
+                 THEN %(now)s + interval '5 minutes' END) AS next_at,
        cl.trigger_key,
        -- A triggered message's event, for its templates: the trigger key is the sender's event id, unique in the
        -- organisation (one index probe per claimed triggered row).
