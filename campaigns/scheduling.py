@@ -296,6 +296,11 @@ def cron_for(recurrence: str, data: Mapping[str, Any]) -> str:
 
 def schedule_from_input(data: Mapping[str, Any], *, default_timezone: str, now: datetime) -> Schedule:
     """Validate what a marketer asked for and work out the first occurrence."""
+    for key, value in data.items():
+        # Some parsers (datetime.fromisoformat) read past a NUL byte; PostgreSQL cannot store one.
+        texts = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise ValidationError({key: ["Null characters are not allowed."]})
     timezone_name = str(data.get("timezone") or default_timezone or "UTC")
     tz = zone(timezone_name)
     recurrence = str(data.get("recurrence") or Recurrence.NONE)

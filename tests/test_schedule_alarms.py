@@ -355,3 +355,35 @@ def test_a_recurring_schedule_whose_first_run_is_under_five_minutes_away_is_refu
     )
     assert accepted.status_code == 200, accepted.data
     assert Campaign.objects.get(pk=campaign.pk).scheduled_at == fine
+
+
+@pytest.mark.django_db
+def test_a_start_the_api_cannot_read_is_a_field_error(teammate):
+    campaign = CampaignFactory(organisation=teammate.organisation)
+    data = {"recurrence": "cron", "cron": "0 9 * * 1", "starts_at": "99999-01-01T00:00"}
+    response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/schedule/", data, format="json")
+    assert response.status_code == 400 and list(response.data) == ["starts_at"], response.data
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"scheduled_at": "2030-01-01T09:00\x00"}, "scheduled_at"),
+        ({"scheduled_at": "9" * 5000}, "scheduled_at"),
+        ({"scheduled_at": "2030-01-01T09:00", "timezone": "Europe/London\x00"}, "timezone"),
+        ({"scheduled_at": "2030-01-01T09:00", "timezone": "x" * 5000}, "timezone"),
+        ({"recurrence": "daily", "time": "09:00\x00"}, "time"),
+        ({"recurrence": "monthly", "time": "09:00", "day_of_month": "9" * 5000}, "day_of_month"),
+        ({"recurrence": "daily", "time": "09:00", "ends_at": "2030-01-01\x00"}, "ends_at"),
+    ],
+)
+def test_bad_schedule_input_is_a_field_error_in_the_api_and_the_console(teammate, data, field):
+    campaign = CampaignFactory(organisation=teammate.organisation)
+    response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/schedule/", data, format="json")
+    assert response.status_code == 400 and field in response.data, response.data
+    page = console_client(teammate).post(f"/campaigns/{campaign.pk}/schedule/", data, follow=True)
+    assert page.status_code == 200
+    assert f"{field.replace('_', ' ')}: " in page.content.decode()
+    assert Campaign.objects.get(pk=campaign.pk).status == "draft"
+    assert not PeriodicTask.objects.filter(task=FIRE_TASK).exists()
