@@ -19,7 +19,6 @@ Redis the rate is the one since sending started).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -30,10 +29,9 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
+from config.outage import REDIS_ERRORS, cache_outage
 from delivery import throttle
 from delivery.models import Run
-
-logger = logging.getLogger(__name__)
 
 # The observed rate is measured over at most this much of the run's recent recording history…
 RATE_WINDOW_SECONDS = 60.0
@@ -142,6 +140,19 @@ def _observed_per_minute(run: Run) -> float | None:
         return None
     at, done = run.last_progress_at.timestamp(), run.done_count
     since, done_then = run.started_sending_at.timestamp(), 0
+    oldest = _readings_exchange(run, at, done)
+    if oldest is not None and oldest[1] < done:  # a reading after the first batch: the time to start up is left out
+        since, done_then = oldest
+    if done <= done_then or at - since < RATE_MIN_SPAN_SECONDS:
+        return None  # too soon to tell (the first batch alone would read as a burst)
+    return 60.0 * (done - done_then) / (at - since)
+
+
+def _readings_exchange(run: Run, at: float, done: int) -> tuple[float, int] | None:
+    """Leave this reading (at, done) and return the oldest one within the last minute of recording but at least
+    RATE_MIN_SPAN_SECONDS before it (None: none, or Redis is unavailable)."""
+    if cache_outage.skipping():
+        return None  # Redis just failed: do not make every page view wait for its timeout
     try:
         client = cache._cache.get_client(write=True)  # the redis-py client behind Django's Redis cache
         key = _readings_key(run)
@@ -151,22 +162,22 @@ def _observed_per_minute(run: Run) -> float | None:
         pipe.expire(key, int(4 * RATE_WINDOW_SECONDS))
         pipe.zrangebyscore(key, at - RATE_WINDOW_SECONDS, at - RATE_MIN_SPAN_SECONDS, start=0, num=1)
         oldest = pipe.execute()[-1]
-        if oldest:
-            then, _, count = oldest[0].decode().partition(":")
-            if int(count) < done:  # a reading after the first batch: the time to start up is left out
-                since, done_then = float(then), int(count)
-    except Exception as exc:
-        logger.debug("run rate readings unavailable: %s", exc)
-    if done <= done_then or at - since < RATE_MIN_SPAN_SECONDS:
-        return None  # too soon to tell (the first batch alone would read as a burst)
-    return 60.0 * (done - done_then) / (at - since)
+    except REDIS_ERRORS as exc:
+        cache_outage.failed("run rate readings", exc)
+        return None
+    if not oldest:
+        return None
+    then, _, count = oldest[0].decode().partition(":")
+    return float(then), int(count)
 
 
 def _forget_readings(run: Run) -> None:
+    if cache_outage.skipping():
+        return
     try:
         cache._cache.get_client(write=True).delete(_readings_key(run))
-    except Exception as exc:
-        logger.debug("run rate readings unavailable: %s", exc)
+    except REDIS_ERRORS as exc:
+        cache_outage.failed("run rate readings", exc)
 
 
 # --- time through send windows ---------------------------------------------------------------------------------

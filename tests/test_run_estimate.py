@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time as clock
@@ -147,6 +148,67 @@ def test_the_rate_is_the_last_minutes_and_leaves_the_start_up_out(london):
     )
 
 
+def test_without_redis_the_rate_is_the_one_since_sending_started(london, settings):
+    from django.core.cache import cache
+
+    from config.outage import cache_outage
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{port}/0"},
+    }
+    cache.close()
+    campaign = CampaignFactory(organisation=london)
+    last_batch = NOW - timedelta(seconds=1)
+    run = make_run(
+        campaign,
+        message_count=3000,
+        sent_count=1000,
+        started_sending_at=last_batch - timedelta(seconds=50),
+        last_progress_at=last_batch,
+    )
+    queue(run, 2000, NOW - timedelta(minutes=1))
+    try:
+        estimate = run_estimate(run, now=NOW)
+    finally:
+        cache_outage.reset()
+    assert estimate == RunEstimate(last_batch + timedelta(minutes=2000 / 1200), "observed 1,200/min")
+
+
+def test_a_pause_is_no_part_of_the_rate_after_resuming(london):
+    campaign = CampaignFactory(organisation=london)
+    started = NOW - timedelta(minutes=10)
+    run = make_run(campaign, message_count=5000, started_sending_at=started)
+    queue(run, 5000, started)
+
+    def read(at: datetime, **counters) -> RunEstimate:
+        Run.objects.filter(pk=run.pk).update(**counters)
+        return run_estimate(Run.objects.select_related("campaign__organisation").get(pk=run.pk), now=at)
+
+    def sent(count: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE delivery_message SET status = 'sent' WHERE id IN (SELECT id FROM delivery_message"
+                " WHERE run_id = %s AND status = 'queued' ORDER BY id LIMIT %s)",
+                [str(run.pk), count],
+            )
+
+    second = timedelta(seconds=1)
+    sent(500)
+    read(started + 30 * second, sent_count=500, last_progress_at=started + 30 * second)  # 1,000 a minute
+    read(started + 31 * second, status=Run.Status.PAUSED)  # paused for 40 s, while someone looks
+    sent(100)
+    read(started + 72 * second, status=Run.Status.SENDING, sent_count=600, last_progress_at=started + 72 * second)
+    sent(400)
+    # 400 in the 8 s since the first reading after resuming: 3,000 a minute. The reading from before the pause
+    # (within the last minute) would make it 500 in 50 s, 600 a minute, with the pause in it.
+    after = read(started + 80 * second, sent_count=1000, last_progress_at=started + 80 * second)
+    assert after.explanation == "observed 3,000/min"
+
+
 # --- send windows and deferred messages ---------------------------------------------------------------------------
 
 
@@ -283,7 +345,8 @@ def test_the_run_page_shows_the_estimate_beside_the_progress_bar(teammate):
     queue(run, 1200, due)
     html = _run_panel(teammate, campaign)
     beside_bar = re.search(
-        r'<div class="run-bar">\s*<div class="stacked" role="progressbar".*?</div>\s*(<span class="run-eta".*?</span></span>)',
+        r'<div class="run-bar">\s*<div class="stacked" role="progressbar".*?</div>\s*'
+        r'(<span class="run-eta".*?</span></span>)',
         html,
         re.S,
     )
