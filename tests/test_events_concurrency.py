@@ -97,6 +97,11 @@ def test_overlapping_batches_from_twenty_clients_store_every_event_once(
     expected_per_type = Counter(types[n % len(types)] for n in unique) + Counter(e["type"] for e in seed)
     catalogue = dict(EventType.objects.filter(organisation=organisation).values_list("name", "total_count"))
     assert catalogue == dict(expected_per_type)
+    # Each type's properties were merged from every batch into one entry: five examples at most, no duplicates.
+    for entry in EventType.objects.filter(organisation=organisation, name__in=types):
+        assert entry.properties["n"]["type"] == "number" and len(set(entry.properties["n"]["examples"])) == 5
+        assert entry.properties["even"] == {"type": "boolean", "examples": entry.properties["even"]["examples"]}
+        assert sorted(entry.properties["even"]["examples"]) == [False, True]
 
 
 def test_the_first_events_of_a_new_type_from_ten_clients_at_once_are_all_stored(live_server, api_key, teammate):
