@@ -1,11 +1,11 @@
 """When a run will finish: one estimate for the run page, its progress fragment and the API.
 
-What is left goes at a rate — the rate observed over the last minute of recorded batches once sending has started,
-the throttles' rate (delivery.throttle.effective_per_minute) when that is within 2 % of it or above, and the
-throttles' rate before sending starts —
-in order of due time: messages due now first, then the deferred ones (retries, marketing SMS waiting for the
-morning, quiet hours, local send times, a closed send window) from their due_at on, so the last due_at among queued
-messages is a lower bound. A campaign's send window stops the flow when it closes and resumes it when it opens.
+What is left goes in order of due time — messages due now first, then the deferred ones (retries, marketing SMS
+waiting for the morning, quiet hours, local send times, a closed send window) from their due_at on, so the last
+due_at among queued messages is a lower bound — at one rate: before sending starts, the throttles'
+(delivery.throttle.effective_per_minute); once it has, the rate observed over the last minute of recorded batches,
+or the throttles' when that is within 2 % of it or above. A campaign's send window stops the flow when it closes
+and resumes it when it opens.
 
 The send window is followed in the organisation's timezone, except that deferred messages due while the
 organisation's window is closed are taken to be recipients elsewhere whose own window opens then, and get a
@@ -19,9 +19,11 @@ Redis the rate is the one since sending started).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,6 +41,8 @@ RATE_WINDOW_SECONDS = 60.0
 RATE_MIN_SPAN_SECONDS = 2.0
 # An observed rate this close to the throttles' (or above) is the throttle at work: the estimate goes at its rate.
 LIMIT_REACHED = 0.98
+# A deferred-messages query slower than this is kept for a while (see _deferred).
+DEFERRED_CACHE_ABOVE_SECONDS = 0.02
 # How far ahead the walk through send windows looks before it gives up (a window of a minute a week is slow).
 HORIZON_DAYS = 400
 
@@ -120,9 +124,34 @@ def run_estimate(run: Run, *, now: datetime | None = None) -> RunEstimate:
 
 
 def _deferred(run: Run, now: datetime) -> list[tuple[datetime, int]]:
+    """The deferred messages by minute. A run with many (a million waiting for a send window: ~300 ms) keeps its
+    answer for a while, fifty times as long as it took (at most 30 s), so a page polling every second does not
+    spend the database on it: a minute's messages that fell due meanwhile are simply not waited for."""
+    key = cache.make_key(f"run-deferred:{run.pk}")
+    cached = _cache_call(lambda client: client.get(key))
+    if cached:
+        return [(datetime.fromisoformat(due_at), count) for due_at, count in json.loads(cached)]
+    began = perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(DEFERRED_SQL, [str(run.pk), now])
-        return [(due_at, count) for due_at, count in cursor.fetchall()]
+        rows = [(due_at, count) for due_at, count in cursor.fetchall()]
+    took = perf_counter() - began
+    if took > DEFERRED_CACHE_ABOVE_SECONDS:
+        payload = json.dumps([(due_at.isoformat(), count) for due_at, count in rows])
+        _cache_call(lambda client: client.set(key, payload, px=int(1000 * min(30.0, max(1.0, 50 * took)))))
+    return rows
+
+
+def _cache_call(call: Any) -> Any:
+    """A Redis call that answers None while Redis is unavailable (config.outage: a failure is skipped for a
+    while, not waited for on every page view)."""
+    if cache_outage.skipping():
+        return None
+    try:
+        return call(cache._cache.get_client(write=True))  # the redis-py client behind Django's Redis cache
+    except REDIS_ERRORS as exc:
+        cache_outage.failed("run estimate", exc)
+        return None
 
 
 # --- the observed rate --------------------------------------------------------------------------------------------
@@ -151,20 +180,17 @@ def _observed_per_minute(run: Run) -> float | None:
 def _readings_exchange(run: Run, at: float, done: int) -> tuple[float, int] | None:
     """Leave this reading (at, done) and return the oldest one within the last minute of recording but at least
     RATE_MIN_SPAN_SECONDS before it (None: none, or Redis is unavailable)."""
-    if cache_outage.skipping():
-        return None  # Redis just failed: do not make every page view wait for its timeout
-    try:
-        client = cache._cache.get_client(write=True)  # the redis-py client behind Django's Redis cache
-        key = _readings_key(run)
+    key = _readings_key(run)
+
+    def exchange(client: Any) -> list[bytes]:
         pipe = client.pipeline()
         pipe.zadd(key, {f"{at}:{done}": at})
         pipe.zremrangebyscore(key, "-inf", f"({at - 2 * RATE_WINDOW_SECONDS}")
         pipe.expire(key, int(4 * RATE_WINDOW_SECONDS))
         pipe.zrangebyscore(key, at - RATE_WINDOW_SECONDS, at - RATE_MIN_SPAN_SECONDS, start=0, num=1)
-        oldest = pipe.execute()[-1]
-    except REDIS_ERRORS as exc:
-        cache_outage.failed("run rate readings", exc)
-        return None
+        return pipe.execute()[-1]
+
+    oldest = _cache_call(exchange)
     if not oldest:
         return None
     then, _, count = oldest[0].decode().partition(":")
@@ -172,12 +198,7 @@ def _readings_exchange(run: Run, at: float, done: int) -> tuple[float, int] | No
 
 
 def _forget_readings(run: Run) -> None:
-    if cache_outage.skipping():
-        return
-    try:
-        cache._cache.get_client(write=True).delete(_readings_key(run))
-    except REDIS_ERRORS as exc:
-        cache_outage.failed("run rate readings", exc)
+    _cache_call(lambda client: client.delete(_readings_key(run)))
 
 
 # --- time through send windows ---------------------------------------------------------------------------------

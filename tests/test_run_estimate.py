@@ -300,6 +300,20 @@ def test_the_estimate_reads_the_run_row_and_one_index_query(london, django_asser
         run_estimate(run, now=NOW)
 
 
+def test_a_slow_deferred_count_is_kept_for_the_next_reads(london, monkeypatch, django_assert_num_queries):
+    from delivery import estimates
+
+    # As if the query were slow (a million messages waiting for a send window takes ~300 ms): every one is.
+    monkeypatch.setattr(estimates, "DEFERRED_CACHE_ABOVE_SECONDS", 0.0)
+    campaign = CampaignFactory(organisation=london, messages_per_minute=600)
+    run = make_run(campaign, status=Run.Status.READY, message_count=2000)
+    queue(run, 2000, NOW + timedelta(hours=3))
+    first = run_estimate(run, now=NOW)
+    with django_assert_num_queries(0):
+        again = run_estimate(run, now=NOW)
+    assert again == first
+
+
 # --- where it is shown ------------------------------------------------------------------------------------------
 
 
