@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +29,7 @@ from config.outage import REDIS_ERRORS, cache_outage, task_enqueue, task_enqueue
 from delivery import seeds
 from delivery.fanout import run_create, run_fan_out
 from delivery.models import Run
+from delivery.throttle import BURST_SECONDS
 
 logger = logging.getLogger(__name__)
 S = Run.Status
@@ -166,6 +168,10 @@ def run_send_spell(run_id: Any, *, lane: int = 0) -> int:
         if not held:
             return 0
         spell = sending.run_send_for(run_id, seconds=settings.DELIVERY_TASK_SECONDS, max_sleep=SLEEP_IN_TASK_SECONDS)
+    if spell.throttled and spell.slowest_batch > BURST_SECONDS * 0.8 and lane + 1 < settings.DELIVERY_PARALLELISM:
+        # Throttled, and the provider keeps a batch longer than the bucket holds tokens: another lane takes the
+        # tokens that accrue meanwhile (each lane asks for the next, up to DELIVERY_PARALLELISM).
+        _ask_for_lane(run_id, lane + 1)
     if spell.more:
         _ask_for_lane(run_id, lane)
     elif spell.wait:
@@ -210,6 +216,13 @@ SELECT EXISTS (
 """
 
 
+# A standing run's context (run, campaign, variants: what rendering needs) is kept by the worker process for this
+# long between sweeps. An active triggered campaign's content and settings cannot change (only drafts and paused
+# campaigns are edited, and a pause stops the run, which the claim checks in SQL), so this only saves queries.
+SWEEP_CONTEXT_SECONDS = 10.0
+_sweep_contexts: dict[Any, tuple[float, Any]] = {}
+
+
 def sweep_marker(organisation_id: Any, lane: int = 0) -> str:
     return f"trigger-sweep-pending:{organisation_id}:{lane}"
 
@@ -237,7 +250,7 @@ def trigger_sweep(organisation_id: Any, *, lane: int = 0) -> int:
     from delivery import sending
 
     _clear_marker(sweep_marker(organisation_id, lane))
-    contexts: dict[Any, Any] = {}
+    contexts = _sweep_contexts
     claimed, wait, more = 0, 0.0, False
     with advisory_lock(sweep_lock_name(organisation_id), lane) as held:
         if not held:
@@ -252,11 +265,12 @@ def trigger_sweep(organisation_id: Any, *, lane: int = 0) -> int:
                 due.reverse()  # the lanes start at opposite ends and meet in the middle
             progressed, waits = 0, []
             for run_id in due:
-                if run_id not in contexts:
-                    contexts[run_id] = sending._run_context(run_id)
-                if contexts[run_id] is None:
+                ctx = contexts.get(run_id)
+                if ctx is None or ctx[0] < monotonic():
+                    ctx = contexts[run_id] = (monotonic() + SWEEP_CONTEXT_SECONDS, sending._run_context(run_id))
+                if ctx[1] is None:
                     continue
-                result = sending.run_send_batch(run_id, ctx=contexts[run_id])
+                result = sending.run_send_batch(run_id, ctx=ctx[1])
                 progressed += result.claimed
                 if result.wait:
                     waits.append(result.wait)

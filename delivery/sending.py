@@ -156,6 +156,8 @@ class BatchResult:
     # Seconds until a throttle lets more through, set only when due messages were held back by it: an empty
     # bucket with nothing due is not a reason to come back.
     wait: float = 0.0
+    # A bucket gave fewer tokens than the batch could take, and all of them were used: due messages were held back.
+    throttled: bool = False
 
     @property
     def done(self) -> bool:
@@ -395,6 +397,7 @@ def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContex
                     waits.append(wait)
                 continue
             part = _send_claimed(ctx, channel=channel, limit=taken)
+            result.throttled = result.throttled or (taken < limit and part.claimed == taken)
             unused = taken - part.claimed + (part.counts or Counter())["deferred"]
             throttle.give_back(channel_buckets, unused)
             result.claimed += part.claimed
@@ -515,6 +518,11 @@ class SendSpell:
     more: bool = False
     # Due messages are held back by a throttle for this many seconds: come back then.
     wait: float = 0.0
+    # The longest a batch took (claim to record): a throttled lane whose batches outlast the bucket's burst loses
+    # tokens while it waits for the provider, and asks for another lane.
+    slowest_batch: float = 0.0
+    # A throttle held due messages back at some point of the spell.
+    throttled: bool = False
 
 
 def run_send_for(
@@ -528,10 +536,14 @@ def run_send_for(
     ctx = _run_context(run_id)
     spell = SendSpell()
     while ctx is not None:
+        began = time.monotonic()
         result = run_send_batch(run_id, batch_size=batch_size, ctx=ctx)
         spell.claimed += result.claimed
+        if result.claimed:
+            spell.slowest_batch = max(spell.slowest_batch, time.monotonic() - began)
         if result.done:
             return spell
+        spell.throttled = spell.throttled or result.throttled or bool(result.wait)
         left = (deadline - timezone.now()).total_seconds()
         if result.wait and not result.claimed:
             if left <= 0 or (max_sleep is not None and result.wait > max_sleep):
