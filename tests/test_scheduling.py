@@ -30,6 +30,10 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
+def _in_ten_minutes() -> str:
+    return (timezone.now() + timedelta(minutes=10)).isoformat()
+
+
 # --- the cron evaluator -------------------------------------------------------------------------------------
 
 
@@ -127,7 +131,8 @@ def test_recurring_schedule_is_an_alarm_at_its_next_occurrence_in_the_campaign_t
     campaign = CampaignFactory(organisation=teammate.organisation)
     response = teammate.api.post(
         f"/api/v1/campaigns/{campaign.pk}/schedule/",
-        {"recurrence": "daily", "time": "09:30", "timezone": "America/New_York"},
+        # starts_at: a first run under 5 minutes away is refused, whatever the hour the suite runs at
+        {"recurrence": "daily", "time": "09:30", "timezone": "America/New_York", "starts_at": _in_ten_minutes()},
         format="json",
     )
     assert response.status_code == 200, response.data
@@ -180,7 +185,9 @@ def test_an_alarm_starts_one_run_per_occurrence(teammate, django_capture_on_comm
 
 
 def test_a_recurring_campaign_goes_back_to_waiting_after_each_run(teammate, django_capture_on_commit_callbacks):
-    campaign = _scheduled(teammate, recurrence="daily", time="07:00", timezone="Europe/Paris")
+    campaign = _scheduled(
+        teammate, recurrence="daily", time="07:00", timezone="Europe/Paris", starts_at=_in_ten_minutes()
+    )
     first = campaign.scheduled_at
     with django_capture_on_commit_callbacks(execute=False):
         run = runs.campaign_schedule_fire(campaign.pk, now=first)
@@ -253,7 +260,14 @@ def test_http_task_service_registers_with_a_signed_callback(
     settings.TASK_SERVICE_URL = task_server
     settings.TASK_SERVICE_TOKEN = "svc-token"
     with django_capture_on_commit_callbacks(execute=True):  # the call is made once the schedule has committed
-        campaign = _scheduled(teammate, recurrence="weekly", time="18:00", weekdays=["fri"], timezone="Asia/Kolkata")
+        campaign = _scheduled(
+            teammate,
+            recurrence="weekly",
+            time="18:00",
+            weekdays=["fri"],
+            timezone="Asia/Kolkata",
+            starts_at=_in_ten_minutes(),
+        )
     [(method, path, sent)] = FakeTaskService.requests
     assert (method, path) == ("PUT", f"/tasks/{alarm_key(campaign.pk)}")
     assert sent["auth"] == "Bearer svc-token"
