@@ -62,7 +62,9 @@ def trigger_run_open(campaign: Campaign) -> Run:
 def _count(decisions: Mapping[tuple[Any, str], int], now: datetime) -> None:
     if not decisions:
         return
-    rows = [{"c": str(campaign), "d": decision, "n": n} for (campaign, decision), n in decisions.items() if n]
+    # In key order: concurrent event batches update the same counters, and one order means they wait, not deadlock.
+    counted = sorted((str(campaign), decision, n) for (campaign, decision), n in decisions.items() if n)
+    rows = [{"c": campaign, "d": decision, "n": n} for campaign, decision, n in counted]
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO delivery_triggerdecision (campaign_id, decision, count, last_at)"

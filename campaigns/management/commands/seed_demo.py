@@ -262,9 +262,9 @@ class Command(BaseCommand):
             for step in spec["then"]:
                 services.campaign_transition(actor=actor, campaign_id=campaign.pk, action=step)
             if "schedule" in spec:
-                services.campaign_transition(
-                    actor=actor, campaign_id=campaign.pk, action="schedule", schedule=spec["schedule"]
-                )
+                # A first run must be 5 minutes ahead: whatever the hour `make run` starts at, it is.
+                schedule = {**spec["schedule"], "starts_at": now + timedelta(minutes=10)}
+                services.campaign_transition(actor=actor, campaign_id=campaign.pk, action="schedule", schedule=schedule)
 
     def _demo_key(self, organisation: Organisation, key_file: Path) -> str:
         """The secret is only known at creation, so it is kept in .data/ for later runs to print again."""
