@@ -330,10 +330,14 @@ def runs_on_campaign_start(campaign: Campaign, *, occurrence: datetime | None) -
 #   or closes the run first and the batch adds nothing.
 # - A worker holds its claimed message rows (taken with SKIP LOCKED, so it never waited for them) and may then wait
 #   for the run row to add its counters: nobody holding a run row waits for message rows, so there is no cycle.
+# - Finishing a run (run_finish_if_done) locks its campaign before the run, like a transition.
 #
 # The run's status is what workers obey: set first, and re-read by the worker in a fresh statement right before
 # each hand-off (delivery.sending). A batch claimed before a cancel or pause is not handed over after it; its rows
-# are released, still queued. A batch already with the provider is recorded as sent. Queued rows of a stopped run
+# are released, still queued. (Left open is only the instant between that read and the backend call: a batch whose
+# read just preceded the commit reaches the provider milliseconds later, more on a starved CPU. Closing it would
+# mean waiting for the provider call, which is what the answer must not do.) A batch already with the provider is
+# recorded as sent. Queued rows of a stopped run
 # that were locked when the cancel ran are cancelled by whoever sees them last: the worker after recording its
 # batch (under the run row's lock, so the cancel's status is visible), or run_cancel_leftovers from the pump.
 
