@@ -323,3 +323,55 @@ def test_the_clock_reading_itself_sees_the_changes_it_is_meant_to():
     assert date(2011, 12, 30) not in {
         (utc(2011, 12, 29) + i * MINUTE).astimezone(ZoneInfo("Pacific/Apia")).date() for i in range(3 * 1440)
     }
+
+
+def test_a_contact_zone_postgresql_does_not_know_is_read_as_utc_at_fan_out_and_claim(
+    organisation, django_capture_on_commit_callbacks
+):
+    from audiences.contacts import contacts_upsert_rows
+    from audiences.models import Contact
+    from campaigns.models import Variant
+    from compliance.models import ContactPreference
+    from delivery import runs, sending
+    from delivery.fanout import run_create
+    from delivery.models import Message
+    from tests.factories import CampaignFactory
+
+    contacts_upsert_rows(
+        organisation=organisation, rows=[{"external_id": "z1", "email": "z1@example.com", "timezone": "Europe/Paris"}]
+    )
+    contact = Contact.objects.get(organisation=organisation, external_id="z1")
+    # A name that reached the row without the import's check (or left the tz data since): no crash, UTC.
+    Contact.objects.filter(pk=contact.pk).update(timezone="Mars/Olympus")
+    hour = datetime.now(UTC).hour
+    # Personal quiet hours the claim reads in the contact's zone (as UTC: not now), and a window around now (UTC).
+    ContactPreference.objects.create(
+        contact=contact,
+        organisation=organisation,
+        quiet_hours_start=time((hour + 3) % 24),
+        quiet_hours_end=time((hour + 4) % 24),
+    )
+    sent_now = CampaignFactory(
+        organisation=organisation,
+        channels=["email"],
+        audience_rules={"field": "external_id", "op": "eq", "value": "z1"},
+        send_window_start=time((hour + 23) % 24),
+        send_window_end=time((hour + 2) % 24),
+        sandbox_profile={"failed": 0, "bounced": 0},
+    )
+    at_nine = CampaignFactory(
+        organisation=organisation,
+        channels=["email"],
+        audience_rules={"field": "external_id", "op": "eq", "value": "z1"},
+        local_send_time=time(9),
+    )
+    assert Variant.objects.filter(campaign__in=[sent_now, at_nine]).count() == 2
+    for campaign in (sent_now, at_nine):
+        with django_capture_on_commit_callbacks(execute=False):
+            runs.run_prepare(run_create(campaign=campaign).pk)
+    sending.run_send_for(Message.objects.get(run__campaign=sent_now).run_id, seconds=10)
+    assert Message.objects.get(run__campaign=sent_now).status == "delivered"  # the sandbox confirms at once
+    message = Message.objects.get(run__campaign=at_nine)
+    fanned_out_at = message.run.fanned_out_at
+    nine = datetime.combine(fanned_out_at.date(), time(9), tzinfo=UTC)
+    assert message.due_at == (nine if nine >= fanned_out_at else nine + timedelta(days=1))
