@@ -165,17 +165,20 @@ def test_each_recipient_gets_the_message_at_the_local_time_wherever_they_are(tea
     queue = app.conf.task_default_queue  # this session's: the API's on-commit tasks go there
     with engine(tmp_path, queue):
         assert _wait_for(_worker_ready, until=time.time() + 60), "the worker did not start"
-        # The local time: Honolulu's next whole minute at least 20 s ahead (room for the fan-out). Kiritimati's
-        # clock shows the same time then, a day later. If that is 23:00 or later, Honolulu's date ends before any
-        # zone east of it could have passed it today, so Pago Pago (-11) and Tonga (+13) are the pair instead.
-        due = (timezone.now() + timedelta(seconds=80)).replace(second=0, microsecond=0)
+        # The local time: Honolulu's next whole minute at least 30 s ahead (room for the fan-out); Kiritimati's
+        # clock shows the same time then, on the next date. At 23:xx in Honolulu the zones an hour or two east are
+        # past midnight and none has passed it today, so Pago Pago (-11) and Tonga (+13) are the pair instead,
+        # with Honolulu an hour east of them.
+        due = (timezone.now() + timedelta(seconds=90)).replace(second=0, microsecond=0)
         pair = ("Pacific/Honolulu", "Pacific/Kiritimati")
         if due.astimezone(ZoneInfo(pair[0])).hour == 23:
             pair = ("Pacific/Pago_Pago", "Pacific/Tongatapu")
         local_time = due.astimezone(ZoneInfo(pair[0])).time()
-        response = teammate.api.patch(
-            f"/api/v1/campaigns/{campaign.pk}/", {"local_send_time": local_time.strftime("%H:%M")}, format="json"
-        )
+        url = f"/api/v1/campaigns/{campaign.pk}/"
+        for bad in ({"local_send_time": "25:00"}, {"local_send_time": "nine"}):
+            response = teammate.api.patch(url, bad, format="json")
+            assert response.status_code == 400 and set(response.data) == {"local_send_time"}, response.data
+        response = teammate.api.patch(url, {"local_send_time": local_time.strftime("%H:%M")}, format="json")
         assert response.status_code == 200, response.data
         response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/")
         assert response.status_code == 200, response.data
