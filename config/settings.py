@@ -186,10 +186,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
     "socket_timeout": REDIS_SOCKET_TIMEOUT,
 }
-# One retry (a pooled connection gone stale across a Redis restart reconnects), then the publish fails fast: the
-# caller logs it and the pump finds the work in PostgreSQL (config.outage.task_enqueue). The default, three retries
-# 0.2 s apart, kept a request waiting 0.7 s on a dead broker.
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
+# No retry: a publish that fails fails fast, the caller logs it and the pump finds the work in PostgreSQL
+# (config.outage.task_enqueue). The default, three retries 0.2 s apart, kept a request 0.7 s on a dead broker, and
+# each retry waits another socket timeout on a hung one. A pooled connection gone stale across a Redis restart needs
+# no retry here: redis-py reconnects.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 0}
 # An import still pending this long is taken for one whose task message was lost, and asked for again.
 CONTACT_IMPORT_STALL_SECONDS = float(envstr("CONTACT_IMPORT_STALL_SECONDS", "60"))
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
