@@ -65,6 +65,8 @@ BURST_SECONDS = 1.0
 # What arrives at the provider is a hand-off later than the tokens were taken, and hand-offs do not all take the
 # same time: a quarter of a second of that jitter is kept out of every window, so none holds more than N on the wire.
 JITTER_SECONDS = 0.25
+# How late (in tokens) a lane may come back for a token without the bucket overflowing.
+LATE_TOKENS = 0.25
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,18 @@ class Bucket:
 
     @property
     def capacity(self) -> float:
-        return max(1.0, self.per_minute * BURST_SECONDS / self.window_seconds)
+        # At least a token and a quarter: at a token a second or slower, a lane comes back for the next token a
+        # little after it is whole (a task's round trip), and a bucket capped at exactly one would throw that
+        # time away on every token (N=60 delivered 4 % short).
+        return max(1.0 + LATE_TOKENS, self.per_minute * BURST_SECONDS / self.window_seconds)
 
     @property
     def rate(self) -> float:
-        """Tokens per second such that any window holds at most N (a full bucket plus a window's refill, and the
-        hand-off jitter)."""
-        headroom = self.capacity + self.per_minute * JITTER_SECONDS / self.window_seconds
+        """Tokens per second such that no window holds more than N messages: a full bucket plus a window's refill,
+        and the hand-off jitter — which can only add a whole message to a window once a quarter second's refill
+        reaches one message (below that, the window's bound is the bucket's alone)."""
+        jitter = self.per_minute * JITTER_SECONDS / self.window_seconds
+        headroom = self.capacity + (jitter if jitter >= 1.0 else 0.0)
         return max(self.per_minute - headroom, self.per_minute * 0.5) / self.window_seconds
 
 
