@@ -231,7 +231,7 @@ def test_seed_copies_are_asked_for_on_commit_and_recovered_by_the_pump(
     run, callbacks = _send_run(teammate, campaign, django_capture_on_commit_callbacks)
     asked: list[str] = []
     monkeypatch.setattr(tasks.run_seed_copies_task, "delay", asked.append)
-    monkeypatch.setattr(tasks.run_send_task, "delay", lambda run_id: None)
+    monkeypatch.setattr(tasks.run_send_task, "delay", lambda *args: None)
     monkeypatch.setattr(tasks.run_prepare_task, "delay", lambda run_id: None)
     for callback in callbacks:
         callback()
