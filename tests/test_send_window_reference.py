@@ -44,6 +44,7 @@ ZONES = (
     "Asia/Kolkata",
     "America/Sao_Paulo",
     "Pacific/Apia",
+    "CET",  # an IANA name PostgreSQL also knows as a fixed-offset abbreviation
     "UTC",
 )
 # Years with clock changes worth reading: Kiritimati's and Apia's skipped days, São Paulo's last DST years
@@ -300,6 +301,11 @@ def utc(*args: int) -> datetime:
         (utc(2026, 12, 4, 18), "Pacific/Kiritimati", {"local": time(9)}, utc(2026, 12, 4, 19)),
         # 09:00 already passed today in Kolkata (23:30 IST): tomorrow's, 03:30 UTC.
         (utc(2026, 12, 4, 18), "Asia/Kolkata", {"local": time(9)}, utc(2026, 12, 5, 3, 30)),
+        # IANA names that are also abbreviations keep their summer time (not CET's fixed +01 and so on).
+        (utc(2026, 7, 1, 1), "CET", {"local": time(9)}, utc(2026, 7, 1, 7)),
+        (utc(2026, 7, 1, 1), "MET", {"local": time(9)}, utc(2026, 7, 1, 7)),
+        (utc(2026, 7, 1, 1), "EET", {"local": time(9)}, utc(2026, 7, 1, 6)),
+        (utc(2026, 7, 1, 1), "WET", {"local": time(9)}, utc(2026, 7, 1, 8)),
     ],
 )
 def test_cases_from_the_issue(now, tz, rules, expected):

@@ -125,6 +125,10 @@ BEGIN
     IF now_ts IS NULL THEN
         RETURN NULL;
     END IF;
+    -- Four IANA names are also time zone abbreviations, which AT TIME ZONE reads first, as fixed offsets (CET as
+    -- +01 all summer). IANA itself now makes them links to these cities (tzdata 2024b); their rules agree since 1997.
+    zone := CASE zone WHEN 'CET' THEN 'Europe/Brussels' WHEN 'MET' THEN 'Europe/Brussels'
+                      WHEN 'EET' THEN 'Europe/Athens' WHEN 'WET' THEN 'Europe/Lisbon' ELSE zone END;
     BEGIN
         local_now := now_ts AT TIME ZONE zone;
     EXCEPTION WHEN invalid_parameter_value THEN
