@@ -102,7 +102,8 @@ TEXT = (
     'Balance: {{ "%.2f" | format(contact.attributes.balance | default(0)) }} GBP\n'
     "Tags: {% for t in contact.attributes.tags | default([]) %}{{ t | upper }}{% if not loop.last %}, {% endif %}"
     "{% else %}none{% endfor %}\n"
-    'City: {{ contact.attributes.city | default("?") }}'
+    'City: {{ contact.attributes.city | default("?") }}\n'
+    "Ref: {{ contact.external_id }}, joined {{ contact.created_at }}"
 )
 HTML = (
     f"<html><body><h1>Hello {NAME}!</h1><p>Plan: {PLAN}</p>"
@@ -325,6 +326,12 @@ def _body(text: str) -> str:
     return text.split(FOOTER, 1)[0]
 
 
+def _expected_text(key: str) -> str:
+    # The profile's standard fields too: created_at as the ORM reads it, in ISO form (the claim builds it in SQL).
+    joined = Contact.objects.get(external_id=key).created_at.isoformat()
+    return f"{EXPECTED_TEXT[key]}\nRef: {key}, joined {joined}"
+
+
 def _preview(persona, campaign_id: str, channel: str, contact_id: int) -> dict:
     response = persona.api.post(
         f"/api/v1/campaigns/{campaign_id}/preview/", {"channel": channel, "contact_id": contact_id}, format="json"
@@ -404,7 +411,7 @@ def test_preview_test_send_and_real_send_read_the_same_attributes(teammate, cont
         subject, text, html = _mail(raw)
         # The real send: the exact text this contact should read.
         assert subject == EXPECTED_SUBJECT[key]
-        assert _body(text) == EXPECTED_TEXT[key]
+        assert _body(text) == _expected_text(key)
         assert EXPECTED_HTML[key] in html
         assert _sms_to(contact["phone"]) == [EXPECTED_SMS[key]]
         assert json.loads(_webhooks()[key]) == EXPECTED_WEBHOOK[key]
@@ -452,7 +459,7 @@ def test_a_triggered_send_reads_the_same_attributes_as_its_preview(teammate, con
         (raw,) = _received_by(smtp, contact["email"])
         subject, text, html = _mail(raw)
         assert subject == EXPECTED_SUBJECT[key] == previews[key]["subject"]
-        assert _body(text) == EXPECTED_TEXT[key] == _body(previews[key]["text"])
+        assert _body(text) == _expected_text(key) == _body(previews[key]["text"])
         assert EXPECTED_HTML[key] in html and EXPECTED_HTML[key] in previews[key]["html"]
 
 
