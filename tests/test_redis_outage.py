@@ -29,6 +29,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
+from kombu import pools
+from kombu.utils.collections import eqhash
 
 from audiences.contacts import contacts_upsert_rows
 from audiences.models import Contact, ContactImport
@@ -120,13 +122,22 @@ class PrivateRedis:
 
 
 def _point_celery_at(url: str) -> None:
-    """This process's producer pool is made for the broker URL it first used: drop it so the next publish
-    connects to `url`."""
+    """This process's producer pool is made for the broker URL it first used: drop the app's references so the
+    next publish connects to `url` (kombu's global pools for the other URL stay, open, for when it is back)."""
     celery_app.conf.broker_url = url
     celery_app.amqp._producer_pool = None
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    celery_app._pool = None
+
+
+def _forget_broker() -> None:
+    """Close and unregister kombu's global pools for the current broker URL (a private Redis about to go away), so
+    no later test gets a pool whose connections went with it."""
+    connection_for_key = celery_app.connection_for_write()
+    for group in (pools.producers, pools.connections):
+        pool = group.pop(eqhash(connection_for_key), None)
+        if pool is not None:
+            pool.force_close_all()
+    connection_for_key.release()
 
 
 @pytest.fixture
@@ -142,6 +153,7 @@ def redis_server(tmp_path, settings) -> Iterator[PrivateRedis]:
     cache_outage.reset()
     broker_outage.reset()
     yield server
+    _forget_broker()
     _point_celery_at(previous_broker)
     cache.close()
     cache_outage.reset()
