@@ -449,12 +449,8 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
             return BatchResult()
         token = progress.in_flight_add(ctx.run.pk, len(rows))
         try:
-            deferred = [
-                Outcome(row[0], "defer", retry_after=(row[15] - now).total_seconds())
-                for row in rows
-                if row[15] is not None and row[15] > now
-            ]
-            sendable = [row for row in rows if row[15] is None or row[15] <= now] if deferred else rows
+            deferred_rows = [row for row in rows if row[15] is not None and row[15] > now]
+            sendable = [row for row in rows if row[15] is None or row[15] <= now] if deferred_rows else rows
             caps = caps_module.caps_for(campaign)
             capped: list[Outcome] = []
             if caps:
@@ -465,9 +461,15 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
             if not _run_still_sending(cursor, ctx.run.pk):
                 # Paused or cancelled since the claim: nothing of this batch reaches the provider and nothing of it
                 # is recorded; its rows stay queued, for resume, or to be cancelled in _record for a stopped run.
-                outgoing, outcomes, deferred, capped = [], [], [], []
+                outgoing, outcomes, deferred_rows, capped = [], [], [], []
             outcomes.extend(_hand_off(ctx, outgoing))
-            counts = _record(ctx, rows, [*outcomes, *deferred, *capped], timezone.now())
+            recorded_at = timezone.now()
+            # A deferred row is due exactly when its window opens: its delay counts from the recording instant.
+            deferred = [
+                Outcome(row[0], "defer", retry_after=max(0.0, (row[15] - recorded_at).total_seconds()))
+                for row in deferred_rows
+            ]
+            counts = _record(ctx, rows, [*outcomes, *deferred, *capped], recorded_at)
             if caps:
                 sent_ids = {o.message_id for o in outcomes if o.status in SENT_STATUSES}
                 caps_module.count_sends(campaign, sendable, sent_ids, now)

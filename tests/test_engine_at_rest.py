@@ -94,9 +94,7 @@ def test_after_a_throttled_run_and_a_cancelled_run_the_engine_is_at_rest(
         # 60 messages at 1,200 a minute: three seconds of throttled sending, then done.
         finished = _start(teammate, _throttled_campaign(teammate, "f", 60, 1200), django_capture_on_commit_callbacks)
         # 2,000 at 600 a minute would take minutes: cancelled once it is sending.
-        cancelled = _start(
-            teammate, _throttled_campaign(teammate, "c", 2000, 600), django_capture_on_commit_callbacks
-        )
+        cancelled = _start(teammate, _throttled_campaign(teammate, "c", 2000, 600), django_capture_on_commit_callbacks)
         assert _wait_for(lambda: Run.objects.get(pk=cancelled.pk).sent_count >= 5, 60), "never started sending"
         services.campaign_transition(actor=teammate.actor, campaign_id=cancelled.campaign_id, action="cancel")
         assert _wait_for(lambda: Run.objects.get(pk=finished.pk).status == "completed", 60), Run.objects.get(
