@@ -85,6 +85,8 @@ def _ask(marker: str, task: Any, *args: Any, countdown: float = 0.0) -> bool:
     in PostgreSQL and the pump asks again once it is back."""
     from django.core.cache import cache
 
+    if cache_outage.skipping():
+        return False  # Redis just failed: do not make every ingestion wait a timeout for it; the pump asks later
     try:
         if not cache.add(marker, 1, timeout=int(countdown + KICK_PENDING_SECONDS)):
             return False

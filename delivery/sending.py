@@ -443,11 +443,17 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
         "freeform_whatsapp": whatsapp_freeform_variants(ctx.variants.values()),
     }
     with transaction.atomic(), connection.cursor() as cursor:
+        # The batch's record need not wait for its WAL flush: a crash loses at most the last fraction of a second of
+        # records, whose rows go back to queued and are handed over again under the same idempotency keys — the
+        # at-least-once the engine promises anyway — while every batch stops paying a disk flush (half of a
+        # triggered send's latency with a hundred campaigns sending a message or two at a time).
+        cursor.execute("SET LOCAL synchronous_commit = off")
         cursor.execute(CLAIM_SQL, params)
         rows = cursor.fetchall()
         if not rows:
             return BatchResult()
-        token = progress.in_flight_add(ctx.run.pk, len(rows))
+        # In flight, for the progress bar; a standing trigger run has none, and its batches are a message or two.
+        token = progress.in_flight_add(ctx.run.pk, len(rows)) if ctx.run.trigger != Run.Trigger.EVENT else ""
         try:
             deferred_rows = [row for row in rows if row[15] is not None and row[15] > now]
             sendable = [row for row in rows if row[15] is None or row[15] <= now] if deferred_rows else rows
@@ -474,7 +480,8 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
                 sent_ids = {o.message_id for o in outcomes if o.status in SENT_STATUSES}
                 caps_module.count_sends(campaign, sendable, sent_ids, now)
         finally:
-            progress.in_flight_done(ctx.run.pk, token)
+            if token:
+                progress.in_flight_done(ctx.run.pk, token)
     return BatchResult(claimed=len(rows), counts=counts)
 
 
