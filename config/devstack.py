@@ -153,7 +153,9 @@ def run() -> int:
         port = os.environ.get("PORT", "8000")
         commands = {
             "web": [*manage, "runserver", f"{host}:{port}", "--noreload"],
-            "worker": [python, "-m", "celery", "-A", "config", "worker", "-l", "info", "--concurrency", "2"],
+            # Sending waits on providers (the demo's sandbox takes 400 ms a batch): four processes, as in
+            # docker-compose, so a few throttled campaigns at once do not queue behind each other.
+            "worker": [python, "-m", "celery", "-A", "config", "worker", "-l", "info", "--concurrency", "4"],
             "beat": [
                 python,
                 "-m",

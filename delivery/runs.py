@@ -74,9 +74,11 @@ def kick_marker(run_id: Any, lane: int = 0) -> str:
 # with a Redis restart); the pump asks again after that.
 KICK_PENDING_SECONDS = 15
 # A throttle's wait up to this long is slept inside the task; a longer one ends the task with a follow-up task
-# at the time the tokens are there (a Celery countdown, which holds no worker), at most this long ahead — a longer
-# wait is simply another follow-up then.
-SLEEP_IN_TASK_SECONDS = 0.5
+# at the time the tokens are there (a Celery countdown, which holds no worker), at most FOLLOW_UP_MAX_SECONDS ahead —
+# a longer wait is simply another follow-up then. None is slept: a throttled lane asleep in a worker process kept
+# other campaigns' lanes waiting for a process (two worker processes, four throttled campaigns: the slowest got a
+# third of its rate).
+SLEEP_IN_TASK_SECONDS = 0.0
 FOLLOW_UP_MAX_SECONDS = 300.0
 
 

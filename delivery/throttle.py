@@ -25,9 +25,11 @@ from django.core.cache import cache
 
 TAKE = """
 local want = tonumber(ARGV[1])
+local fraction = tonumber(ARGV[#ARGV])
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local available = want
+local worthwhile = 1
 local state = {}
 for i, key in ipairs(KEYS) do
     local rate = tonumber(ARGV[2 * i])
@@ -38,15 +40,25 @@ for i, key in ipairs(KEYS) do
     tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
     state[i] = tokens
     available = math.min(available, math.floor(tokens))
+    worthwhile = math.max(worthwhile, math.floor(capacity * fraction))
+end
+-- A batch is worth a provider call once REFILL_FRACTION of the bucket has accrued (or all that is wanted):
+-- handing out a token or two at a time would keep a worker process busy with tiny batches all the time.
+if available < math.min(want, worthwhile) then
+    available = 0
 end
 local wait = 0
 for i, key in ipairs(KEYS) do
     local rate = tonumber(ARGV[2 * i])
+    local capacity = tonumber(ARGV[2 * i + 1])
     local tokens = state[i] - available
     redis.call('HSET', key, 't', tostring(tokens), 'ts', tostring(now))
     redis.call('EXPIRE', key, 7200)
     if available < want then
-        wait = math.max(wait, (math.floor(tokens) + 1 - tokens) / rate)
+        -- Come back when a worthwhile batch has accrued (REFILL_FRACTION of the bucket, at least a token), not for
+        -- every single token: a throttled lane then takes a worker once a second or so, not dozens of times.
+        local target = math.max(1, math.min(want, math.floor(capacity * fraction)))
+        wait = math.max(wait, math.max(0, target - tokens) / rate)
     end
 end
 return {available, tostring(wait)}
@@ -67,6 +79,9 @@ BURST_SECONDS = 1.0
 JITTER_SECONDS = 0.25
 # How late (in tokens) a lane may come back for a token without the bucket overflowing.
 LATE_TOKENS = 0.25
+# An empty bucket's wait is until it holds this fraction of its capacity again: the rest of the second is slack for
+# the follow-up task's round trip, so nothing accrues past the capacity and is lost.
+REFILL_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,7 @@ def take(buckets: list[Bucket], want: int) -> tuple[int, float]:
     args: list[Any] = [want]
     for bucket in buckets:
         args.extend([bucket.rate, bucket.capacity])
+    args.append(REFILL_FRACTION)
     taken, wait = _client().eval(TAKE, len(keys), *keys, *args)
     return int(taken), float(wait)
 
