@@ -122,18 +122,20 @@ def campaign_buckets(campaign: Any, channel: str) -> list[Bucket]:
     return buckets
 
 
-def effective_per_minute(campaign: Any, channels: list[str]) -> float | None:
-    """The most messages a minute this campaign can send (None: unlimited), for estimates."""
+def binding_limit(campaign: Any, channels: list[str]) -> tuple[float, float] | None:
+    """The limit that decides how fast this campaign can go, as (messages a minute the bucket lets through, the
+    limit as configured, a minute's share of it); None when nothing limits it. The first is a little under the
+    second: a bucket keeps its burst and the hand-off jitter inside every window."""
     organisation = campaign.organisation
-    limits: list[float] = []
+    limits: list[tuple[float, float]] = []
     per_minute = campaign.messages_per_minute or organisation.default_messages_per_minute
     per_hour = campaign.messages_per_hour or organisation.default_messages_per_hour
     if per_minute:
-        limits.append(Bucket("", float(per_minute)).rate * 60)
+        limits.append((Bucket("", float(per_minute)).rate * 60, float(per_minute)))
     if per_hour:
-        limits.append(Bucket("", float(per_hour), window_seconds=3600).rate * 60)
+        limits.append((Bucket("", float(per_hour), window_seconds=3600).rate * 60, per_hour / 60))
     channel_limits = [
-        Bucket("", float(limit)).rate * 60
+        (Bucket("", float(limit)).rate * 60, float(limit))
         for channel, limit in (organisation.channel_limits_per_minute or {}).items()
         if channel in channels and limit
     ]
@@ -141,6 +143,12 @@ def effective_per_minute(campaign: Any, channels: list[str]) -> float | None:
         # Messages of different channels queue behind their own limits; the slowest channel decides.
         limits.append(min(channel_limits))
     return min(limits) if limits else None
+
+
+def effective_per_minute(campaign: Any, channels: list[str]) -> float | None:
+    """The most messages a minute this campaign can send (None: unlimited), for estimates."""
+    limit = binding_limit(campaign, channels)
+    return limit[0] if limit else None
 
 
 def _client() -> Any:

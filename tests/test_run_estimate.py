@@ -42,6 +42,12 @@ def per_minute(rate: float) -> str:
     return f"{rate:,.0f}"
 
 
+def nominal_of(campaign: Campaign) -> float:
+    binding = throttle.binding_limit(campaign, list(campaign.channels))
+    assert binding is not None
+    return binding[1]
+
+
 def limit_of(campaign: Campaign) -> float:
     rate = throttle.effective_per_minute(campaign, list(campaign.channels))
     assert rate is not None
@@ -82,7 +88,7 @@ def test_before_sending_starts_the_estimate_goes_at_the_limits_rate(london):
     queue(run, 1200, NOW)
     limit = limit_of(campaign)
     assert run_estimate(run, now=NOW) == RunEstimate(
-        NOW + timedelta(minutes=1200 / limit), f"at {per_minute(limit)}/min limit"
+        NOW + timedelta(minutes=1200 / limit), f"at the {per_minute(nominal_of(campaign))}/min limit"
     )
 
 
@@ -114,7 +120,7 @@ def test_the_limit_caps_an_observed_burst(london):
     queue(run, 600, NOW - timedelta(minutes=1))
     limit = limit_of(campaign)
     assert run_estimate(run, now=NOW) == RunEstimate(
-        last_batch + timedelta(minutes=600 / limit), f"at {per_minute(limit)}/min limit"
+        last_batch + timedelta(minutes=600 / limit), f"at the {per_minute(nominal_of(campaign))}/min limit"
     )
 
 
@@ -222,7 +228,7 @@ def test_a_closed_send_window_moves_the_finish_past_its_opening(london):
     limit = limit_of(campaign)
     assert run_estimate(run, now=evening) == RunEstimate(
         utc(2026, 11, 26, 9, 0) + timedelta(minutes=1200 / limit),
-        f"at {per_minute(limit)}/min limit; waits for send window Thu 26 Nov 09:00 GMT",
+        f"at the {per_minute(nominal_of(campaign))}/min limit; waits for send window Thu 26 Nov 09:00 GMT",
     )
 
 
@@ -237,7 +243,7 @@ def test_the_flow_stops_when_the_window_closes_and_goes_on_when_it_opens(london)
     left_for_tomorrow = 1200 - 10 * limit  # ten minutes before 17:00 at the limit's rate
     assert run_estimate(run, now=before_close) == RunEstimate(
         utc(2026, 11, 26, 9, 0) + timedelta(minutes=left_for_tomorrow / limit),
-        f"at {per_minute(limit)}/min limit; across send windows",
+        f"at the {per_minute(nominal_of(campaign))}/min limit; across send windows",
     )
 
 
@@ -269,7 +275,7 @@ def test_marketing_sms_deferred_to_eight_make_it_the_lower_bound(london):
     limit = limit_of(campaign)
     assert run_estimate(run, now=night) == RunEstimate(
         utc(2026, 11, 26, 8, 0) + timedelta(minutes=200 / limit),
-        f"at {per_minute(limit)}/min limit; waits for messages due Thu 26 Nov 08:00 GMT",
+        f"at the {per_minute(nominal_of(campaign))}/min limit; waits for messages due Thu 26 Nov 08:00 GMT",
     )
 
 
@@ -287,7 +293,8 @@ def test_a_retry_due_after_the_rest_is_sent_is_waited_for(london):
     queue(run, 1, retry_due)
     limit = limit_of(campaign)
     assert run_estimate(run, now=NOW) == RunEstimate(
-        retry_due + timedelta(minutes=1 / limit), f"at {per_minute(limit)}/min limit; waits for messages due 12:07 GMT"
+        retry_due + timedelta(minutes=1 / limit),
+        f"at the {per_minute(nominal_of(campaign))}/min limit; waits for messages due 12:07 GMT",
     )
 
 
@@ -344,7 +351,7 @@ def test_the_api_gives_the_estimate_and_its_basis_while_sending(teammate):
     expected = timedelta(minutes=1200 / limit)
     assert (before + expected <= at <= datetime.now(UTC) + expected, body["estimate_basis"]) == (
         True,
-        f"at {per_minute(limit)}/min limit",
+        f"at the {per_minute(nominal_of(campaign))}/min limit",
     )
 
 
@@ -368,8 +375,8 @@ def test_the_run_page_shows_the_estimate_beside_the_progress_bar(teammate):
     limit = limit_of(campaign)
     at = due + timedelta(minutes=1200 / limit)
     assert re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", beside_bar.group(1))).strip() == (
-        f"Done by ≈ {at:%-d %b %H:%M:%S} GMT at {per_minute(limit)}/min limit; waits for messages due"
-        " Tue 01 Jan 09:00 GMT"
+        f"Done by ≈ {at:%-d %b %H:%M:%S} GMT at the {per_minute(nominal_of(campaign))}/min limit;"
+        " waits for messages due Tue 01 Jan 09:00 GMT"
     )
 
 
