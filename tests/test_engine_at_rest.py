@@ -19,7 +19,8 @@ from audiences.contacts import contacts_upsert_rows
 from campaigns import services
 from delivery.models import Message, Run, SandboxHandoff
 from tests.factories import CampaignFactory
-from tests.test_delivery_reliability import ROOT, Engine, _wait_for
+from tests.support import wait_for
+from tests.test_delivery_reliability import ROOT, Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -95,9 +96,9 @@ def test_after_a_throttled_run_and_a_cancelled_run_the_engine_is_at_rest(
         finished = _start(teammate, _throttled_campaign(teammate, "f", 60, 1200), django_capture_on_commit_callbacks)
         # 2,000 at 600 a minute would take minutes: cancelled once it is sending.
         cancelled = _start(teammate, _throttled_campaign(teammate, "c", 2000, 600), django_capture_on_commit_callbacks)
-        assert _wait_for(lambda: Run.objects.get(pk=cancelled.pk).sent_count >= 5, 60), "never started sending"
+        assert wait_for(lambda: Run.objects.get(pk=cancelled.pk).sent_count >= 5, 60), "never started sending"
         services.campaign_transition(actor=teammate.actor, campaign_id=cancelled.campaign_id, action="cancel")
-        assert _wait_for(lambda: Run.objects.get(pk=finished.pk).status == "completed", 60), Run.objects.get(
+        assert wait_for(lambda: Run.objects.get(pk=finished.pk).status == "completed", 60), Run.objects.get(
             pk=finished.pk
         ).status
         finished.refresh_from_db()
@@ -110,7 +111,7 @@ def test_after_a_throttled_run_and_a_cancelled_run_the_engine_is_at_rest(
             held = [*_inspect(engine, "active"), *_inspect(engine, "reserved"), *_inspect(engine, "scheduled")]
             return not held and _queue_length(engine) == 0
 
-        assert _wait_for(idle, 15), (
+        assert wait_for(idle, 15), (
             _inspect(engine, "active"),
             _inspect(engine, "reserved"),
             _inspect(engine, "scheduled"),

@@ -15,18 +15,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from audiences.contacts import contacts_upsert_rows
 from campaigns.models import Variant
 from delivery.models import Message, Run
 from tests.factories import CampaignFactory
+from tests.support import database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -49,22 +48,13 @@ ZONES = (
 NO_ZONE = ""  # the contact without a timezone is read in the organisation's (Europe/London)
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "postgres", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{quote(db['HOST'] or 'localhost', safe='')}{port}/{db['NAME']}"
-
-
 @contextmanager
 def engine(tmp_path: Path, queue: str) -> Iterator[None]:
     """A Celery worker and celery-beat (the delivery pump) on the test database and this session's task queue,
     sending email to the test's SMTP server."""
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         CELERY_TASK_DEFAULT_QUEUE=queue,
@@ -107,7 +97,7 @@ def engine(tmp_path: Path, queue: str) -> Iterator[None]:
         log.close()
 
 
-def _wait_for(predicate, *, until: float) -> bool:
+def wait_for(predicate, *, until: float) -> bool:
     while time.time() < until:
         if predicate():
             return True
@@ -164,7 +154,7 @@ def test_each_recipient_gets_the_message_at_the_local_time_wherever_they_are(tea
     )
     queue = app.conf.task_default_queue  # this session's: the API's on-commit tasks go there
     with engine(tmp_path, queue):
-        assert _wait_for(_worker_ready, until=time.time() + 60), "the worker did not start"
+        assert wait_for(_worker_ready, until=time.time() + 60), "the worker did not start"
         # The local time: Honolulu's next whole minute at least 30 s ahead (room for the fan-out); Kiritimati's
         # clock shows the same time then, on the next date. At 23:xx in Honolulu the zones an hour or two east are
         # past midnight and none has passed it today, so Pago Pago (-11) and Tonga (+13) are the pair instead,
@@ -183,7 +173,7 @@ def test_each_recipient_gets_the_message_at_the_local_time_wherever_they_are(tea
         response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/")
         assert response.status_code == 200, response.data
         run = Run.objects.get(campaign=campaign)
-        assert _wait_for(
+        assert wait_for(
             lambda: Run.objects.filter(pk=run.pk, fanned_out_at__isnull=False).exists(),
             until=time.time() + DELIVERY_LIMIT.total_seconds(),
         ), "no fan-out"
@@ -214,7 +204,7 @@ def test_each_recipient_gets_the_message_at_the_local_time_wherever_they_are(tea
         assert ("Pacific/Honolulu" if pair[0] == "Pacific/Pago_Pago" else "America/Anchorage") in passed
 
         deadline = due + DELIVERY_LIMIT
-        assert _wait_for(lambda: due_now <= set(arrivals), until=deadline.timestamp()), (
+        assert wait_for(lambda: due_now <= set(arrivals), until=deadline.timestamp()), (
             f"arrived by {deadline:%H:%M:%S}: {sorted(arrivals)}"
         )
         # Nothing before its time: every arrival in [due, due + 60 s], and only the recipients due now.
@@ -224,7 +214,7 @@ def test_each_recipient_gets_the_message_at_the_local_time_wherever_they_are(tea
         assert all(0 <= seconds <= DELIVERY_LIMIT.total_seconds() for seconds in late.values()), late
         # The batch's outcomes are committed just after the hand-off.
         sent = Message.objects.filter(run=run, status="sent").select_related("contact")
-        assert _wait_for(lambda: sent.count() == len(due_now), until=deadline.timestamp() + 10)
+        assert wait_for(lambda: sent.count() == len(due_now), until=deadline.timestamp() + 10)
         assert {f"{m.contact.external_id}@example.com" for m in sent} == due_now
         assert all(due <= m.sent_at <= deadline for m in sent)
         assert Message.objects.filter(run=run, status="queued").count() == len(zone_of) - len(due_now)

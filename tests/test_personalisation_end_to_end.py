@@ -16,15 +16,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -34,6 +32,7 @@ from audiences.jsonb import jsonb_loads
 from audiences.models import Contact
 from delivery.backends import reset_backends
 from delivery.models import Message
+from tests.support import database_url, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -203,24 +202,6 @@ def receiver(settings) -> Iterator[str]:
     server.shutdown()
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "postgres", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{quote(db['HOST'] or 'localhost', safe='')}{port}/{db['NAME']}"
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 @contextmanager
 def _worker(receiver: str, **extra_env: str) -> Iterator[str]:
     """A Celery worker process on this session's queue (where the API's on-commit tasks go), with the real email,
@@ -231,7 +212,7 @@ def _worker(receiver: str, **extra_env: str) -> Iterator[str]:
     name = f"persona-{uuid.uuid4().hex[:8]}@localhost"
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         CELERY_TASK_DEFAULT_QUEUE=queue,
@@ -262,7 +243,7 @@ def _worker(receiver: str, **extra_env: str) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_for(lambda: bool(app.control.ping(destination=[name], timeout=0.5)), 60), "worker did not start"
+        assert wait_for(lambda: bool(app.control.ping(destination=[name], timeout=0.5)), 60), "worker did not start"
         yield queue
     finally:
         process.terminate()
@@ -396,7 +377,7 @@ def test_preview_test_send_and_real_send_read_the_same_attributes(teammate, cont
     response = teammate.api.post(f"/api/v1/campaigns/{campaign}/send-now/")
     assert response.status_code == 200, response.data
     # Fan-out and sending happen in the worker; the run is done when every contact has its mail, SMS and webhook.
-    assert _wait_for(
+    assert wait_for(
         lambda: (
             all(_received_by(smtp, c["email"]) for c in CONTACTS)
             and all(_sms_to(c["phone"]) for c in CONTACTS)
@@ -451,7 +432,7 @@ def test_a_triggered_send_reads_the_same_attributes_as_its_preview(teammate, con
     ]
     response = teammate.api.post("/api/v1/events/", {"events": events}, format="json")
     assert response.status_code == 202, response.data
-    assert _wait_for(lambda: all(_received_by(smtp, c["email"]) for c in CONTACTS), START_LIMIT_SECONDS), list(
+    assert wait_for(lambda: all(_received_by(smtp, c["email"]) for c in CONTACTS), START_LIMIT_SECONDS), list(
         Message.objects.values_list("status", "error")
     )
     for contact in CONTACTS:
@@ -564,7 +545,7 @@ def test_an_external_user_360_profile_is_what_preview_test_send_and_real_send_re
         tests[key] = _mail(raw)
     with _worker(receiver, USER_360_URL=user_360):
         assert teammate.api.post(f"/api/v1/campaigns/{campaign}/send-now/").status_code == 200
-        assert _wait_for(lambda: all(_received_by(smtp, c["email"]) for c in CONTACTS), START_LIMIT_SECONDS), list(
+        assert wait_for(lambda: all(_received_by(smtp, c["email"]) for c in CONTACTS), START_LIMIT_SECONDS), list(
             Message.objects.values_list("status", "error")
         )
     for key, (subject, body) in EXPECTED_ORDERS.items():

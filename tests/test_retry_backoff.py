@@ -16,7 +16,8 @@ from campaigns import services
 from delivery import runs
 from delivery.models import Message, Run
 from tests.factories import CampaignFactory
-from tests.test_delivery_reliability import Engine, _wait_for
+from tests.support import wait_for
+from tests.test_delivery_reliability import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -103,7 +104,7 @@ def test_a_retry_comes_back_at_its_backoff(tmp_path, teammate, django_capture_on
             run = Run.objects.get(campaign=campaign)
             runs.run_prepare(run.pk)
         # The PRD's 60 s for a send to start, then the backoff.
-        assert _wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", 60 + RETRY_AFTER + 30), (
+        assert wait_for(lambda: Run.objects.get(pk=run.pk).status == "completed", 60 + RETRY_AFTER + 30), (
             Run.objects.get(pk=run.pk).status,
             list(Message.objects.filter(run=run).values_list("status", "attempts", "error", "due_at")),
             receiver.arrivals,

@@ -14,7 +14,6 @@ import time as clock
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -27,6 +26,7 @@ from delivery import throttle
 from delivery.estimates import RunEstimate, run_estimate
 from delivery.models import Run
 from tests.factories import CampaignFactory, console_client
+from tests.support import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -407,15 +407,6 @@ PER_MINUTE = 6000
 MESSAGES = 2000  # 20 s at the limit
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "postgres", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{quote(db['HOST'] or 'localhost', safe='')}{port}/{db['NAME']}"
-
-
 @pytest.fixture
 def engine(tmp_path):
     """A Celery worker and celery-beat on this session's task queue, pointed at the test database, with a sandbox
@@ -424,7 +415,7 @@ def engine(tmp_path):
 
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         CELERY_TASK_DEFAULT_QUEUE=app.conf.task_default_queue,
