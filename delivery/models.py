@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models.functions import Lower
 
 from audiences.models import Contact, Organisation
+from audiences.pii import EncryptedTextField
 from campaigns.models import Campaign, Channel, Variant
 
 
@@ -286,3 +288,46 @@ class SeedSend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.channel} to {self.address}"
+
+
+class SendingDomain(models.Model):
+    """A domain an organisation sends email from, with the DKIM key pair that signs it (RFC 6376).
+
+    The private key is encrypted at rest like contacts' addresses (audiences.pii); the public key is what the
+    organisation publishes in DNS at `{selector}._domainkey.{domain}`. The last on-demand check of that record is
+    kept so the console can say whether receivers will be able to verify the signatures."""
+
+    class CheckStatus(models.TextChoices):
+        UNCHECKED = "unchecked", "Not checked yet"
+        VERIFIED = "verified", "Verified"
+        MISMATCH = "mismatch", "Published key differs"
+        MISSING = "missing", "No record published"
+        ERROR = "error", "Check failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="sending_domains")
+    # Lower-case ASCII (IDNA A-labels for internationalised names): the form DKIM's d= tag and DNS use.
+    domain = models.CharField(max_length=253)
+    selector = models.CharField(max_length=63)
+    private_key = EncryptedTextField(help_text="PKCS#8 PEM, encrypted at rest.")
+    # base64 of the DER SubjectPublicKeyInfo: the p= tag of the published record.
+    public_key = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    key_created_at = models.DateTimeField()
+    check_status = models.CharField(max_length=16, choices=CheckStatus.choices, default=CheckStatus.UNCHECKED)
+    check_message = models.CharField(max_length=500, blank=True, default="")
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["domain"]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "domain"], name="sending_domain_unique_per_organisation"),
+            models.CheckConstraint(condition=models.Q(domain=Lower("domain")), name="sending_domain_lowercase"),
+        ]
+
+    def __str__(self) -> str:
+        return self.domain
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
