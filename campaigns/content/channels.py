@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 
 from campaigns.content.media import is_own_media_url
-from campaigns.content.sms import MAX_PARTS, sms_length
+from campaigns.content.sms import MAX_PARTS, describe_length, sms_length
 from campaigns.content.templates import TemplateProblem, compiled, template_warnings
 from campaigns.content.urls_check import UnsafeUrl, check_url_shape
 
@@ -128,14 +128,16 @@ def _channel_rules(
             problems.append("allow_multipart: true or false")
         # The campaign's switch allows it for every variant; a variant's own flag for that variant only.
         multipart = multipart is True or sms_multipart
+        # Counted exactly as a sender splits it (campaigns.content.sms); the send checks each rendered message
+        # with the same rule, since personalised values can change the length and the encoding.
         length = sms_length(body)
         if length.segments > 1 and not multipart:
             problems.append(
-                f"body: {length.units} {length.encoding} units is more than one SMS (160 GSM-7 or 70 UCS-2);"
-                " shorten it or allow multi-part messages"
+                f"body: {length.units} {length.encoding} units is more than one SMS (160 GSM-7 or 70 UCS-2),"
+                f" {describe_length(length.as_dict())}; shorten it or allow multi-part messages"
             )
         elif length.segments > MAX_PARTS:
-            problems.append(f"body: {length.segments} parts; at most {MAX_PARTS}")
+            problems.append(f"body: {length.segments} parts; at most {MAX_PARTS} ({length.encoding})")
     elif channel == "whatsapp":
         body = content.get("body") or ""
         if len(body) > WHATSAPP_MAX:
