@@ -132,6 +132,9 @@ class Message(models.Model):
     error = models.CharField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField()
     sent_at = models.DateTimeField(null=True, blank=True)
+    # An SMS's parts as the carrier bills them (campaigns.content.sms), measured on the rendered text when it is
+    # sent or refused for its length; NULL for other channels and SMS not rendered yet.
+    parts = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
