@@ -327,6 +327,13 @@ EXTERNAL_SEGMENT_MAX_AGE_SECONDS = envint("EXTERNAL_SEGMENT_MAX_AGE_SECONDS", 30
 # Soft-deleted campaigns can be restored for this long, then the purge task removes them for good.
 CAMPAIGN_RESTORE_WINDOW_DAYS = envint("CAMPAIGN_RESTORE_WINDOW_DAYS", 30)
 
+# DKIM (delivery.dkim): the resolvers the on-demand record check asks ("ip" or "ip:port", comma-separated; empty:
+# the system's), how long it waits, and how long a worker process keeps a sending domain's signer before it reads
+# the key again (a rotated key reaches every worker within this).
+DKIM_DNS_NAMESERVERS = envlist("DKIM_DNS_NAMESERVERS", [])
+DKIM_DNS_TIMEOUT = float(envstr("DKIM_DNS_TIMEOUT", "5"))
+DKIM_SIGNER_CACHE_SECONDS = envint("DKIM_SIGNER_CACHE_SECONDS", 60)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

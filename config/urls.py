@@ -33,6 +33,7 @@ from compliance.api import (
 )
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
+from delivery.domain_api import SendingDomainViewSet
 from delivery.gdpr_api import ContactEraseView, ContactExportView
 from delivery.views import task_service_callback_view
 
@@ -48,6 +49,7 @@ router.register("event-types", EventTypeViewSet, basename="event-type")
 router.register("suppressions", SuppressionViewSet, basename="suppression")
 router.register("audit-log", AuditLogViewSet, basename="audit-log")
 router.register("run-exclusions", RunExclusionViewSet, basename="run-exclusion")
+router.register("sending-domains", SendingDomainViewSet, basename="sending-domain")
 
 urlpatterns = [
     path("", config_views.home, name="home"),
@@ -57,6 +59,7 @@ urlpatterns = [
     path("", include("audiences.urls")),
     path("campaigns/", include("campaigns.urls")),
     path("delivery/", include("delivery.urls")),
+    path("settings/sending-domains/", include("delivery.domain_views")),
     path("segments/", include(console_urls.segment_patterns)),
     path("contacts/", include(console_urls.contact_patterns)),
     path("events/", include(console_urls.event_patterns)),

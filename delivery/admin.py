@@ -1,9 +1,20 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from delivery.models import ContactSendCount, InboxMessage, Message, Run, SandboxHandoff, SeedSend, TriggerDecision
+from delivery.dkim import sending_domain_check
+from delivery.models import (
+    ContactSendCount,
+    InboxMessage,
+    Message,
+    Run,
+    SandboxHandoff,
+    SeedSend,
+    SendingDomain,
+    TriggerDecision,
+)
 
 
 @admin.register(Run)
@@ -111,3 +122,32 @@ class SeedSendAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(SendingDomain)
+class SendingDomainAdmin(admin.ModelAdmin):
+    """Read-only: keys are created, rotated and removed in the console (audited there). The private key is never
+    shown, not even encrypted."""
+
+    list_display = ["domain", "organisation", "selector", "check_status", "checked_at", "key_created_at"]
+    list_filter = ["check_status"]
+    search_fields = ["domain", "organisation__name"]
+    list_select_related = ["organisation"]
+    exclude = ["private_key"]
+    readonly_fields = [f.name for f in SendingDomain._meta.fields if f.name != "private_key"]
+    actions = ["check_records"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.action(description="Check the published DKIM records now")
+    def check_records(self, request: HttpRequest, queryset: QuerySet[SendingDomain]) -> None:
+        for sending_domain in queryset:
+            sending_domain_check(sending_domain=sending_domain)
+        self.message_user(request, f"Checked {queryset.count()} sending domain(s).")

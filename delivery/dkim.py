@@ -180,7 +180,7 @@ def sending_domain_create(*, actor: Actor, domain: str) -> SendingDomain:
         target=sending_domain,
         details={"domain": name, "selector": sending_domain.selector},
     )
-    transaction.on_commit(signer_cache_clear)
+    _signers_forget()
     return sending_domain
 
 
@@ -222,7 +222,7 @@ def sending_domain_rotate_key(*, actor: Actor, sending_domain: SendingDomain) ->
             "selector": sending_domain.selector,
         },
     )
-    transaction.on_commit(signer_cache_clear)
+    _signers_forget()
     return sending_domain
 
 
@@ -237,7 +237,7 @@ def sending_domain_delete(*, actor: Actor, sending_domain: SendingDomain) -> Non
         details={"domain": sending_domain.domain, "selector": sending_domain.selector},
     )
     sending_domain.delete()
-    transaction.on_commit(signer_cache_clear)
+    _signers_forget()
 
 
 def _require_own(actor: Actor, sending_domain: SendingDomain) -> None:
@@ -396,6 +396,13 @@ class DomainSigner:
 _cache: dict[tuple[str, str], tuple[float, DomainSigner | None]] = {}
 _keys: dict[tuple[str, str, str], DomainSigner] = {}  # (sending domain id, selector, key date) -> loaded key
 _cache_lock = threading.Lock()
+
+
+def _signers_forget() -> None:
+    # Now, so this process signs with the new key within its own transaction, and again after commit, in case a
+    # send in between loaded the old key back into the cache.
+    signer_cache_clear()
+    transaction.on_commit(signer_cache_clear)
 
 
 def signer_cache_clear() -> None:
