@@ -29,8 +29,9 @@ from delivery import dkim as delivery_dkim
 from delivery.backends import Outgoing
 from delivery.channels import EmailBackend
 from delivery.mime import message_bytes
-from delivery.models import SendingDomain
+from delivery.models import Message, SendingDomain
 from tests.factories import console_client
+from tests.support import wait_for
 
 
 class DnsStub:
@@ -482,3 +483,47 @@ def test_the_api_lets_admins_manage_domains_and_members_read_and_check_them(owne
         .order_by("occurred_at", "id")
         .values_list("action", flat=True)
     ) == ["sending_domain.create", "sending_domain.rotate_key", "sending_domain.delete"]
+
+
+# --- a real campaign send ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_campaign_sent_by_a_worker_arrives_signed_for_its_from_domain(owner, teammate, dns_stub, smtp):
+    """Send now -> Celery worker process -> SMTP channel -> aiosmtpd; every received email verifies with dkimpy."""
+    from tests.test_personalisation_end_to_end import _worker
+
+    organisation = owner.organisation
+    organisation.sender_email, organisation.sender_name = "news@mail.example.test", "Smith, Jones & Co"
+    organisation.save()
+    sending_domain = delivery_dkim.sending_domain_create(actor=owner.actor, domain="example.test")
+    _publish(dns_stub, sending_domain)
+    contacts = [{"external_id": f"c{n}", "email": f"c{n}@inbox.test", "first_name": "Zoë"} for n in range(3)]
+    response = teammate.api.post("/api/v1/contacts/bulk/", {"contacts": contacts}, format="json")
+    assert response.status_code == 200, response.data
+    body = {
+        "name": "Signed",
+        "channels": ["email"],
+        "audience": {"rules": {"field": "email", "op": "exists"}},
+        "variants": [
+            {
+                "name": "A",
+                "allocation_percent": 100,
+                "content": {
+                    "email": {"subject": "Hi {{ contact.first_name }}", "html": "<p>Hi {{ contact.first_name }}</p>"}
+                },
+            }
+        ],
+    }
+    campaign = teammate.api.post("/api/v1/campaigns/", body, format="json")
+    assert campaign.status_code == 201, campaign.data
+
+    with _worker("http://127.0.0.1:9"):
+        assert teammate.api.post(f"/api/v1/campaigns/{campaign.data['id']}/send-now/").status_code == 200
+        assert wait_for(lambda: len(smtp.messages) == 3, 60), list(Message.objects.values_list("status", "error"))
+
+    for _sender, (recipient,), raw in smtp.messages:
+        assert recipient in {"c0@inbox.test", "c1@inbox.test", "c2@inbox.test"}
+        assert _signature_tags(raw)[b"d"] == b"example.test"
+        assert dkim.verify(raw, dnsfunc=dns_stub.dkim_dnsfunc) is True
