@@ -20,6 +20,7 @@ from campaigns.content.media import store_icon
 from campaigns.content.names import campaign_content_warnings, template_names
 from campaigns.content.preview import preview_render
 from campaigns.content.sms import sms_length
+from campaigns.content.sms_longest import sms_length_for_longest_values
 from campaigns.models import Campaign, Channel
 from campaigns.views import get_campaign_or_404
 from config.errors import Conflict
@@ -207,6 +208,10 @@ def campaign_content_preview_view(request: HttpRequest, campaign_id: Any) -> Htt
         )
     except ValidationError as exc:
         problems.extend(m for messages_ in exc.message_dict.values() for m in messages_)
+    if preview is not None and channel == Channel.SMS:
+        context["sms_longest"] = sms_length_for_longest_values(
+            campaign, content, profile=preview.contact, event=preview.sample.event if preview.sample else None
+        )
     context.update(
         {
             "variant": variant["name"],

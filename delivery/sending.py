@@ -37,7 +37,9 @@ from django.utils import timezone
 from audiences.adapters import user_profile_provider
 from audiences.jsonb import jsonb_loads
 from audiences.pii import decrypt, keys
+from campaigns.content.channels import WHATSAPP_MAX
 from campaigns.content.render import Renderer, Sender, trigger_event
+from campaigns.content.sms import sms_over_limit
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, Variant
 from compliance.selectors import consent_params, whatsapp_freeform_variants
@@ -138,6 +140,14 @@ FROM json_to_recordset(%s::json)
 ON CONFLICT (dedupe_key) DO NOTHING
 """
 
+# The parts of the batch's rendered SMS, on their (claimed, so locked by this transaction) rows. Unchanged rows are
+# not rewritten: a retry renders the same text.
+SMS_PARTS_SQL = """
+UPDATE delivery_message m SET parts = u.n
+FROM json_to_recordset(%(rows)s::json) AS u(i bigint, n int)
+WHERE m.id = u.i AND m.parts IS DISTINCT FROM u.n
+"""
+
 SENT_STATUSES = ("sent", "delivered", "bounced")
 
 
@@ -223,6 +233,7 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
     pii_keys = keys()
     # The run's ids as text once per batch, not once per message.
     run_id, campaign_id, organisation_id = str(ctx.run.pk), str(campaign.pk), str(organisation.pk)
+    sms_parts: list[dict[str, int]] = []
     for row in rows:
         message_id, contact_id, channel, variant_id, blocked = row[0], row[1], row[2], str(row[3]), row[14]
         if blocked:
@@ -248,6 +259,12 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
         except TemplateProblem as exc:
             settled.append(Outcome(message_id, "failed", "", f"template: {exc}"[:500]))
             continue
+        refusal = _length_refusal(campaign, channel, content, payload)
+        if channel == "sms":
+            sms_parts.append({"i": message_id, "n": payload["length"]["segments"]})
+        if refusal:
+            settled.append(Outcome(message_id, "failed", "", refusal[:500]))
+            continue
         if channel in ("sms", "whatsapp") and organisation.sms_sender_id:
             payload["sender_id"] = organisation.sms_sender_id
         outgoing.append(
@@ -265,7 +282,22 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
                 payload=payload,
             )
         )
+    if sms_parts:
+        with connection.cursor() as cursor:
+            cursor.execute(SMS_PARTS_SQL, {"rows": json.dumps(sms_parts)})
     return outgoing, settled
+
+
+def _length_refusal(campaign: Campaign, channel: str, content: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
+    """Why a rendered message is too long to send ("" if it is not), by the rule its content was saved under: the
+    template fitting says nothing about a personalised value ("Zoë" makes a GSM-7 text UCS-2)."""
+    if channel == "sms":
+        # As at save: the campaign's switch allows multi-part for every variant, a variant's own flag for itself.
+        multipart = content.get("allow_multipart") is True or campaign.sms_allow_multipart
+        return sms_over_limit(payload["length"], multipart=multipart)
+    if channel == "whatsapp" and len(payload["body"]) > WHATSAPP_MAX:
+        return f"WhatsApp message is {len(payload['body']):,} characters; WhatsApp allows {WHATSAPP_MAX:,}"
+    return ""
 
 
 def _hand_off(ctx: RunContext, outgoing: Sequence[Outgoing]) -> list[Outcome]:

@@ -25,6 +25,7 @@ from campaigns.audience import audience_condition
 from campaigns.content.channels import content_warnings
 from campaigns.content.names import template_names
 from campaigns.content.render import MessageContext, render_message, trigger_event
+from campaigns.content.sms_longest import sms_length_for_longest_values
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, CampaignType, Variant
 from campaigns.selectors import campaign_get
@@ -238,7 +239,7 @@ def campaign_preview(
         campaign, channel, content, contact_id=contact_id, message_id=message_id, event_id=event_id
     )
     sample = preview.sample
-    return {
+    result: dict[str, Any] = {
         "variant": chosen.name,
         "channel": channel,
         "contact": preview.contact,
@@ -248,6 +249,12 @@ def campaign_preview(
         "rendered": preview.rendered,
         "warnings": content_warnings(channel, content, **template_names(campaign)),
     }
+    if channel == "sms":
+        # The previewed contact's parts are in rendered.length; these are the most any contact's can come to.
+        result["longest_values"] = sms_length_for_longest_values(
+            campaign, content, profile=preview.contact, event=sample.event if sample else None
+        )
+    return result
 
 
 # Campaigns never import delivery (STYLE.md §11), which owns the channel backends: delivery registers here the
