@@ -30,7 +30,7 @@ class RunAdmin(admin.ModelAdmin):
 class MessageAdmin(admin.ModelAdmin):
     """Read-only: messages change only through the delivery engine."""
 
-    list_display = ["id", "run", "channel", "status", "due_at", "attempts", "sent_at"]
+    list_display = ["id", "run", "channel", "status", "parts", "due_at", "attempts", "sent_at", "error"]
     list_filter = ["status", "channel"]
     search_fields = ["provider_message_id", "contact__external_id"]
     list_select_related = ["run", "run__campaign"]

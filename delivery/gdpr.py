@@ -85,7 +85,7 @@ def contact_export(*, actor: Actor, contact_id: Any) -> dict[str, Any]:
         ],
         "messages": _rows(
             "SELECT m.id, m.run_id, r.campaign_id, c.name AS campaign, m.channel, m.variant_id, m.status, m.error,"
-            " m.created_at, m.sent_at FROM delivery_message m JOIN delivery_run r ON r.id = m.run_id"
+            " m.parts, m.created_at, m.sent_at FROM delivery_message m JOIN delivery_run r ON r.id = m.run_id"
             " JOIN campaigns_campaign c ON c.id = r.campaign_id"
             " WHERE m.run_id IN (SELECT id FROM delivery_run WHERE organisation_id = %s) AND m.contact_id = %s"
             " ORDER BY m.id LIMIT %s",

@@ -241,3 +241,22 @@ def test_the_longest_values_are_measured_in_septets_and_attributes_too(teammate)
     assert longest["gsm"]["units"] == len("See you in !") + 16
     assert longest["non_gsm_example"] is None
     assert longest["summary"] == "up to 1 part (GSM-7)"
+
+
+def test_the_parts_show_in_the_contact_export_and_the_admin(receiver, owner, django_capture_on_commit_callbacks):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    _zoe_and_zoe(owner.organisation)
+    run = _run(owner, _sms_campaign(owner, BODY), django_capture_on_commit_callbacks)
+    refused = _message(run, "zoe-umlaut")
+    exported = owner.api.get(f"/api/v1/contacts/{refused.contact_id}/export/").json()["messages"]
+    assert [(m["status"], m["parts"], m["error"]) for m in exported] == [
+        ("failed", 2, "SMS is 2 parts (UCS-2, 'ë' is not GSM-7); the campaign allows 1")
+    ]
+    superuser = get_user_model().objects.create_superuser("root@example.com", "root@example.com", "pw-123456789")
+    admin = Client()
+    admin.force_login(superuser)
+    page = admin.get(f"/admin/delivery/message/?id__exact={refused.pk}")
+    assert page.status_code == 200
+    assert '<td class="field-parts">2</td>' in page.content.decode()
