@@ -60,11 +60,12 @@ SELECT id, run_id, old_status, receipt, idx, contact_id, channel, variant_id FRO
 """
 
 
-MESSAGE_ID_HEADER = re.compile(r"^<(\d+)@[^>]+>$")
+MESSAGE_ID_HEADER = re.compile(r"^<(\d+)(?:\.[0-9a-f]+)?@[^>]+>$")
 
 
 def _message_id_in(provider_message_id: str) -> int | None:
-    """Our email Message-IDs are "<message id@sender domain>": a receipt quoting one names the message."""
+    """Our email Message-IDs are "<message id.random@sender domain>" ("<message id@sender domain>" before): a
+    receipt quoting one names the message."""
     match = MESSAGE_ID_HEADER.match(provider_message_id.strip())
     return int(match.group(1)) if match else None
 

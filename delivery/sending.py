@@ -228,6 +228,9 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
         campaign_name=campaign.name,
         tracking=campaign.tracking_enabled,
         webhook_secret=organisation.webhook_secret,
+        campaign_id=str(campaign.pk),
+        category=campaign.category,
+        triggered=campaign.type == "triggered",
     )
     renderers: dict[tuple[str, str], Renderer] = {}  # per variant and channel: the run's constant work done once
     pii_keys = keys()

@@ -183,6 +183,9 @@ def message_context(
         tracking=campaign.tracking_enabled,
         webhook_secret=organisation.webhook_secret,
         event=event,
+        campaign_id=str(campaign.pk),
+        category=campaign.category,
+        triggered=campaign.type == "triggered",
     )
 
 

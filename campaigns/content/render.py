@@ -7,10 +7,13 @@ built by `trigger_event`."""
 
 from __future__ import annotations
 
+import email.header
+import email.utils
 import hashlib
 import hmac
 import json
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +66,9 @@ class MessageContext:
     webhook_secret: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
     event: Mapping[str, Any] | None = None  # a triggered message's event (trigger_event)
+    campaign_id: str = ""
+    category: str = "marketing"
+    triggered: bool = False
 
     def sender(self) -> Sender:
         return Sender(
@@ -75,6 +81,9 @@ class MessageContext:
             campaign_name=self.campaign_name,
             tracking=self.tracking,
             webhook_secret=self.webhook_secret,
+            campaign_id=self.campaign_id,
+            category=self.category,
+            triggered=self.triggered,
         )
 
 
@@ -158,6 +167,11 @@ class Sender:
     campaign_name: str = ""
     tracking: bool = True
     webhook_secret: str = ""
+    # The email headers mailbox providers group and filter by (List-Id, Feedback-ID, Precedence): none without a
+    # campaign id (a render outside any campaign).
+    campaign_id: str = ""
+    category: str = "marketing"  # or transactional (Campaign.category)
+    triggered: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,41 @@ def _email_program(
         footer_always="unsubscribe_url" not in html_source,
         body_open=opening.end() if static_opening else None,
     )
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.splitlines()).strip() if ("\r" in value or "\n" in value) else value.strip()
+
+
+def _address_header(name: str, address: str) -> str:
+    """The From header "Name <address>": the name quoted when it holds specials ("Smith, Jones & Co"), RFC 2047
+    encoded when not ASCII."""
+    if not name:
+        return address
+    try:
+        return email.utils.formataddr((name, address), charset="utf-8")
+    except UnicodeEncodeError:  # a non-ASCII address: the wire format (delivery.mime) decides how it can go out
+        return f'"{email.utils.quote(name)}" <{address}>'
+
+
+def _campaign_headers(sender: Sender, domain: str) -> dict[str, str]:
+    """The headers a campaign's every email carries: List-Id (RFC 2919, one list per campaign), Feedback-ID as
+    Gmail's feedback loop reads it (campaign:organisation:category:sender, the sender being the sending domain, whose
+    DKIM key signs the mail) and, for marketing, Precedence: bulk (auto-responders do not answer it)."""
+    if not sender.campaign_id:
+        return {}
+    kind = "triggered" if sender.triggered and sender.category == "marketing" else sender.category
+    name = _one_line(sender.campaign_name) or sender.campaign_id
+    phrase = (
+        f'"{email.utils.quote(name)}"' if name.isascii() else email.header.Header(name, "utf-8").encode(maxlinelen=0)
+    )
+    headers = {
+        "List-Id": f"{phrase} <{sender.campaign_id}.{domain}>",
+        "Feedback-ID": f"{sender.campaign_id}:{sender.organisation_id}:{kind}:{domain}",
+    }
+    if sender.category == "marketing":
+        headers["Precedence"] = "bulk"
+    return headers
 
 
 def _before_body_end(body: str, html: str) -> str:
@@ -271,11 +320,13 @@ class Renderer:
         )
         self.footer_tail = '">Unsubscribe</a></p></div>'
         self.text_footer = f"\n\n--\n{sender.organisation_name}\n{sender.postal_address}\nUnsubscribe: "
-        from_name = content.get("from_name") or sender.sender_name
-        self.from_email = content.get("from_email") or sender.sender_email
-        self.from_header = f"{from_name} <{self.from_email}>" if from_name else self.from_email
-        self.reply_to = content.get("reply_to") or sender.reply_to
+        # A CR or LF in a name or address would start a header of the marketer's making.
+        from_name = _one_line(content.get("from_name") or sender.sender_name)
+        self.from_email = _one_line(content.get("from_email") or sender.sender_email)
+        self.from_header = _address_header(from_name, self.from_email)
+        self.reply_to = _one_line(content.get("reply_to") or sender.reply_to)
         self.domain = (self.from_email.rsplit("@", 1)[-1] if "@" in self.from_email else "localhost").lower()
+        self.constant_headers = _campaign_headers(sender, self.domain)
         self.mailto = f"<mailto:unsubscribe@{self.domain}?subject=unsubscribe%20"
 
     def _email(
@@ -337,8 +388,10 @@ class Renderer:
                 # RFC 2369 + RFC 8058: one-click unsubscribe from the mail client, by HTTPS POST or by mail.
                 "List-Unsubscribe": f"<{unsubscribe}>, {self.mailto}{token}>",
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                "Message-ID": f"<{message_id}@{self.domain}>",
+                # Unique beyond this installation by its random part; receipts read the message id back from it.
+                "Message-ID": f"<{message_id}.{secrets.token_hex(8)}@{self.domain}>",
                 "X-Campaign-Message-Id": message_id,
+                **self.constant_headers,
             },
         }
 
