@@ -66,27 +66,43 @@ class LongestValues:
     foreign: dict[str, str]  # field -> the shortest value GSM-7 cannot carry, as an example
 
 
+def _chain(node: Any) -> tuple[str, list[str]] | None:
+    """`a.b.c` as ("a", ["b", "c"]); None for anything but attribute lookups on a name."""
+    names: list[str] = []
+    while isinstance(node, nodes.Getattr):
+        names.append(node.attr)
+        node = node.node
+    if not isinstance(node, nodes.Name):
+        return None
+    return node.name, names[::-1]
+
+
 def fields_printed(source: str) -> list[str]:
     """The measurable contact fields and attributes an SMS template refers to, as "first_name" or
-    "attributes.<name>", in the order they first appear."""
+    "attributes.<name>", in the order they first appear; through a `{% set a = contact.attributes %}` alias too
+    (written so, a tight SMS saves its braces)."""
     try:
         tree = jinja2.Environment(autoescape=False).parse(source)  # noqa: S701 - parsed, never rendered
     except jinja2.TemplateSyntaxError:
         return []
+    aliases: dict[str, list[str]] = {"contact": []}
+    for assign in tree.find_all(nodes.Assign):
+        target, value = (
+            assign.target,
+            _chain(assign.node) if isinstance(assign.node, nodes.Getattr | nodes.Name) else None,
+        )
+        if isinstance(target, nodes.Name) and value is not None and value[0] == "contact":
+            aliases[target.name] = value[1]
     found: dict[str, None] = {}
     for node in tree.find_all(nodes.Getattr):
-        chain: list[str] = []
-        current: Any = node
-        while isinstance(current, nodes.Getattr):
-            chain.append(current.attr)
-            current = current.node
-        if not isinstance(current, nodes.Name) or current.name != "contact":
+        chain = _chain(node)
+        if chain is None or chain[0] not in aliases:
             continue
-        chain.reverse()
-        if len(chain) >= 2 and chain[0] == "attributes":
-            found[f"attributes.{chain[1]}"] = None
-        elif len(chain) == 1 and chain[0] in MEASURED_FIELDS:
-            found[chain[0]] = None
+        path = aliases[chain[0]] + chain[1]
+        if len(path) >= 2 and path[0] == "attributes":
+            found[f"attributes.{path[1]}"] = None
+        elif len(path) == 1 and path[0] in MEASURED_FIELDS:
+            found[path[0]] = None
     return list(found)
 
 
