@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "simple_history",
+    "anymail",
     "audiences",
     "compliance",
     "campaigns",
@@ -323,6 +324,20 @@ RECIPIENT_LINK_FAILURE_LIMIT = envstr("RECIPIENT_LINK_FAILURE_LIMIT", "10/600")
 EXTERNAL_HTTP_TIMEOUT = float(envstr("EXTERNAL_HTTP_TIMEOUT", "10"))
 # External segments are re-resolved when their members are older than this when a campaign needs them.
 EXTERNAL_SEGMENT_MAX_AGE_SECONDS = envint("EXTERNAL_SEGMENT_MAX_AGE_SECONDS", 300)
+
+# Unsubscribe by mail (RFC 2369 mailto, delivery.inbound_mail): the domain whose mail a provider's inbound webhook
+# posts to /hooks/inbound/<provider>/ (empty: List-Unsubscribe carries only the https URI and those endpoints answer
+# 404). The webhooks authenticate with HTTP basic auth, ANYMAIL_WEBHOOK_SECRET ("user:password"), required then;
+# Mailgun's also with its signing key.
+INBOUND_MAIL_DOMAIN = envstr("INBOUND_MAIL_DOMAIN", "").strip().lower()
+ANYMAIL = {
+    "WEBHOOK_SECRET": envstr("ANYMAIL_WEBHOOK_SECRET", ""),
+    "MAILGUN_WEBHOOK_SIGNING_KEY": envstr("ANYMAIL_MAILGUN_WEBHOOK_SIGNING_KEY", ""),
+}
+if INBOUND_MAIL_DOMAIN and ":" not in ANYMAIL["WEBHOOK_SECRET"]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured('INBOUND_MAIL_DOMAIN needs ANYMAIL_WEBHOOK_SECRET ("user:password")')
 
 # Soft-deleted campaigns can be restored for this long, then the purge task removes them for good.
 CAMPAIGN_RESTORE_WINDOW_DAYS = envint("CAMPAIGN_RESTORE_WINDOW_DAYS", 30)

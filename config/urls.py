@@ -116,6 +116,7 @@ urlpatterns = [
     ),
     path("api/v1/", include(router.urls)),
     path("hooks/task-service/<str:token>", task_service_callback_view, name="task-service-callback"),
+    path("hooks/inbound/", include("delivery.inbound_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -98,13 +98,14 @@ def preferences_link(contact: Contact) -> str:
 
 
 def recipient_unsubscribe(
-    *, recipient: Recipient, one_click: bool, reason: str = ""
+    *, recipient: Recipient, one_click: bool, reason: str = "", how: str = ""
 ) -> tuple[Unsubscribe | None, bool]:
     """Unsubscribe from the link, counted once per message in the campaign's metrics (dedupe key
-    `unsubscribe:<message id>`), in one transaction."""
+    `unsubscribe:<message id>`), in one transaction. `how` names the way it came in the audit log when it is not
+    the link itself (the List-Unsubscribe mailto: delivery.inbound_mail)."""
     source = Unsubscribe.Source.ONE_CLICK if one_click else Unsubscribe.Source.PAGE
     actor = compliance.recipient_actor(
-        recipient.contact.organisation, "one-click unsubscribe" if one_click else "unsubscribe page"
+        recipient.contact.organisation, how or ("one-click unsubscribe" if one_click else "unsubscribe page")
     )
     with transaction.atomic():
         record, changed = compliance.contact_unsubscribe(

@@ -22,6 +22,8 @@ from html import escape
 from html.parser import HTMLParser
 from typing import Any
 
+from django.conf import settings
+
 from campaigns.content import links
 from campaigns.content.sms import sms_length
 from campaigns.content.templates import (
@@ -327,7 +329,10 @@ class Renderer:
         self.reply_to = _one_line(content.get("reply_to") or sender.reply_to)
         self.domain = (self.from_email.rsplit("@", 1)[-1] if "@" in self.from_email else "localhost").lower()
         self.constant_headers = _campaign_headers(sender, self.domain)
-        self.mailto = f"<mailto:unsubscribe@{self.domain}?subject=unsubscribe%20"
+        # RFC 2369's mailto only where mail to it is read (delivery.inbound_mail); the https URI alone is still
+        # RFC 8058 one-click.
+        inbound = settings.INBOUND_MAIL_DOMAIN
+        self.mailto = f", <mailto:unsubscribe@{inbound}?subject=unsubscribe%20" if inbound else ""
 
     def _email(
         self,
@@ -386,7 +391,7 @@ class Renderer:
             "reply_to": self.reply_to,
             "headers": {
                 # RFC 2369 + RFC 8058: one-click unsubscribe from the mail client, by HTTPS POST or by mail.
-                "List-Unsubscribe": f"<{unsubscribe}>, {self.mailto}{token}>",
+                "List-Unsubscribe": f"<{unsubscribe}>{self.mailto}{token}>" if self.mailto else f"<{unsubscribe}>",
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
                 # Unique beyond this installation by its random part; receipts read the message id back from it.
                 "Message-ID": f"<{message_id}.{secrets.token_hex(8)}@{self.domain}>",
