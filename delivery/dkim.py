@@ -38,7 +38,6 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from audiences.access import Actor, require_organisation_admin
@@ -67,7 +66,6 @@ SIGNED_HEADERS = (
 )
 OVER_SIGNED_HEADERS = (b"from",)
 DNS_STRING_MAX = 255  # bytes in one character-string of a TXT record (RFC 1035 3.3)
-RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 SIGNATURE_HEADER = b"DKIM-Signature"
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -365,8 +363,8 @@ class DomainSigner:
         return self.signature_header(message) + message
 
     def signature_header(self, message: bytes, now: float | None = None) -> bytes:
-        headers, body = dkim.rfc822_parse(message)
-        body_hash = base64.b64encode(hashlib.sha256(RELAXED.canonicalize_body(body)).digest())
+        headers, body = _split_message(message)
+        body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
         present = {name.lower() for name, _ in headers}
         signed = [name for name in SIGNED_HEADERS if name in present] + list(OVER_SIGNED_HEADERS)
         tags = b"; ".join(
@@ -384,13 +382,57 @@ class DomainSigner:
         # b= on its own line: its value is left out of the hash, everything before it is hashed as folded here.
         unsigned = dkim.fold(tags + b";", namelen=len(SIGNATURE_HEADER)) + b"\r\n b="
         hasher = hashlib.sha256()
-        dkim.hash_headers(
-            hasher, RELAXED, RELAXED.canonicalize_headers(headers), signed, (SIGNATURE_HEADER, b" " + unsigned), None
-        )
+        # RFC 6376 3.7: the signed fields in h= order (a name listed twice takes the next instance up, none if
+        # there is none left), then the signature's own field with b= empty and no line end.
+        for name, value in dkim.select_headers(headers, signed):
+            hasher.update(_relaxed_header(name, value))
+        hasher.update(_relaxed_header(SIGNATURE_HEADER, b" " + unsigned)[:-2])
         signature = self.private_key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(SHA256()))
         encoded = base64.b64encode(signature)
         folded = b"\r\n ".join(encoded[start : start + 72] for start in range(0, len(encoded), 72))
         return SIGNATURE_HEADER + b": " + unsigned + folded + b"\r\n"
+
+
+# Relaxed canonicalisation (RFC 6376 3.4.2, 3.4.4), the same result as dkimpy's (its verifier checks ours in the
+# tests) at a fraction of the cost: dkimpy rewrites every single space of the body as a space, these only the
+# runs, and skip the scans when there is nothing to change.
+_UNFOLD = re.compile(rb"\r?\n")
+_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")
+_TRAILING_WSP = re.compile(rb"[\t ]+(?=\r\n)")
+
+
+def _split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """(name, value) header pairs (value as after the colon, with its folding and line end) and the body."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0 or message.count(b"\n") != message.count(b"\r\n"):
+        # Not our CRLF wire form (bare LF line ends, or no body): dkimpy's general parser.
+        parsed, body = dkim.rfc822_parse(message)
+        return [(name, value) for name, value in parsed], body
+    headers: list[tuple[bytes, bytes]] = []
+    for line in message[:end].split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, value + line + b"\r\n")
+        else:
+            name, _, value = line.partition(b":")
+            headers.append((name, value + b"\r\n"))
+    return headers, message[end + 4 :]
+
+
+def _relaxed_header(name: bytes, value: bytes) -> bytes:
+    return name.lower().rstrip() + b":" + _WSP_RUN.sub(b" ", _UNFOLD.sub(b"", value)).strip() + b"\r\n"
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    # A regex scan of a body costs ~50 µs per KB; the substring tests ~1 µs, and a quoted-printable or base64
+    # body (what we send) rarely has anything to change.
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"", body)
+    if b"\t" in body or b"  " in body:
+        body = _WSP_RUN.sub(b" ", body)
+    while body.endswith(b"\r\n"):
+        body = body[:-2]
+    return body + b"\r\n" if body else b""
 
 
 _cache: dict[tuple[str, str], tuple[float, DomainSigner | None]] = {}
