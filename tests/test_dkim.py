@@ -21,7 +21,9 @@ import dns.resolver
 import dns.rrset
 import pytest
 from cryptography.hazmat.primitives import serialization
+from django.contrib.auth import get_user_model
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 
 from compliance.models import AuditLogEntry
@@ -474,6 +476,25 @@ def test_create_rotate_and_delete_in_the_console_are_audited(owner):
         ),
     ]
     assert second_selector != first_selector
+
+
+def test_the_admin_shows_a_sending_domain_without_its_private_key_and_checks_records(owner, dns_stub):
+    sending_domain = delivery_dkim.sending_domain_create(actor=owner.actor, domain="example.test")
+    _publish(dns_stub, sending_domain)
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_superuser("root@example.com", "root@example.com", "pw"))
+
+    change = staff.get(f"/admin/delivery/sendingdomain/{sending_domain.pk}/change/")
+    assert change.status_code == 200
+    content = change.content.decode()
+    assert sending_domain.public_key in content
+    assert "PRIVATE KEY" not in content and sending_domain.private_key.splitlines()[1] not in content
+    assert "$k0$" not in content
+    listing = staff.post(
+        "/admin/delivery/sendingdomain/", {"action": "check_records", "_selected_action": [str(sending_domain.pk)]}
+    )
+    assert listing.status_code == 302
+    assert SendingDomain.objects.get().check_status == "verified"
 
 
 # --- API -------------------------------------------------------------------------------------------------------
