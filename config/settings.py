@@ -136,6 +136,13 @@ X_FRAME_OPTIONS = "DENY"
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "127.0.0.1")
 EMAIL_PORT = envint("EMAIL_PORT", 1025)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)  # STARTTLS (port 587); EMAIL_USE_SSL: TLS from the start (465)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+# Seconds one SMTP step may take (connecting, any reply, the answer to a message's data): a mail server that stops
+# answering costs a send batch at most this once, then the batch's messages wait for their retry.
+EMAIL_TIMEOUT = float(envstr("EMAIL_TIMEOUT", "30"))
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "campaigns@localhost")
 
 REST_FRAMEWORK = {

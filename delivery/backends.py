@@ -49,6 +49,9 @@ class Outcome:
     error: str = ""
     retry_after: float = 0.0
     engagement: Sequence[Engagement] = field(default_factory=tuple)
+    # A bounce that says the address does not exist (an SMTP server refusing the mailbox for good): the engine puts
+    # the address on the organisation's suppression list, as a hard-bounce receipt does.
+    hard_bounce: bool = False
 
 
 class ChannelBackend(Protocol):

@@ -1,7 +1,9 @@
 """The real ways out of the engine, one ChannelBackend each (delivery.backends).
 
-- EmailBackend: Django's email backend (SMTP by default; django-anymail providers plug in the same way), real
-  MIME with text and HTML parts, the compliance headers from rendering and a Message-ID that ties receipts back.
+- EmailBackend: over SMTP (Django's SMTP backend configured), each message's wire bytes (delivery.mime) on one
+  connection per batch that survives drops and a silent server (EMAIL_TIMEOUT); with any other Django mail backend
+  (django-anymail providers), Django EmailMessages. Text and HTML parts, the compliance headers from rendering and
+  a Message-ID that ties receipts back.
 - NotificationServiceBackend: SMS and WhatsApp through the notification_service (HTTP, idempotency keys).
 - WebhookBackend: signed HTTP requests to user-given URLs, SSRF-checked after DNS resolution and pinned to the
   checked address, no redirects.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
+import re
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -25,12 +27,15 @@ from urllib.parse import urlsplit, urlunsplit
 import certifi
 import httpx
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import get_connection
+from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend
+from django.core.mail.message import sanitize_address
 from django.db import connection as db_connection
 from django.utils import timezone
 
 from campaigns.content.urls_check import UnsafeUrl, check_url_target
 from delivery.backends import Outcome, Outgoing
+from delivery.mime import email_message, envelope_sender, message_bytes
 
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
@@ -45,56 +50,228 @@ def _retry_after(response: httpx.Response) -> float:
 
 # --- email -------------------------------------------------------------------------------------------------------
 
+SMTP_EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+
+# A server that drops the connection (or answers 421) this many times in a row, with no message answered in
+# between, is not coming back within this batch: the rest of the batch waits for its retry instead of reconnecting
+# on and on. Drops with progress in between (a server that closes every few hundred messages) cost a reconnect each.
+SMTP_DROPS_IN_A_ROW = 3
+
+# RFC 3463 enhanced status code at the start of a reply's text: class.subject.detail.
+ENHANCED_STATUS = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\S)")
+
+
+def smtp_refusal_status(code: int, reply: bytes, *, stage: str) -> str:
+    """What a refused SMTP step means for the message (RFC 5321 reply codes, RFC 3463 enhanced codes): 4xx is
+    transient (`retry`); a 5xx at RCPT or DATA that says the recipient's address is bad (5.1.x, or a plain
+    550/551/553 with no enhanced code) is a hard bounce (`bounced`, which suppresses the address); any other 5xx —
+    policy (5.7.x), content, size, a refused sender at MAIL — fails this message only (`failed`): the address may
+    be fine."""
+    if code < 500:
+        return "retry"
+    if stage not in ("RCPT", "DATA"):
+        return "failed"
+    enhanced = ENHANCED_STATUS.match(reply)
+    if enhanced:
+        # X.1.x is about addresses; X.1.7 and X.1.8 are the sender's, not the recipient's.
+        recipient_address = enhanced[2] == b"1" and enhanced[3] not in (b"7", b"8")
+        return "bounced" if enhanced[1] == b"5" and recipient_address else "failed"
+    return "bounced" if code in (550, 551, 553) else "failed"
+
+
+def _refused(message: Outgoing, message_id: str, code: int, reply: bytes, *, stage: str) -> Outcome:
+    status = smtp_refusal_status(code, reply, stage=stage)
+    text = f"SMTP {code} {reply.decode(errors='replace')} (at {stage})"[:500]
+    return Outcome(message.message_id, status, message_id, text, hard_bounce=status == "bounced")
+
+
+class _ConnectionLost(Exception):
+    """The SMTP connection broke (or the server said 421, closing) during a message. `resend_now`: the server cannot
+    have the message (the break came before its data went out), so it goes again on a new connection; otherwise it
+    is retried later (at-least-once: the data may have reached the server). `timed_out`: the server went silent."""
+
+    def __init__(self, reason: str, *, resend_now: bool, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.resend_now = resend_now
+        self.timed_out = timed_out
+
+
+def _timed_out(exc: BaseException) -> bool:
+    # smtplib reports a socket timeout as SMTPServerDisconnected, raised while handling the TimeoutError.
+    return isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
+
+
+class _SmtpSession:
+    """One batch's connection to the mail server, opened by Django's own SMTP backend (EMAIL_HOST, EMAIL_PORT,
+    EMAIL_USE_TLS / EMAIL_USE_SSL, EMAIL_HOST_USER / EMAIL_HOST_PASSWORD, EMAIL_TIMEOUT), so every EMAIL_* setting
+    means what Django documents; the messages themselves go out raw."""
+
+    def __init__(self) -> None:
+        self._django = DjangoSmtpBackend(fail_silently=False)
+
+    @property
+    def smtp(self) -> smtplib.SMTP | None:
+        return self._django.connection
+
+    def open(self) -> smtplib.SMTP:
+        self._django.open()
+        smtp = self._django.connection
+        smtp.ehlo_or_helo_if_needed()
+        return smtp
+
+    def discard(self) -> None:
+        """Drop a broken or silent connection without QUIT: a hanging server would make QUIT wait a timeout too."""
+        smtp, self._django.connection = self._django.connection, None
+        if smtp is not None:
+            with contextlib.suppress(OSError):
+                smtp.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # smtplib's exceptions are OSErrors
+            self._django.close()
+
+
+def _transaction(smtp: smtplib.SMTP, message: Outgoing, envelope: tuple[str, str], data: bytes) -> Outcome:
+    """One message as one SMTP mail transaction (MAIL, RCPT, DATA), each step's answer classified where it comes."""
+    message_id = _message_id_header(message)
+    sender, recipient = envelope
+    stage, answered = "MAIL", False
+    try:
+        options = [f"SIZE={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
+        code, reply = smtp.mail(sender, options)
+        if code == 250:
+            stage = "RCPT"
+            code, reply = smtp.rcpt(recipient)
+        if code in (250, 251):
+            stage = "DATA"
+            code, reply = smtp.data(data)
+            answered = True
+    except smtplib.SMTPDataError as exc:  # the DATA command itself refused: the content never went out
+        code, reply = exc.smtp_code, exc.smtp_error
+    except OSError as exc:  # smtplib's disconnects are OSErrors too
+        raise _ConnectionLost(
+            f"SMTP connection lost at {stage}: {exc}", resend_now=stage != "DATA", timed_out=_timed_out(exc)
+        ) from exc
+    if code == 421:  # the server is closing the connection: this message later, the next on a new connection
+        raise _ConnectionLost(f"SMTP 421 {reply.decode(errors='replace')} (at {stage})", resend_now=False)
+    if answered and code == 250:
+        return Outcome(message.message_id, "sent", message_id)
+    if not answered:
+        # A refused MAIL, RCPT or DATA command leaves the transaction open: end it so the next message starts clean
+        # (a connection that breaks here breaks for the next message, which then reconnects).
+        with contextlib.suppress(OSError):
+            smtp.rset()
+    return _refused(message, message_id, code, reply, stage=stage)
+
+
+# A plain ASCII address needs nothing done for the envelope; anything else goes through Django's sanitize_address
+# (IDNA for the domain, refusal of what cannot be written), which costs ~0.1 ms an address.
+PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _envelope_address(address: str) -> str:
+    return address if PLAIN_ADDRESS.fullmatch(address) else sanitize_address(address, "utf-8")
+
+
+def _message_id_header(message: Outgoing) -> str:
+    return (message.payload.get("headers") or {}).get("Message-ID", "")
+
+
+def _send_raw(messages: Sequence[Outgoing]) -> list[Outcome]:
+    """Each message's wire bytes (delivery.mime) over one SMTP connection, reconnecting when the server drops it.
+    A message whose data may have reached the server before the drop is retried later, never sent twice now; a
+    server that stops answering (EMAIL_TIMEOUT) or keeps dropping ends the batch at once, the rest retried later."""
+    outcomes: list[Outcome] = []
+    session = _SmtpSession()
+    drops_in_a_row = 0
+    index = 0
+
+    def rest_later(reason: str) -> None:
+        outcomes.extend(Outcome(m.message_id, "retry", "", reason[:500]) for m in messages[index:])
+
+    try:
+        while index < len(messages):
+            message = messages[index]
+            try:
+                envelope = (_envelope_address(envelope_sender(message)), _envelope_address(message.address))
+                data = message_bytes(message)
+            except (ValueError, TypeError) as exc:  # an address or header that cannot be written
+                outcomes.append(
+                    Outcome(message.message_id, "failed", _message_id_header(message), f"email: {exc}"[:500])
+                )
+                index += 1
+                continue
+            smtp = session.smtp
+            if smtp is None:
+                try:
+                    smtp = session.open()
+                except OSError as exc:
+                    session.discard()
+                    rest_later(f"mail server unreachable: {exc}")
+                    break
+            try:
+                outcomes.append(_transaction(smtp, message, envelope, data))
+            except _ConnectionLost as lost:
+                session.discard()
+                drops_in_a_row += 1
+                if not lost.resend_now:
+                    outcomes.append(Outcome(message.message_id, "retry", _message_id_header(message), str(lost)[:500]))
+                    index += 1
+                if lost.timed_out:
+                    rest_later(f"not tried: the mail server stopped answering for {settings.EMAIL_TIMEOUT} s")
+                    break
+                if drops_in_a_row >= SMTP_DROPS_IN_A_ROW:
+                    rest_later(f"not tried: the mail server dropped the connection {drops_in_a_row} times in a row")
+                    break
+                continue
+            drops_in_a_row = 0
+            index += 1
+    finally:
+        session.close()
+    return outcomes
+
 
 class EmailBackend:
-    """One SMTP connection per batch; each message is its own transaction with the server, so one refused
+    """With Django's SMTP backend configured (EMAIL_BACKEND), the messages' own bytes over one SMTP connection per
+    batch (`_send_raw`); with any other Django mail backend (django-anymail providers, locmem in tests), Django
+    EmailMessages through `get_connection()`. Each message is its own transaction with the server, so one refused
     recipient does not fail the rest."""
 
     def send_batch(self, messages: Sequence[Outgoing], *, profile: dict[str, Any]) -> list[Outcome]:
+        if settings.EMAIL_BACKEND == SMTP_EMAIL_BACKEND:
+            return _send_raw(messages)
+        return self._send_through_django(messages)
+
+    def _send_through_django(self, messages: Sequence[Outgoing]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
             connection = get_connection(fail_silently=False)
             connection.open()
-        except (OSError, smtplib.SMTPException) as exc:
+        except OSError as exc:
             return [Outcome(m.message_id, "retry", "", f"mail server unreachable: {exc}"[:500]) for m in messages]
         try:
             for message in messages:
                 outcomes.append(self._send_one(connection, message))
         finally:
-            with contextlib.suppress(OSError, smtplib.SMTPException):
+            with contextlib.suppress(OSError):
                 connection.close()
         return outcomes
 
     @staticmethod
-    def _mime(message: Outgoing) -> EmailMultiAlternatives:
-        payload = message.payload
-        headers = dict(payload.get("headers") or {})
-        headers.setdefault("Date", email.utils.formatdate(localtime=False))
-        mime = EmailMultiAlternatives(
-            subject=payload.get("subject", ""),
-            body=payload.get("text", ""),
-            from_email=payload.get("from") or settings.DEFAULT_FROM_EMAIL,
-            to=[message.address],
-            reply_to=[payload["reply_to"]] if payload.get("reply_to") else None,
-            headers=headers,
-        )
-        mime.attach_alternative(payload.get("html", ""), "text/html")
-        return mime
-
-    def _send_one(self, connection: Any, message: Outgoing) -> Outcome:
-        mime = self._mime(message)
+    def _send_one(connection: Any, message: Outgoing) -> Outcome:
+        mime = email_message(message)
         message_id = mime.extra_headers.get("Message-ID", "")
         try:
             connection.send_messages([mime])
         except smtplib.SMTPRecipientsRefused as exc:
             code, reason = next(iter(exc.recipients.values()), (550, b""))
-            text = f"SMTP {code}: {reason.decode(errors='replace') if isinstance(reason, bytes) else reason}"[:500]
-            status = "bounced" if 500 <= code < 600 else "retry"
-            return Outcome(message.message_id, status, message_id, text)
+            reply = reason if isinstance(reason, bytes) else str(reason).encode()
+            return _refused(message, message_id, code, reply, stage="RCPT")
+        except smtplib.SMTPSenderRefused as exc:
+            return _refused(message, message_id, exc.smtp_code, exc.smtp_error, stage="MAIL")
         except smtplib.SMTPResponseException as exc:
-            text = f"SMTP {exc.smtp_code}: {exc.smtp_error.decode(errors='replace')}"[:500]
-            return Outcome(message.message_id, "failed" if exc.smtp_code >= 500 else "retry", message_id, text)
-        except (OSError, smtplib.SMTPException) as exc:
+            return _refused(message, message_id, exc.smtp_code, exc.smtp_error, stage="DATA")
+        except OSError as exc:
             return Outcome(message.message_id, "retry", message_id, f"SMTP: {exc}"[:500])
         return Outcome(message.message_id, "sent", message_id)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
@@ -166,25 +167,54 @@ def _suppress(cursor: Any, organisation: Any, moved: Sequence[Sequence[Any]], ro
         contact = by_id.get(target["c"])
         address = (contact.email if target["ch"] == "email" else contact.phone) if contact else ""
         if address:
-            entries.append({"a": encrypt(address), "h": pii_hash(address), "why": target["why"], "plain": address})
-    if not entries:
+            entries.append(AutomaticSuppression(address, target["why"], "from a provider receipt"))
+    return suppressions_add_automatic(
+        cursor, organisation_id=str(organisation.pk), entries=entries, actor_label="provider receipt"
+    )
+
+
+@dataclass(frozen=True)
+class AutomaticSuppression:
+    address: str  # in clear: it is encrypted here, and quoted in the audit entry
+    reason: str  # hard_bounce or complaint (compliance.Suppression.Reason)
+    note: str
+
+
+def suppressions_add_automatic(
+    cursor: Any, *, organisation_id: str, entries: Sequence[AutomaticSuppression], actor_label: str
+) -> int:
+    """Put addresses the far end refused for good (hard bounces, complaints) on the organisation's suppression
+    list, each new one with its audit entry, in one statement on the caller's cursor (so in the caller's
+    transaction: a provider receipt's, or the send batch's record). An address already suppressed keeps its row.
+    Returns how many were added."""
+    rows = [
+        {
+            "a": encrypt(entry.address),
+            "h": pii_hash(entry.address),
+            "why": entry.reason,
+            "note": entry.note[:500],
+            "plain": entry.address,
+        }
+        for entry in entries
+        if entry.address
+    ]
+    if not rows:
         return 0
-    now = timezone.now()
     # The new suppressions and, in the same statement, one audit entry each (quoting the address, which the
     # suppression row itself holds only encrypted).
     cursor.execute(
-        "WITH incoming AS (SELECT DISTINCT ON (u.h) u.a, u.h, u.why, u.plain"
-        "   FROM json_to_recordset(%(rows)s::json) AS u(a text, h text, why text, plain text)),"
+        "WITH incoming AS (SELECT DISTINCT ON (u.h) u.a, u.h, u.why, u.note, u.plain"
+        "   FROM json_to_recordset(%(rows)s::json) AS u(a text, h text, why text, note text, plain text)),"
         " added AS ("
         "   INSERT INTO compliance_suppression (organisation_id, address, address_hash, reason, note, created_at)"
-        "   SELECT %(org)s, a, h, why, 'from a provider receipt', %(now)s FROM incoming"
+        "   SELECT %(org)s, a, h, why, note, %(now)s FROM incoming"
         "   ON CONFLICT (organisation_id, address_hash) DO NOTHING RETURNING id, address_hash, reason, note)"
         " INSERT INTO compliance_auditlogentry (organisation_id, occurred_at, action, target_type, target_id,"
         "                                       target_repr, actor_label, details)"
         " SELECT %(org)s, %(now)s, 'suppression.auto', 'compliance.suppression', added.id::text,"
-        "        left(i.plain || ' (' || added.reason || ')', 300), 'provider receipt',"
+        "        left(i.plain || ' (' || added.reason || ')', 300), %(actor)s,"
         "        jsonb_build_object('reason', added.reason, 'note', added.note)"
         " FROM added JOIN incoming i ON i.h = added.address_hash ORDER BY added.id",
-        {"org": str(organisation.pk), "now": now, "rows": json.dumps(entries)},
+        {"org": organisation_id, "now": timezone.now(), "rows": json.dumps(rows), "actor": actor_label},
     )
     return cursor.rowcount

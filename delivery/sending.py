@@ -47,6 +47,7 @@ from delivery import caps as caps_module
 from delivery import progress, throttle
 from delivery.backends import Outcome, Outgoing, backend_for
 from delivery.models import Run, message_key
+from delivery.receipts import AutomaticSuppression, suppressions_add_automatic
 from delivery.sandbox import sandbox_profile
 
 logger = logging.getLogger(__name__)
@@ -351,6 +352,7 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
         counts[status] += 1
     with connection.cursor() as cursor:
         cursor.execute(RECORD_SQL, {"now": now, "rows": json.dumps(updates)})
+        _suppress_hard_bounces(cursor, ctx, rows, outcomes)
         _record_engagement(cursor, ctx, rows, outcomes, now)
         cursor.execute(
             "UPDATE delivery_run SET sent_count = sent_count + %s, delivered_count = delivered_count + %s,"
@@ -375,6 +377,29 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
             # skipped these rows, so this batch's still-queued ones (released, or retries) are cancelled here.
             runs.run_cancel_queued(cursor, ctx.run.pk, reason or "run stopped")
     return counts
+
+
+def _suppress_hard_bounces(
+    cursor: Any, ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[Outcome]
+) -> None:
+    """An address the mail server refused for good while we sent (a synchronous hard bounce) goes on the
+    organisation's suppression list with its audit entry, as a hard-bounce receipt puts it there — in this batch's
+    transaction, so the bounce and the suppression are recorded together or not at all."""
+    refusals = {o.message_id: o.error for o in outcomes if o.hard_bounce and o.status == "bounced"}
+    if not refusals:
+        return
+    pii_keys = keys()
+    entries = [
+        # The claimed row holds the contact's addresses encrypted (email, phone): no query needed.
+        AutomaticSuppression(
+            decrypt(row[6] if row[2] == "email" else row[7], pii_keys), "hard_bounce", refusals[row[0]]
+        )
+        for row in rows
+        if row[0] in refusals
+    ]
+    suppressions_add_automatic(
+        cursor, organisation_id=str(ctx.campaign.organisation_id), entries=entries, actor_label="mail server refusal"
+    )
 
 
 def _run_still_sending(cursor: Any, run_id: Any) -> bool:
