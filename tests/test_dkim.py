@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import email
 import email.utils
+import io
 import socket
 import threading
 import uuid
@@ -22,6 +23,7 @@ import dns.rrset
 import pytest
 from cryptography.hazmat.primitives import serialization
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
@@ -302,6 +304,7 @@ def test_a_subdomain_is_signed_with_the_parent_key_and_other_domains_not_at_all(
     assert delivery_dkim.signer_for(organisation_id, "shop.example.test").domain == b"example.test"
     assert delivery_dkim.signer_for(organisation_id, "example.org") is None
     assert delivery_dkim.signer_for(organisation_id, "") is None
+    assert delivery_dkim.signer_for("not-an-organisation-id", "example.test") is None
     # Another organisation's From in our domain is not signed with our key.
     assert delivery_dkim.signer_for(str(outsider.organisation.pk), "example.test") is None
 
@@ -335,6 +338,36 @@ def test_an_email_the_smtp_server_receives_carries_a_signature_dkimpy_verifies(o
     assert recipients == ["zoe@inbox.test"]
     assert raw.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test;")
     assert dkim.verify(raw, dnsfunc=dns_stub.dkim_dnsfunc) is True
+
+
+def test_dkim_keys_follow_a_pii_key_rotation_and_a_lost_key_sends_unsigned(owner, settings, dns_stub):
+    key_a, key_b = base64.b64encode(b"a" * 32).decode(), base64.b64encode(b"b" * 32).decode()
+    settings.PII_ENCRYPTION_KEYS, settings.PII_ENCRYPTION_KEY_ID = {"a": key_a}, "a"
+    sending_domain = delivery_dkim.sending_domain_create(actor=owner.actor, domain="example.test")
+    _publish(dns_stub, sending_domain)
+
+    def stored() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT private_key FROM delivery_sendingdomain WHERE id = %s", [sending_domain.pk])
+            return cursor.fetchone()[0]
+
+    assert stored().startswith("$a$")
+    settings.PII_ENCRYPTION_KEYS, settings.PII_ENCRYPTION_KEY_ID = {"a": key_a, "b": key_b}, "b"
+    out = io.StringIO()
+    call_command("dkim_keys_reencrypt", stdout=out)
+    assert out.getvalue() == "1 DKIM private keys re-encrypted under key 'b'.\n"
+    assert stored().startswith("$b$")
+    settings.PII_ENCRYPTION_KEYS = {"b": key_b}  # the old key can go
+    delivery_dkim.signer_cache_clear()
+    signed = delivery_dkim.signer_for(str(owner.organisation.pk), "example.test")(
+        message_bytes(_outgoing(str(uuid.uuid4())))
+    )
+    assert dkim.verify(signed, dnsfunc=dns_stub.dkim_dnsfunc) is True
+
+    # Had the key been dropped first: no signer (mail goes out unsigned, an error is logged), not a failed send.
+    settings.PII_ENCRYPTION_KEYS, settings.PII_ENCRYPTION_KEY_ID = {"c": base64.b64encode(b"c" * 32).decode()}, "c"
+    delivery_dkim.signer_cache_clear()
+    assert delivery_dkim.signer_for(str(owner.organisation.pk), "example.test") is None
 
 
 # --- the record check ------------------------------------------------------------------------------------------
