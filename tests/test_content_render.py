@@ -89,7 +89,7 @@ def test_text_part_is_generated_from_html():
             "<h1>Title</h1><p>Hello <b>you</b></p><ul><li>One</li></ul><a href='https://x.example'>Go</a>"
             "<style>p{}</style>"
         )
-        == "Title\n\nHello you\n\n- One\n\nGo (https://x.example)"
+        == "Title\n\nHello you\n\n  * One\nGo (https://x.example)"
     )
 
 

@@ -15,14 +15,20 @@ import json
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from html import escape
-from html.parser import HTMLParser
+from html import escape, unescape
 from typing import Any
 
+import inscriptis
 from django.conf import settings
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
+from inscriptis.model.html_document_state import HtmlDocumentState
+from inscriptis.model.tag import CustomHtmlTagHandlerMapping
+from inscriptis.model.tag.table_tag import table_start_handler
 
 from campaigns.content import links
 from campaigns.content.sms import sms_length
@@ -89,51 +95,105 @@ class MessageContext:
         )
 
 
-class _TextFromHtml(HTMLParser):
-    BLOCKS = {"p", "div", "br", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol", "table", "section"}
-    VOID = {"br", "img", "hr", "meta", "link", "input"}
+def _link_start(state: HtmlDocumentState, attrs: dict) -> None:
+    href = (attrs.get("href") or "").strip()
+    # Template code in an href (a tracked or personalised link, or its stand-in while a template is converted)
+    # renders to the URL later; mailto:, tel: and #anchors say nothing in a text part.
+    shown = href.startswith(("http://", "https://", "{{", "{%")) or bool(_STAND_INS.match(href))
+    state.link_target = href if shown else ""
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.href: str | None = None
-        self.skip = 0
-        self.hidden_tags: list[str] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        hidden = "display:none" in (dict(attrs).get("style") or "").replace(" ", "")
-        if tag in ("style", "script", "head", "title") or (hidden and tag not in self.VOID):
-            self.skip += 1
-            self.hidden_tags.append(tag)
-        if tag in self.BLOCKS:
-            self.parts.append("\n")
-        if tag == "li":
-            self.parts.append("- ")
-        if tag == "a":
-            self.href = dict(attrs).get("href")
+def _table_start(state: HtmlDocumentState, attrs: dict) -> None:
+    state.tags[-1].canvas.flush_inline()  # a table starts on a line of its own, not after an image's alt text
+    table_start_handler(state, attrs)
 
-    def handle_endtag(self, tag: str) -> None:
-        if self.hidden_tags and self.hidden_tags[-1] == tag:
-            self.hidden_tags.pop()
-            self.skip = max(0, self.skip - 1)
-        # Template code in an href (a tracked or personalised link) renders to the URL later.
-        if tag == "a" and self.href and self.href.startswith(("http://", "https://", "{{", "{%")):
-            self.parts.append(f" ({self.href})")
-            self.href = None
-        if tag in self.BLOCKS:
-            self.parts.append("\n")
 
-    def handle_data(self, data: str) -> None:
-        if not self.skip:
-            self.parts.append(re.sub(r"\s+", " ", data))
+def _link_end(state: HtmlDocumentState) -> None:
+    if state.link_target:
+        state.tags[-1].write(f" ({state.link_target})")
+    state.link_target = ""
+
+
+# inscriptis lays tables out as columns, keeps image alt text ("[alt]") and drops what is hidden (head, style,
+# display:none); links are written "text (url)", as mail clients show them. Its strict profile spaces text as a
+# browser does (the relaxed one indents every <div>, and email layouts nest them deep).
+_TEXT_CONFIG = ParserConfig(
+    css=CSS_PROFILES["strict"],
+    display_images=True,
+    display_links=True,
+    custom_html_tag_handler_mapping=CustomHtmlTagHandlerMapping(
+        start_tag_mapping={"a": _link_start, "table": _table_start}, end_tag_mapping={"a": _link_end}
+    ),
+)
 
 
 def html_to_text(body: str) -> str:
-    parser = _TextFromHtml()
-    parser.feed(body)
-    text = "".join(parser.parts)
-    lines = [line.strip() for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    text = inscriptis.get_text(body, _TEXT_CONFIG)
+    lines = [line.rstrip() for line in text.splitlines()]  # columns are padded with spaces
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+
+
+_CODE = re.compile(r"\{%.*?%\}|\{\{.*?\}\}|\{#.*?#\}", re.DOTALL)
+_WORD = re.compile(r"[^\W\d_]+")
+_LINK = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1[^>]*>(.*?)</a\s*>""", re.IGNORECASE | re.DOTALL)
+_STATEMENT_LINE = re.compile(r"\n+[ \t]*((?:\{%(?:(?!%\}).)*%\}[ \t]*)+)(?=\n|$)")
+
+
+# Template code stands in the HTML as one private-use character each while it is converted: a table's columns are
+# as wide as the text around it (not as its code), and the converter's whitespace rules cannot touch it.
+_STAND_IN = 0xF0000  # Supplementary Private Use Area-A (65,534 code points)
+_STAND_INS = re.compile("[\U000f0000-\U000ffffd]")
+
+
+def _without_code(source: str, code: list[str]) -> str | None:
+    """The source with each piece of template code (appended to `code`) replaced by its stand-in; None for a
+    template that writes such characters itself, or has more pieces than there are stand-ins."""
+    if _STAND_INS.search(source):
+        return None
+
+    def stand_in(match: re.Match[str]) -> str:
+        code.append(match.group(0))
+        return chr(_STAND_IN + min(len(code) - 1, 0xFFFD))
+
+    protected = _CODE.sub(stand_in, source)
+    return protected if len(code) <= 0xFFFD else None
+
+
+def _with_code(text: str, code: list[str]) -> str:
+    return _STAND_INS.sub(lambda match: code[ord(match.group(0)) - _STAND_IN], text)
+
+
+def _code_layout(text: str) -> tuple[list[str], list[Counter[str]]]:
+    """A template's statements (`{% … %}`) in order, and for each stretch between two statements the expressions
+    and words in it (counted, in any order)."""
+    statements: list[str] = []
+    stretches: list[Counter[str]] = [Counter()]
+    end = 0
+    for match in _CODE.finditer(text):
+        stretches[-1].update(_WORD.findall(unescape(text[end : match.start()])))
+        end = match.end()
+        code = match.group(0)
+        if code.startswith("{%"):
+            statements.append(code)
+            stretches.append(Counter())
+        else:
+            stretches[-1][code] += 1
+    stretches[-1].update(_WORD.findall(unescape(text[end:])))
+    return statements, stretches
+
+
+def _same_template_logic(source: str, derived: str) -> bool:
+    """Whether the text says what the HTML says under the same conditions: every statement kept, as written and in
+    order, and nothing moved across one. A table's cells side by side can put one cell's line inside another's
+    `{% if %}`, and loops between table rows end up before the table; those templates convert each message instead.
+    A link's text comes before its URL in the text, so the source is compared with each link's href moved after
+    its text. The source's stretches hold markup too (tag and attribute names): the check is that the text takes
+    nothing from elsewhere, not that it keeps everything."""
+    statements, stretches = _code_layout(_LINK.sub(r"\3 \2", source))
+    derived_statements, derived_stretches = _code_layout(derived)
+    return statements == derived_statements and all(
+        not (found - given) for found, given in zip(derived_stretches, stretches, strict=True)
+    )
 
 
 @lru_cache(maxsize=512)
@@ -141,9 +201,17 @@ def text_template_from_html(source: str) -> str:
     """The text part's template when the marketer left it empty: the HTML template's source (tracked links
     already rewritten, if tracking) turned into text once (its template code passes through as text), then
     rendered per message like any template. Converting every rendered HTML body instead costs more than the rest of
-    rendering together. Empty when the conversion does not leave a usable template (template code that looks like
-    markup); rendering then converts each body."""
-    derived = html_to_text(source)
+    rendering together. Empty when the conversion does not leave the same template (statements hidden, or moved
+    by the layout: _same_template_logic); rendering then converts each body."""
+    code: list[str] = []
+    protected = _without_code(source, code)
+    if protected is None:
+        return ""
+    derived = _with_code(html_to_text(protected), code)
+    if not _same_template_logic(source, derived):
+        return ""
+    # A statement on a line of its own joins the line before: a block left out leaves no blank lines behind.
+    derived = _STATEMENT_LINE.sub(r"\1", derived)
     try:
         compiled(derived, html=False)
     except TemplateProblem:
