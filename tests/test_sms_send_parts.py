@@ -187,7 +187,7 @@ def test_the_preview_api_shows_the_parts_for_the_longest_values_seen(teammate):
     assert (data["rendered"]["length"]["encoding"], data["rendered"]["length"]["segments"]) == ("GSM-7", 1)
     longest = data["longest_values"]
     assert longest["fields"] == ["first_name"]
-    assert longest["values"] == {"first_name": "Maximiliane"}
+    assert longest["longest"] == {"first_name": {"septets": 11, "units": 11, "non_gsm": True}}  # "Maximiliane", "Zoë"
     # "Hi Maximiliane, " + 98 = 114 septets: one SMS; as UCS-2, 114 units: two parts.
     assert (longest["gsm"]["encoding"], longest["gsm"]["units"], longest["gsm"]["segments"]) == ("GSM-7", 114, 1)
     assert (longest["worst"]["encoding"], longest["worst"]["units"], longest["worst"]["segments"]) == (
@@ -220,6 +220,7 @@ def test_the_console_preview_warns_when_some_contacts_messages_would_not_be_sent
         "Longest values seen: up to 1 part (GSM-7); up to 2 parts (UCS-2 when a first name like &#x27;Zoë&#x27; is"
         " used) · 106 characters at most" in page
     )
+    assert "first_name: up to 3 characters, some not GSM-7" in page
     assert (
         "Some messages would not be sent: SMS is 2 parts (UCS-2, &#x27;ë&#x27; is not GSM-7); the campaign allows 1."
         in page
@@ -238,6 +239,7 @@ def test_the_longest_values_are_measured_in_septets_and_attributes_too(teammate)
     response = teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/preview/", {"channel": "sms"}, format="json")
     longest = response.data["longest_values"]
     assert longest["fields"] == ["attributes.city"]
+    assert longest["longest"] == {"attributes.city": {"septets": 16, "units": 12, "non_gsm": False}}
     assert longest["gsm"]["units"] == len("See you in !") + 16
     assert longest["non_gsm_example"] is None
     assert longest["summary"] == "up to 1 part (GSM-7)"
@@ -260,3 +262,22 @@ def test_the_parts_show_in_the_contact_export_and_the_admin(receiver, owner, dja
     page = admin.get(f"/admin/delivery/message/?id__exact={refused.pk}")
     assert page.status_code == 200
     assert '<td class="field-parts">2</td>' in page.content.decode()
+
+
+def test_the_longest_values_scan_counts_as_the_standard_does(teammate):
+    from campaigns.content.sms_longest import FieldLongest, longest_values
+
+    _contacts(
+        teammate.organisation,
+        {"external_id": "a", "phone": "+447700900041", "first_name": "Ann", "attributes": {"nick": "😀😀"}},
+        {"external_id": "b", "phone": "+447700900042", "first_name": "B`ob", "attributes": {"nick": "{brace}"}},
+        {"external_id": "c", "phone": "+447700900043", "first_name": "Élodie", "attributes": {"nick": "ab"}},
+    )
+    seen = longest_values(teammate.organisation.pk, ["first_name", "attributes.nick"])
+    # first_name: "Élodie" is GSM-7 (É is in the alphabet), 6 septets; "B`ob" needs UCS-2 (the backtick).
+    # nick: "{brace}" is 9 septets; "😀😀" is 4 UTF-16 units and needs UCS-2.
+    assert seen.fields == {
+        "first_name": FieldLongest(septets=6, units=6, non_gsm=True),
+        "attributes.nick": FieldLongest(septets=9, units=7, non_gsm=True),
+    }
+    assert seen.example == ("first_name", "B`ob")
