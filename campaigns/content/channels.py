@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from html.parser import HTMLParser
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -121,6 +122,9 @@ def _channel_rules(
                 f"from_email: {sender} is not one of the organisation's verified senders"
                 + (f" ({', '.join(sorted(senders))})" if senders else "")
             )
+        html = content.get("html")
+        if isinstance(html, str) and html:
+            problems.extend(email_link_problems(html))
     elif channel == "sms":
         body = content.get("body") or ""
         multipart = content.get("allow_multipart", False)
@@ -159,6 +163,84 @@ def _channel_rules(
                     problems.append(f"{name}: {exc}")
     elif channel == "webhook":
         problems.extend(_webhook_rules(content))
+    return problems
+
+
+LINK_SCHEMES = ("https", "http", "mailto", "tel")
+IMAGE_SCHEMES = ("https", "http")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+# What a browser ignores in a URL (tabs and newlines anywhere, controls and spaces around it): "java\tscript:" is
+# javascript:.
+_URL_IGNORED = re.compile(r"[\t\n\r]")
+_C0_AND_SPACE = "".join(chr(code) for code in range(0x21))
+
+
+class _UrlAttributes(HTMLParser):
+    """Every link target (href) and image source (img src) of an HTML template, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name == "href" and tag in ("a", "area"):
+                self.links.append(value or "")
+            elif name == "src" and tag == "img":
+                self.images.append(value or "")
+
+
+def _url_problem(url: str, *, schemes: tuple[str, ...], image: bool) -> str | None:
+    """What is wrong with one link target or image source, or None. Template code renders later (a personalised
+    link is tracked, and so checked, when it renders), but a literal start before it must be a scheme we allow."""
+    url = _URL_IGNORED.sub("", url).strip(_C0_AND_SPACE)
+    code = min((i for i in (url.find("{{"), url.find("{%")) if i >= 0), default=-1)
+    literal = url if code < 0 else url[:code]
+    if not image and url.startswith("#"):
+        return None  # a jump inside the email
+    if code == 0:
+        return None
+    scheme_match = _SCHEME.match(literal)
+    scheme = scheme_match.group(1).lower() if scheme_match else ""
+    allowed = " or ".join(f"{s}:" if s in ("mailto", "tel") else f"{s}://" for s in schemes)
+    if image and scheme in ("cid", "data") and (scheme == "cid" or literal.lower().startswith("data:image/")):
+        return None  # an inline attachment, an inline picture
+    if not scheme:
+        if not url:
+            return "is empty"
+        return f"is relative: an email needs an absolute URL ({allowed})"
+    if scheme not in schemes:
+        return f"{scheme}: is not allowed; use {allowed}" + ("" if image else " (or #anchor)")
+    if scheme in ("mailto", "tel"):
+        return None if literal[len(scheme) + 1 :].strip() or code > 0 else f"{scheme}: with nothing after it"
+    if code > 0:
+        return None
+    try:
+        check_url_shape(url, schemes=(scheme,))
+    except UnsafeUrl as exc:
+        return str(exc)
+    except ValueError:  # urlsplit's own refusal, e.g. an unclosed [IPv6 host
+        return "is not a valid URL"
+    return None
+
+
+def email_link_problems(html: str) -> list[str]:
+    """Every link (href) and image (src) of an email's HTML checked as in-app and webhook URLs are: absolute
+    http(s) with a host and no credentials or internal address; links may also be mailto:, tel: or #anchors,
+    images inline (cid:, data:image/). javascript:, data: and other schemes, relative and malformed URLs are refused,
+    each named by its place in the HTML."""
+    found = _UrlAttributes()
+    found.feed(html)
+    found.close()
+    problems = []
+    for kind, urls, schemes in (("link", found.links, LINK_SCHEMES), ("image", found.images, IMAGE_SCHEMES)):
+        for number, url in enumerate(urls, 1):
+            problem = _url_problem(url, schemes=schemes, image=kind == "image")
+            if problem:
+                shown = " ".join(url.split())
+                shown = shown if len(shown) <= 60 else shown[:57] + "…"
+                problems.append(f"html: {kind} {number} ({shown}) {problem}")
     return problems
 
 
