@@ -149,9 +149,11 @@ def _transaction(smtp: smtplib.SMTP, message: Outgoing, envelope: tuple[str, str
     except smtplib.SMTPDataError as exc:  # the DATA command itself refused: the content never went out
         code, reply = exc.smtp_code, exc.smtp_error
     except OSError as exc:  # smtplib's disconnects are OSErrors too
-        raise _ConnectionLost(
-            f"SMTP connection lost at {stage}: {exc}", resend_now=stage != "DATA", timed_out=_timed_out(exc)
-        ) from exc
+        if _timed_out(exc):
+            reason = f"SMTP: no answer at {stage} within EMAIL_TIMEOUT ({settings.EMAIL_TIMEOUT:g} s)"
+        else:
+            reason = f"SMTP connection lost at {stage}: {exc}"
+        raise _ConnectionLost(reason, resend_now=stage != "DATA", timed_out=_timed_out(exc)) from exc
     if code == 421:  # the server is closing the connection: this message later, the next on a new connection
         raise _ConnectionLost(f"SMTP 421 {reply.decode(errors='replace')} (at {stage})", resend_now=False)
     if answered and code == 250:
@@ -207,7 +209,8 @@ def _send_raw(messages: Sequence[Outgoing]) -> list[Outcome]:
                     smtp = session.open()
                 except OSError as exc:
                     session.discard()
-                    rest_later(f"mail server unreachable: {exc}")
+                    why = f"no answer within EMAIL_TIMEOUT ({settings.EMAIL_TIMEOUT:g} s)" if _timed_out(exc) else exc
+                    rest_later(f"mail server unreachable: {why}")
                     break
             try:
                 outcomes.append(_transaction(smtp, message, envelope, data))
@@ -218,7 +221,7 @@ def _send_raw(messages: Sequence[Outgoing]) -> list[Outcome]:
                     outcomes.append(Outcome(message.message_id, "retry", _message_id_header(message), str(lost)[:500]))
                     index += 1
                 if lost.timed_out:
-                    rest_later(f"not tried: the mail server stopped answering for {settings.EMAIL_TIMEOUT} s")
+                    rest_later("not tried: the mail server stopped answering")
                     break
                 if drops_in_a_row >= SMTP_DROPS_IN_A_ROW:
                     rest_later(f"not tried: the mail server dropped the connection {drops_in_a_row} times in a row")
