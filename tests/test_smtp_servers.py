@@ -173,6 +173,7 @@ class LoginServer(CountingServer):
         return await super().handle_DATA(server, session, envelope)
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback, a test's own server
 def test_it_logs_in_with_the_email_host_user_and_password(settings, teammate, django_capture_on_commit_callbacks):
     settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = "mailer", "s3cret"
     server = LoginServer()
