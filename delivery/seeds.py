@@ -25,7 +25,7 @@ from campaigns.content.preview import SAMPLE_PROFILE, message_context
 from campaigns.content.render import render_message
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, CampaignType, Variant
-from delivery.backends import Outcome, Outgoing, backend_for
+from delivery.backends import ChannelBackend, Outcome, Outgoing, backend_for
 from delivery.models import Message, Run, SeedSend
 from delivery.sandbox import sandbox_profile
 
@@ -56,10 +56,12 @@ def _outgoing(seed: SeedSend, campaign: Campaign, variant: Variant, run_id: str,
     )
 
 
-def _hand_off(campaign: Campaign, channel: str, outgoing: Sequence[Outgoing]) -> dict[int, Outcome]:
+def _hand_off(
+    campaign: Campaign, channel: str, outgoing: Sequence[Outgoing], *, backend: ChannelBackend | None = None
+) -> dict[int, Outcome]:
     profile = sandbox_profile(campaign.sandbox_profile)
     try:
-        outcomes = backend_for(channel).send_batch(list(outgoing), profile=profile)
+        outcomes = (backend or backend_for(channel)).send_batch(list(outgoing), profile=profile)
     except Exception as exc:  # a backend that raises is a transient failure, as for real sends
         logger.warning("seed hand-off on %s failed: %s", channel, exc)
         outcomes = [Outcome(m.message_id, "retry", "", f"backend error: {exc}"[:500]) for m in outgoing]
@@ -82,7 +84,13 @@ def _settle(seed: SeedSend, outcome: Outcome | None) -> None:
 
 
 def seed_test_send(
-    *, campaign: Campaign, variant: Variant, channel: str, payload: dict[str, Any], addresses: Sequence[str]
+    *,
+    campaign: Campaign,
+    variant: Variant,
+    channel: str,
+    payload: dict[str, Any],
+    addresses: Sequence[str],
+    backend: ChannelBackend | None = None,
 ) -> list[dict[str, Any]]:
     """A test message to each address now, through the channel's backend (registered with campaigns' test send)."""
     run_id = str(uuid.uuid4())  # a test send is its own little run in the provider's books
@@ -98,7 +106,8 @@ def seed_test_send(
         )
         for address in addresses
     ]
-    outcomes = _hand_off(campaign, channel, [_outgoing(s, campaign, variant, run_id, payload) for s in seeds])
+    outgoing = [_outgoing(s, campaign, variant, run_id, payload) for s in seeds]
+    outcomes = _hand_off(campaign, channel, outgoing, backend=backend)
     for seed in seeds:
         _settle(seed, outcomes.get(seed.pk))
         if seed.status == SeedSend.Status.QUEUED:
@@ -202,8 +211,18 @@ def due_seed_copy_runs(*, now: Any = None) -> list[Any]:
     )
 
 
+def email_test_send(**kwargs: Any) -> list[dict[str, Any]]:
+    """A test email is real mail whatever provider the campaign's sends use (the sandbox included): it goes out
+    through the email channel's own path (delivery.channels.EmailBackend over Django's mail backend), so the seed
+    sees what recipients get — the same wire bytes, headers and DKIM signature, one message per address."""
+    from delivery.channels import EmailBackend
+
+    return seed_test_send(**kwargs, backend=EmailBackend())
+
+
 def register() -> None:
     from campaigns.content.preview import register_test_sender
 
     for channel in ("sms", "whatsapp"):
         register_test_sender(channel, seed_test_send)
+    register_test_sender("email", email_test_send)

@@ -109,10 +109,14 @@ def test_test_send_arrives_with_rfc8058_headers(teammate, campaign, smtp):
     )
     assert response.status_code == 200, response.data
     assert response.data["sent_to"] == ["seed@example.com", "qa@example.com"]
-    [(mail_from, rcpt_tos, raw)] = smtp.messages
-    assert mail_from == "news@acme.example"
-    assert rcpt_tos == ["seed@example.com", "qa@example.com"]
+    # One message per seed, as a send goes to each recipient on its own (seeds do not see each other's address).
+    assert [(mail_from, rcpt_tos) for mail_from, rcpt_tos, _raw in smtp.messages] == [
+        ("news@acme.example", ["seed@example.com"]),
+        ("news@acme.example", ["qa@example.com"]),
+    ]
+    raw = smtp.messages[0][2]
     message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["To"] == "seed@example.com"
     assert message["Subject"] == "[Test] Hi Ada"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     # The mailto only where inbound mail is configured (tests/test_inbound_unsubscribe.py).

@@ -630,3 +630,35 @@ def test_a_campaign_sent_by_a_worker_arrives_signed_for_its_from_domain(owner, t
         assert recipient in {"c0@inbox.test", "c1@inbox.test", "c2@inbox.test"}
         assert _signature_tags(raw)[b"d"] == b"example.test"
         assert dkim.verify(raw, dnsfunc=dns_stub.dkim_dnsfunc) is True
+
+
+def test_a_test_send_arrives_signed_like_the_campaigns_own_sends(owner, teammate, dns_stub, smtp):
+    """A seed checking a test email sees what recipients get: the same wire path, DKIM-signed, one message each."""
+    organisation = owner.organisation
+    organisation.sender_email = "news@example.test"
+    organisation.save()
+    sending_domain = delivery_dkim.sending_domain_create(actor=owner.actor, domain="example.test")
+    _publish(dns_stub, sending_domain)
+    body = {
+        "name": "Signed test",
+        "channels": ["email"],
+        "variants": [
+            {"name": "A", "allocation_percent": 100, "content": {"email": {"subject": "Hi", "html": "<p>Hi</p>"}}}
+        ],
+    }
+    campaign = teammate.api.post("/api/v1/campaigns/", body, format="json")
+    assert campaign.status_code == 201, campaign.data
+
+    response = teammate.api.post(
+        f"/api/v1/campaigns/{campaign.data['id']}/test-send/",
+        {"recipients": ["seed@inbox.test", "qa@inbox.test"]},
+        format="json",
+    )
+
+    assert response.status_code == 200, response.data
+    assert [r["status"] for r in response.data["results"]] == ["sent", "sent"]
+    assert [recipients for _sender, recipients, _raw in smtp.messages] == [["seed@inbox.test"], ["qa@inbox.test"]]
+    for _sender, _recipients, raw in smtp.messages:
+        assert _signature_tags(raw)[b"d"] == b"example.test"
+        assert dkim.verify(raw, dnsfunc=dns_stub.dkim_dnsfunc) is True
+        assert email.message_from_bytes(raw, policy=policy.default)["Subject"] == "[Test] Hi"

@@ -5,7 +5,6 @@ empty example, always labelled."""
 
 from __future__ import annotations
 
-import smtplib
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from datetime import UTC
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.validators import validate_email
 from django.utils import timezone
 
@@ -260,14 +258,15 @@ def campaign_preview(
     return result
 
 
-# Campaigns never import delivery (STYLE.md §11), which owns the channel backends: delivery registers here the
-# function that hands SMS and WhatsApp test sends to the backend configured for the channel.
-PhoneSender = Callable[..., list[dict[str, Any]]]
-_phone_senders: dict[str, PhoneSender] = {}
+# Campaigns never import delivery (delivery depends on campaigns), which owns the channel backends: delivery registers
+# here the functions that hand test sends to a backend — SMS and WhatsApp to the channel's configured backend, email
+# to the email channel's own path (real mail, signed like every send).
+TestSender = Callable[..., list[dict[str, Any]]]
+_test_senders: dict[str, TestSender] = {}
 
 
-def register_test_sender(channel: str, sender: PhoneSender) -> None:
-    _phone_senders[channel] = sender
+def register_test_sender(channel: str, sender: TestSender) -> None:
+    _test_senders[channel] = sender
 
 
 def campaign_test_send(
@@ -314,7 +313,7 @@ def _test_send_phone(
         raise ValidationError({"recipients": exc.message_dict["seed_phones"]}) from exc
     if not phones:
         raise ValidationError({"recipients": ["Give phone numbers, or set the campaign's seed phones."]})
-    sender = _phone_senders.get(channel)
+    sender = _test_senders.get(channel)
     if sender is None:
         raise Conflict(f"No backend sends {channel} test messages here.", code="no_backend")
     chosen, rendered = _seed_render(campaign, channel, variant, contact)
@@ -348,27 +347,28 @@ def _test_send_email(
             bad.append(address)
     if bad:
         raise ValidationError({"recipients": [f"Not email addresses: {', '.join(bad)}."]})
+    sender = _test_senders.get("email")
+    if sender is None:
+        raise Conflict("No backend sends email test messages here.", code="no_backend")
     chosen, email = _seed_render(campaign, "email", variant, contact_id)
     if not email["from_email"]:
         raise ValidationError({"content": ["Set a From address (or the organisation's sender) first."]})
-    message = EmailMultiAlternatives(
-        subject=f"[Test] {email['subject']}",
-        body=email["text"],
-        from_email=email["from"],
-        to=addresses,
-        reply_to=[email["reply_to"]] if email["reply_to"] else None,
-        headers=email["headers"],
-        connection=get_connection(),
-    )
-    message.attach_alternative(email["html"], "text/html")
-    try:
-        message.send()
-    except (smtplib.SMTPException, OSError) as exc:
-        raise Conflict(f"The mail server did not take the message: {exc}", code="mail_server_error") from exc
+    email = {**email, "subject": f"[Test] {email['subject']}"}
+    results = sender(campaign=campaign, variant=chosen, channel="email", payload=email, addresses=addresses)
     audit_record(
         actor=actor,
         action="campaign.test_send",
         target=campaign,
-        details={"variant": chosen.name, "channel": "email", "recipients": addresses},
+        details={"variant": chosen.name, "channel": "email", "recipients": addresses, "results": results},
     )
-    return {"sent_to": addresses, "variant": chosen.name, "channel": "email", "subject": message.subject}
+    failed = [r for r in results if r["status"] not in ("sent", "delivered")]
+    if failed and len(failed) == len(results):
+        reasons = "; ".join(f"{r['address']}: {r['error'] or r['status']}" for r in failed)
+        raise Conflict(f"The mail server did not take the message: {reasons}", code="mail_server_error")
+    return {
+        "sent_to": addresses,
+        "variant": chosen.name,
+        "channel": "email",
+        "subject": email["subject"],
+        "results": results,
+    }
