@@ -78,3 +78,7 @@ def test_seed_demo_is_idempotent(tmp_path):
     )
     statuses = set(Campaign.objects.values_list("status", flat=True))
     assert {"draft", "scheduled", "active", "paused", "completed", "cancelled"} <= statuses
+    # The demo sender's domain has its DKIM key (once), so the demo's mail goes out signed.
+    from delivery.models import SendingDomain
+
+    assert list(SendingDomain.objects.values_list("organisation__slug", "domain")) == [("demo", "demo-retail.example")]
