@@ -16,7 +16,7 @@ from django.core.validators import validate_email
 
 from campaigns.content.media import is_own_media_url
 from campaigns.content.sms import MAX_PARTS, describe_length, sms_length
-from campaigns.content.templates import TemplateProblem, compiled, template_warnings
+from campaigns.content.templates import TemplateProblem, compiled, render_cost_problem, template_warnings
 from campaigns.content.urls_check import UnsafeUrl, check_url_shape
 
 WHATSAPP_MAX = 1600
@@ -94,6 +94,12 @@ def content_problems(
                 compiled(value, html=html)
             except TemplateProblem as exc:
                 problems.append(f"{name}: {exc}")
+            else:
+                # Rendered once for a sample message: a template over the render budget is refused now, not at
+                # every message it would fail.
+                costly = render_cost_problem(value, html=html)
+                if costly:
+                    problems.append(f"{name}: {costly}")
     problems.extend(_channel_rules(channel, content, allowed_senders, sms_multipart=sms_multipart))
     if for_launch:
         missing = [name for name in REQUIRED[channel] if not content.get(name)]

@@ -29,6 +29,8 @@ from typing import Any
 
 from django.conf import settings
 
+from campaigns.content.templates import CLICK_PREFIX, TRACK_FILTER
+
 TOKEN_DAYS = 90
 _SIGNATURE_BYTES = 16
 SCOPE_BYTES = 9
@@ -226,21 +228,22 @@ _OWN_LINK = re.compile(r"\{\{\s*(?:unsubscribe_url|preferences_url)\s*\}\}")
 
 def tracked_template_source(source: str, table: LinkTable) -> str:
     """The HTML template with every link routed through click tracking, rewritten once per run instead of once per
-    message: a static http(s) href becomes `{{ cs_click }}<its signed link part>` (the message's own prefix, then
-    the part signed now), an href built from template code is wrapped in `{% filter cs_track %}…{% endfilter %}`
-    (signed when it renders, once per target in the run); our own unsubscribe and preference links and anything
-    else stay."""
+    message: a static http(s) href becomes `{{ <CLICK_PREFIX> }}<its signed link part>` (the message's own prefix,
+    then the part signed now), an href built from template code is wrapped in `{% filter <TRACK_FILTER> %}…{%
+    endfilter %}` (signed when it renders, once per target in the run); our own unsubscribe and preference links
+    and anything else stay. Both names are campaigns.content.templates' unguessable internal ones: a marketer's
+    template cannot reach them."""
 
     def replace(match: re.Match[str]) -> str:
         prefix, quote, raw = match.groups()
         if "{{" in raw or "{%" in raw:
             if _OWN_LINK.fullmatch(raw.strip()):
                 return match.group(0)
-            return f"{prefix}{quote}{{% filter cs_track %}}{raw}{{% endfilter %}}{quote}"
+            return f"{prefix}{quote}{{% filter {TRACK_FILTER} %}}{raw}{{% endfilter %}}{quote}"
         target = html.unescape(raw).strip()
         if not target.lower().startswith(("http://", "https://")):
             return match.group(0)
         # A link part is base64url and dots: nothing in it is template syntax or needs escaping in an attribute.
-        return f"{prefix}{quote}{{{{ cs_click }}}}{table.part(target)}{quote}"
+        return f"{prefix}{quote}{{{{ {CLICK_PREFIX} }}}}{table.part(target)}{quote}"
 
     return _HREF.sub(replace, source)

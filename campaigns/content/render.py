@@ -33,6 +33,8 @@ from inscriptis.model.tag.table_tag import table_start_handler
 from campaigns.content import links
 from campaigns.content.sms import sms_length
 from campaigns.content.templates import (
+    CLICK_PREFIX,
+    TRACK_FUNCTION,
     CompiledParts,
     TemplateProblem,
     compiled,
@@ -40,6 +42,7 @@ from campaigns.content.templates import (
     event_data,
     render_globals,
 )
+from campaigns.content.urls_check import UnsafeUrl, check_link_target
 
 SIGNATURE_HEADER = "X-Campaign-Signature"
 
@@ -420,8 +423,8 @@ class Renderer:
             # One signature per message: every click URL is this message part plus a link part signed per run.
             message_part = program.table.message_part(message_id)
             click_prefix = f"{self.click_base}{message_part}."
-            variables["cs_click"] = click_prefix
-            variables["cs_track"] = partial(program.table.url, click_prefix, (unsubscribe, preferences))
+            variables[CLICK_PREFIX] = click_prefix
+            variables[TRACK_FUNCTION] = partial(program.table.url, click_prefix, (unsubscribe, preferences))
         rendered = program.parts.render_variables(variables)
         subject, preheader, body = rendered[0].strip(), rendered[1].strip(), rendered[-1]
         footer = ""
@@ -510,6 +513,12 @@ class Renderer:
     ) -> dict[str, Any]:
         variables = self._variables(message_id, contact, "", "", extra, event)
         rendered = {name: template.render_variables(variables).strip() for name, template in self.templates.items()}
+        if rendered.get("action_url"):
+            # Checked as rendered: a template (or a contact's data) can make any URL, javascript: included.
+            try:
+                check_link_target(rendered["action_url"], schemes=("https", "http"))
+            except UnsafeUrl as exc:
+                raise TemplateProblem(f"action_url: {exc}") from exc
         return {**rendered, "icon_url": self.content.get("icon_url", "")}
 
     def _webhook(

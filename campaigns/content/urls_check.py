@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -81,3 +82,40 @@ def check_url_target(url: str) -> list[str]:
         if _blocked_ip(ipaddress.ip_address(address.split("%")[0])):
             raise UnsafeUrl(f"The host {parts.hostname!r} resolves to an internal address ({address}).")
     return addresses
+
+
+RESOLVE_TTL = 300.0  # seconds a host's addresses are trusted by check_link_target
+_RESOLVED: dict[str, tuple[float, str]] = {}  # host -> (valid until, why it is refused, or "")
+
+
+def check_link_target(url: str, *, schemes: tuple[str, ...] = ("https", "http")) -> str:
+    """A link a recipient opens (an in-app action URL, rendered per message): well-formed with an allowed scheme,
+    and not pointing at a private, loopback or link-local address, literally or through DNS. A name that does
+    not resolve passes (nothing of ours connects to it, and the recipient's network may know it). Each host's
+    answer is kept for RESOLVE_TTL, so a bulk send resolves a host once, not once per message."""
+    url = check_url_shape(url, schemes=schemes)
+    parts = urlsplit(url)
+    if _explicitly_allowed(parts):
+        return url
+    host = (parts.hostname or "").lower().rstrip(".")
+    now = time.monotonic()
+    cached = _RESOLVED.get(host)
+    if cached is None or cached[0] < now:
+        if len(_RESOLVED) >= 10_000:  # personalised hosts: bound the memory, not the correctness
+            _RESOLVED.clear()
+        cached = _RESOLVED[host] = (now + RESOLVE_TTL, _internal_resolution(host))
+    if cached[1]:
+        raise UnsafeUrl(cached[1])
+    return url
+
+
+def _internal_resolution(host: str) -> str:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return ""
+    for info in infos:
+        address = str(info[4][0])
+        if _blocked_ip(ipaddress.ip_address(address.split("%")[0])):
+            return f"The host {host!r} resolves to an internal address ({address})."
+    return ""
