@@ -52,6 +52,10 @@ class Outcome:
     # A bounce that says the address does not exist (an SMTP server refusing the mailbox for good): the engine puts
     # the address on the organisation's suppression list, as a hard-bounce receipt does.
     hard_bounce: bool = False
+    # False for a retry of a message the backend never got to try (the server was unreachable, or the batch ended
+    # when it went silent): it waits for its retry without using up one of its attempts, so an outage of the
+    # provider, however long, fails nothing; it only delays.
+    tried: bool = True
 
 
 class ChannelBackend(Protocol):

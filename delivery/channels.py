@@ -189,7 +189,7 @@ def _send_raw(messages: Sequence[Outgoing]) -> list[Outcome]:
     index = 0
 
     def rest_later(reason: str) -> None:
-        outcomes.extend(Outcome(m.message_id, "retry", "", reason[:500]) for m in messages[index:])
+        outcomes.extend(Outcome(m.message_id, "retry", "", reason[:500], tried=False) for m in messages[index:])
 
     try:
         while index < len(messages):

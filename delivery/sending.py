@@ -321,7 +321,11 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
     counts: Counter[str] = Counter()
     for outcome in outcomes:
         status, delay, error = outcome.status, outcome.retry_after, outcome.error
-        if status == "retry":
+        used = 1  # attempts this outcome uses up
+        if status == "retry" and not outcome.tried:
+            status, used = "queued", 0
+            delay = delay or _retry_delay(attempts.get(outcome.message_id, 0))
+        elif status == "retry":
             if attempts.get(outcome.message_id, 0) + 1 >= settings.DELIVERY_MAX_ATTEMPTS:
                 status, error = "failed", f"gave up after {settings.DELIVERY_MAX_ATTEMPTS} attempts: {error}"
             else:
@@ -338,7 +342,7 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
                 "p": outcome.provider_message_id,
                 "e": error[:500],
                 "r": delay,
-                "a": 1,
+                "a": used,
                 "n": ctx.sms_parts.get(outcome.message_id),
             }
         )

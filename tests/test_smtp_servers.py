@@ -268,7 +268,7 @@ def test_a_server_that_keeps_dropping_costs_three_connections_then_the_batch_wai
             sending.run_send_batch(run.pk)
     assert server.connections == 3 and server.received == []
     assert {(m.status, m.attempts, m.error) for m in _by_contact(run).values()} == {
-        ("queued", 1, "not tried: the mail server dropped the connection 3 times in a row")
+        ("queued", 0, "not tried: the mail server dropped the connection 3 times in a row")
     }
 
 
@@ -402,7 +402,8 @@ def test_a_server_silent_after_data_costs_one_timeout_and_the_batch_waits_for_it
     messages = _by_contact(run)
     assert {key: (m.status, m.attempts, m.error) for key, m in messages.items()} == {
         "k0": ("queued", 1, "SMTP: no answer at DATA within EMAIL_TIMEOUT (1 s)"),
-        **{f"k{i}": ("queued", 1, "not tried: the mail server stopped answering") for i in range(1, 5)},
+        # Never tried: no attempt used up (a long outage delays them, it does not fail them).
+        **{f"k{i}": ("queued", 0, "not tried: the mail server stopped answering") for i in range(1, 5)},
     }
 
 
@@ -419,7 +420,7 @@ def test_a_server_that_never_greets_costs_one_timeout(settings, teammate, django
         took = time.monotonic() - began
     assert took < 4
     assert {(m.status, m.attempts, m.error) for m in _by_contact(run).values()} == {
-        ("queued", 1, "mail server unreachable: no answer within EMAIL_TIMEOUT (1 s)")
+        ("queued", 0, "mail server unreachable: no answer within EMAIL_TIMEOUT (1 s)")
     }
 
 
@@ -528,3 +529,26 @@ def test_a_hard_bounced_address_is_not_mailed_by_the_next_campaign(
     assert list(RunExclusion.objects.filter(run_id=second.pk).values_list("contact_id", "channel", "reason")) == [
         (_by_contact(first)["k1"].contact_id, "email", "suppressed")
     ]
+
+
+def test_a_mail_server_down_for_longer_than_every_retry_fails_nothing_and_sends_all_when_it_is_back(
+    settings, teammate, django_capture_on_commit_callbacks
+):
+    """Nothing listens on the port for more batches than a message has attempts: messages that were never tried do
+    not use up their attempts, so when the server is back every one of them is sent (faults delay, never lose)."""
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", _free_port()  # refused: nothing listens there
+    run = _prepared_run(teammate, _campaign(teammate.organisation, 5), django_capture_on_commit_callbacks)
+    for _ in range(settings.DELIVERY_MAX_ATTEMPTS + 2):
+        with django_capture_on_commit_callbacks(execute=False):
+            sending.run_send_batch(run.pk)
+        Message.objects.filter(run=run, status="queued").update(due_at=timezone.now() - timedelta(seconds=1))
+    assert (
+        sorted((m.status, m.attempts, m.error.split(":")[0]) for m in _by_contact(run).values())
+        == [("queued", 0, "mail server unreachable")] * 5
+    )
+
+    server = CountingServer()
+    with _serving(server, settings):
+        _send_until_settled(run, django_capture_on_commit_callbacks)
+    assert sorted((m.status, m.attempts) for m in _by_contact(run).values()) == [("sent", 1)] * 5
+    assert sorted(rcpt for _from, (rcpt,), _data in server.received) == [f"k{i}@example.com" for i in range(5)]
