@@ -513,25 +513,40 @@ UNCOUNTED_FILTERS = frozenset(
         "items",
         "last",
         "length",
-        "max",
-        "min",
         "random",
         "reject",
         "rejectattr",
         "round",
         "select",
         "selectattr",
-        "wordcount",
     }
 )
 
 
 def bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    """A filter checked before it runs (FILTER_CHECKS) and counted after, with the deadline checked on each call."""
+    """A filter checked before it runs (FILTER_CHECKS) and counted after, ticking the clock on each call."""
     if name in UNCOUNTED_FILTERS:
         return function
     check = FILTER_CHECKS.get(name)
     skip = 1 if _PassArg.from_obj(function) is not None else 0  # the context or eval context Jinja passes first
+
+    if check is _check_text_input:
+        # The usual case (title, upper, trim…), kept short: it runs for every message.
+        @wraps(function)
+        def bounded_text(*args: Any, **kwargs: Any) -> Any:
+            if type(args[skip]) is not str:
+                as_text(args[skip])
+            result = function(*args, **kwargs)
+            budget = _current.budget
+            budget.ticks -= 1
+            if budget.ticks <= 0:
+                budget.clock()
+            budget.left -= len(result) if isinstance(result, str) else 0
+            if budget.left < 0:
+                budget.charge(0)
+            return result
+
+        return bounded_text
 
     @wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
@@ -551,6 +566,29 @@ def bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any
         return result
 
     return bounded
+
+
+def ticking(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A test (`is in`, `is eq`…): its time grows with its operands, so it ticks the clock."""
+
+    @wraps(function)
+    def ticked(*args: Any, **kwargs: Any) -> Any:
+        budget = _current.budget
+        budget.ticks -= 1
+        if budget.ticks <= 0:
+            budget.clock()
+        return function(*args, **kwargs)
+
+    return ticked
+
+
+def compared(result: Any) -> Any:
+    """After every comparison (`in`, `==`, `<`… take time in their operands' length): a tick of the clock."""
+    budget = _current.budget
+    budget.ticks -= 1
+    if budget.ticks <= 0:
+        budget.clock()
+    return result
 
 
 # Loops

@@ -107,7 +107,13 @@ def event_data(value: Any) -> Any:
 
 class _BoundedCodeGenerator(CodeGenerator):
     """Jinja's code generator with slices routed through the environment (`text[1:]` builds a new string, counted
-    like any other), as the sandbox already routes item and attribute lookups."""
+    like any other), as the sandbox already routes item and attribute lookups, and every comparison ticking the
+    render's clock (`needle in haystack` takes time in their length, with no call the sandbox would see)."""
+
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        self.write("environment.compared(")
+        super().visit_Compare(node, frame)
+        self.write(")")
 
     def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
         if not isinstance(node.arg, nodes.Slice):
@@ -142,6 +148,9 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         self.globals = {"range": self._bounded_range}
         self.filters = {name: bounds.bounded_filter(name, function) for name, function in self.filters.items()}
         self.filters[_LOOP_FILTER] = bounds.counted_loop
+        self.tests = {name: bounds.ticking(test) for name, test in self.tests.items()}
+
+    compared = staticmethod(bounds.compared)
 
     @staticmethod
     def _bounded_range(*args: int) -> range:
