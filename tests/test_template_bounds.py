@@ -15,6 +15,7 @@ from email import policy
 import pytest
 
 from audiences.contacts import contacts_upsert_rows
+from audiences.models import Contact
 from campaigns.content.render import Renderer, Sender
 from campaigns.content.templates import (
     TemplateProblem,
@@ -255,6 +256,40 @@ def test_a_template_that_fails_only_on_some_data_is_saved(teammate):
         format="json",
     )
     assert response.status_code == 201, response.data
+
+
+@pytest.mark.django_db
+def test_a_preview_of_a_costly_render_is_a_400_with_the_reason(teammate):
+    # Was a RecursionError: a 500. Saved, since the sample message does not take the costly branch.
+    contacts_upsert_rows(
+        organisation=teammate.organisation,
+        rows=[
+            {"external_id": "evil", "first_name": "E", "attributes": {"evil": True}},
+            {"external_id": "fine", "first_name": "F", "attributes": {}},
+        ],
+    )
+    body = (
+        "{% macro f() %}{{ f() }}{% endmacro %}"
+        "Hi {{ contact.first_name }}{% if contact.attributes.evil %}{{ f() }}{% endif %}"
+    )
+    created = teammate.api.post(
+        "/api/v1/campaigns/",
+        {
+            "name": "Sometimes",
+            "channels": ["sms"],
+            "variants": [{"name": "A", "allocation_percent": 100, "content": {"sms": {"body": body}}}],
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.data
+    url = f"/api/v1/campaigns/{created.data['id']}/preview/"
+    contacts = dict(Contact.objects.filter(organisation=teammate.organisation).values_list("external_id", "pk"))
+    evil = teammate.api.post(url, {"channel": "sms", "contact_id": contacts["evil"]}, format="json")
+    assert evil.status_code == 400
+    assert evil.data == {"content": ["Macros and loops call themselves at most 20 deep."]}
+    fine = teammate.api.post(url, {"channel": "sms", "contact_id": contacts["fine"]}, format="json")
+    assert fine.status_code == 200, fine.data
+    assert fine.data["rendered"]["body"] == "Hi F"
 
 
 # --- at send ----------------------------------------------------------------------------------------------------------

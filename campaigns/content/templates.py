@@ -431,15 +431,29 @@ def _from_tree(environment: BoundedEnvironment, tree: nodes.Template) -> Any:
     return template
 
 
-@lru_cache(maxsize=2048)
 def compiled(source: str, *, html: bool) -> CompiledTemplate:
-    """Parse and compile once; raises TemplateProblem (with line and column) for unusable templates."""
+    """Parse and compile once; raises TemplateProblem (with line and column) for unusable templates. A template
+    that cannot be compiled is remembered too: a send fails each of its messages without compiling it again (a
+    100 KB template takes a second or more to parse)."""
+    result = _compiled_or_problem(source, html)
+    if isinstance(result, TemplateProblem):
+        raise TemplateProblem(result.message, line=result.line, column=result.column)
+    return result
+
+
+@lru_cache(maxsize=2048)
+def _compiled_or_problem(source: str, html: bool) -> CompiledTemplate | TemplateProblem:
     if len(source) > MAX_SOURCE:
-        raise TemplateProblem(f"A template is at most {MAX_SOURCE // 1000} KB.")
+        return TemplateProblem(f"A template is at most {MAX_SOURCE // 1000} KB.")
     try:
         return _compiled(source, html=html)
-    except (RecursionError, MemoryError) as exc:  # the parser and compiler recurse over the template's nesting
-        raise TemplateProblem("The template nests expressions too deeply.") from exc
+    except TemplateProblem as exc:  # kept without its traceback (which holds the parse's frames)
+        return TemplateProblem(exc.message, line=exc.line, column=exc.column)
+    except (RecursionError, MemoryError):  # the parser and compiler recurse over the template's nesting
+        return TemplateProblem("The template nests expressions too deeply.")
+
+
+compiled.cache_clear = _compiled_or_problem.cache_clear  # type: ignore[attr-defined]
 
 
 def _compiled(source: str, *, html: bool) -> CompiledTemplate:
