@@ -26,6 +26,8 @@ LINKS = {
     "metadata": "http://169.254.169.254/latest/meta-data/",
     "inside": "https://intranet.shop.example/payroll",
     "unresolved": "https://unknown.example/x",
+    "malformed": "https://[::1/x",
+    "port": "https://shop.example:http/x",
 }
 
 
@@ -91,13 +93,15 @@ def test_it_fails_unsafe_rendered_action_urls_and_delivers_the_rest(
         "data": ("failed", "template: action_url: The URL must start with https:// or http://."),
         "loopback": ("failed", "template: action_url: The URL points at a private, loopback or link-local address."),
         "metadata": ("failed", "template: action_url: The URL points at a private, loopback or link-local address."),
+        "malformed": ("failed", "template: action_url: The URL is malformed."),
+        "port": ("failed", "template: action_url: The URL is malformed."),
         "inside": (
             "failed",
             "template: action_url: The host 'intranet.shop.example' resolves to an internal address (10.20.30.40).",
         ),
     }
     # Where the user looks: the inbox API lists the delivered message and nothing for the refused ones.
-    for name in ("script", "data", "loopback", "metadata", "inside"):
+    for name in ("script", "data", "loopback", "metadata", "inside", "malformed", "port"):
         listed = teammate.api.get(f"/api/v1/inbox/?contact={name}")
         assert listed.status_code == 200
         assert listed.data["results"] == []

@@ -93,9 +93,16 @@ def check_link_target(url: str, *, schemes: tuple[str, ...] = ("https", "http"))
     and not pointing at a private, loopback or link-local address, literally or through DNS. A name that does
     not resolve passes (nothing of ours connects to it, and the recipient's network may know it). Each host's
     answer is kept for RESOLVE_TTL, so a bulk send resolves a host once, not once per message."""
-    url = check_url_shape(url, schemes=schemes)
-    parts = urlsplit(url)
-    if _explicitly_allowed(parts):
+    try:
+        url = check_url_shape(url, schemes=schemes)
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - ValueError when the port is not a number
+        allowed = _explicitly_allowed(parts)
+    except UnsafeUrl:
+        raise
+    except ValueError as exc:  # urlsplit's own refusals: "http://[::1", "https://host:port"
+        raise UnsafeUrl("The URL is malformed.") from exc
+    if allowed:
         return url
     host = (parts.hostname or "").lower().rstrip(".")
     now = time.monotonic()
