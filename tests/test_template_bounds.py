@@ -95,6 +95,8 @@ ADVERSARIAL = [
     (BIG + "{{ ([big] * 100)|pprint }}", "pprint takes values of at most 50,000 characters"),
     ("{{ (5).to_bytes(1000000000, 'big') }}", "to_bytes() cannot be used"),
     ("{{ 'ab'.translate({97: 'x' * 500000}) }}", "translate() cannot be used"),
+    # Containers built by a method count by their items (each dict here costs some 60 KB).
+    ("{% set l = range(1000) %}{% set d = [" + "{}.fromkeys(l), " * 100 + "] %}", "KB of text while rendering"),
     ("{{ 2 ** 1000 }}", "Exponents above 100"),
     ("{% set g = 10 ** 100 %}{{ g * g * g * g * g * g * g * g * g * g * g * g * g * g }}", "bits"),
 ]

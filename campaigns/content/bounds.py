@@ -218,10 +218,13 @@ def _sized(value: Any, cost: int) -> None:
 
 
 def charge_result(budget: Budget, result: Any) -> Any:
+    """Count a new value: text by its characters, containers by their items (`{}.fromkeys(items)` builds a dict)."""
     if isinstance(result, str):
         budget.charge(len(result))
     elif isinstance(result, (list, tuple)):
         budget.charge(LIST_ITEM_COST * len(result))
+    elif isinstance(result, (dict, set, frozenset)):
+        budget.charge(3 * LIST_ITEM_COST * len(result))
     return result
 
 
