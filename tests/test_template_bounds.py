@@ -130,6 +130,20 @@ def test_it_refuses_a_hostile_template_quickly_and_in_little_memory(source, reas
     assert peak < PEAK_BYTES
 
 
+def test_it_stops_a_loop_whose_body_is_long_but_calls_nothing():
+    # 40 x 1,000 items, within the steps if each counted one; each evaluates a 3,000-item list literal (120 million
+    # evaluations, minutes) and has no call, filter or comparison that would tick the clock. The body's size
+    # weighs each item. (Compiled first: the literal alone takes Jinja a quarter of a second to compile.)
+    source = (
+        "{% for a in range(40) %}{% for b in range(1000) %}{% set x = [" + "a, " * 3000 + "] %}{% endfor %}{% endfor %}"
+    )
+    raised, elapsed, peak = _measured(source, compile_too=False)
+    assert isinstance(raised, TemplateTooCostly), repr(raised)
+    assert "too long" in str(raised)
+    assert elapsed < SECONDS
+    assert peak < PEAK_BYTES
+
+
 @pytest.mark.parametrize(
     "comparison", ["{{ 'xy' in b }}", "{{ 'xy' is in b }}", "{{ b.count('y') }}", "{% if 'xy' not in b %}{% endif %}"]
 )

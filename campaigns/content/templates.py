@@ -323,15 +323,18 @@ def _loop_depth(node: nodes.Node, depth: int = 0) -> int:
 
 def _count_loops(tree: nodes.Template) -> nodes.Template:
     """Every loop's iterable wrapped so each item it hands out counts against the render's steps, weighted by
-    the outputs its body writes (so a buffer's list of pieces stays bounded too), and against its characters by
+    the outputs its body writes (so a buffer's list of pieces stays bounded too) and by the size of the body (a
+    loop over a known number of items is counted before it starts, and its body may evaluate a long list literal
+    without a call that would tick the clock: its size bounds the time per item), and against its characters by
     the text its body writes as is."""
     for loop in tree.find_all(nodes.For):
         if isinstance(loop.iter, nodes.Filter) and loop.iter.name == _LOOP_FILTER:
             continue
         writes = sum(len(output.nodes) for part in loop.body for output in part.find_all(nodes.Output))
         writes += sum(len(part.nodes) for part in loop.body if isinstance(part, nodes.Output))
+        size = sum(1 + sum(1 for _ in part.find_all(nodes.Node)) for part in loop.body)
         text = sum(len(data.data) for part in loop.body for data in part.find_all(nodes.TemplateData))
-        weighing = [nodes.Const(1 + writes), nodes.Const(text), nodes.Const(loop.recursive)]
+        weighing = [nodes.Const(1 + writes + size // 4), nodes.Const(text), nodes.Const(loop.recursive)]
         loop.iter = nodes.Filter(loop.iter, _LOOP_FILTER, weighing, [], None, None, lineno=loop.lineno)
     return tree
 
