@@ -29,7 +29,7 @@ from campaigns.models import Campaign, Variant
 from delivery import runs, sending
 from delivery.backends import reset_backends
 from delivery.models import Message, Run
-from tests.factories import CampaignFactory
+from tests.factories import CampaignFactory, console_client
 
 SECONDS = 1.0  # of CPU: a hostile template is refused within this (the render budget is 250 ms of CPU)
 PEAK_BYTES = 32 * 1024 * 1024
@@ -367,3 +367,24 @@ def test_a_send_fails_the_messages_whose_render_breaks_the_budget_and_sends_the_
     assert all("Hi N" in m.get_body(("html",)).get_content() for m in bodies)
     assert elapsed < 10
     reset_backends()
+
+
+@pytest.mark.django_db
+def test_the_console_shows_a_budget_problem_inline_and_saves_nothing(teammate):
+    campaign = CampaignFactory(organisation=teammate.organisation, channels=["email", "sms"], variants=False)
+    form = {
+        "v-0-name": "A",
+        "v-0-allocation": "100",
+        "v-0-email-subject": "Hi",
+        "v-0-email-html": "<p>{{ '%0100000000d' % 1 }}</p>",
+        "v-0-sms-body": "Short",
+    }
+    client = console_client(teammate)
+    saved = client.post(f"/campaigns/{campaign.pk}/content/", {**form, "save": "1"})
+    assert saved.status_code == 400
+    assert "email.html: A format width or precision is at most 1,000." in saved.content.decode()
+    assert not Campaign.objects.get(pk=campaign.pk).variants.exists()
+    # The live preview of the unsaved form says the same instead of rendering (it was a 100 MB string).
+    preview = client.post(f"/campaigns/{campaign.pk}/content/preview/", {**form, "preview_channel": "email"})
+    assert preview.status_code == 200
+    assert "A format width or precision is at most 1,000." in preview.content.decode()
