@@ -1,14 +1,15 @@
 """What one render of a marketer's template may cost, whatever the template and its data: the budget and the
 bounded operations campaigns.content.templates renders with.
 
-A render gets a Budget (per thread): a wall-clock deadline, a number of steps (every loop iteration counts, weighted
-by the outputs in the loop's body, and every call), a call depth, and a number of characters it may build in all
-(every output, every joined buffer, every filter and method result, every `*`, `+`, `~` and `%`; a list counts 16 per
-item). Anything that could build a big value from a small one is measured *before* it runs (padding widths, format
-widths and precisions, `replace`, `join`, `indent`, `wordwrap`, list and string repetition, integer size), so no
-single step allocates more than what is left of the budget. The deadline is checked on every step, call, filter and
-operator; the few library routines whose time grows faster than their input (textwrap, urlize's regular
-expressions, pprint) only take bounded inputs.
+A render gets a Budget (per thread): a CPU-time deadline, a number of steps (every loop iteration counts, weighted
+by the outputs and the size of the loop's body, and every call), a call depth, and a number of characters it may
+build in all (every output over 32 characters, every joined buffer, every filter and method result, every slice,
+`*`, `+`, `~` and `%`; a list counts 16 per item). Anything that could build a big value from a small one is
+measured *before* it runs (padding widths, format widths and precisions, `replace`, `join`, `indent`, `wordwrap`,
+list and string repetition, integer size), so no single step allocates more than what is left of the budget. The
+clock ticks on every step, call, filter, test, comparison and operator and is read every CLOCK_EVERY ticks; the few
+library routines whose time grows faster than their input (textwrap, urlize's regular expressions, pprint) only
+take bounded inputs.
 
 Breaking the budget raises TemplateTooCostly, a TemplateProblem: the message it belongs to fails with that reason.
 """
@@ -31,7 +32,7 @@ from markupsafe import escape as markupsafe_escape
 MAX_OUTPUT = 512_000  # characters of one rendered text
 MAX_PRODUCED = 6 * MAX_OUTPUT  # characters a render may build in all, intermediate values and buffers included
 LIST_ITEM_COST = 16  # a list's pointer plus a share of what a new item costs, in characters of budget
-MAX_STEPS = 50_000  # loop iterations (weighted by the outputs in the body) and calls
+MAX_STEPS = 50_000  # loop iterations (weighted by their body's outputs and size) and calls
 # Outputs this short are not counted one by one (that would cost more than the rest of a typical render): their
 # number is bounded by the steps (each output in a loop weighs a step per iteration) and by the source.
 SHORT_OUTPUT = 32
