@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import re
 import smtplib
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -328,3 +329,38 @@ def test_the_django_mail_path_says_the_same_date_offset(settings):
     assert str(sent["Date"]).endswith(" +0000")
     assert sent["From"].addresses[0].display_name == "Smith, Jones & Co"
     assert sent["Message-ID"] == message.payload["headers"]["Message-ID"]
+
+
+# --- DKIM -----------------------------------------------------------------------------------------------------------
+
+
+def test_a_sending_domain_added_while_a_worker_runs_signs_its_next_mail(smtp, owner, settings):
+    """The skeleton keeps its signer lookup only for a while (mime.SIGNER_REFRESH_SECONDS, set to 0 here so the next
+    message looks again): a key made in the console signs the mail without a worker restart."""
+    import dkim
+
+    from delivery import dkim as signing
+
+    settings.DKIM_SIGNER_CACHE_SECONDS = 0
+    organisation = owner.organisation
+    content = {"subject": "Hi", "html": "<p>Hello</p>"}
+    sender = {"organisation_id": str(organisation.pk), "sender_email": "news@acme.example"}
+
+    def message(message_id: int) -> Outgoing:
+        payload = Renderer("email", content, _sender(**sender)).render(str(message_id), {"first_name": "Ada"}, "42")
+        return replace(_outgoing(payload, message_id), organisation_id=str(organisation.pk))
+
+    mime.SIGNER_REFRESH_SECONDS, previous = 0.0, mime.SIGNER_REFRESH_SECONDS
+    try:
+        unsigned, _ = _received(smtp, message(1))
+        domain = signing.sending_domain_create(actor=owner.actor, domain="acme.example")
+        signed, parsed = _received(smtp, message(2))
+    finally:
+        mime.SIGNER_REFRESH_SECONDS = previous
+    record = f"v=DKIM1; k=rsa; p={domain.public_key}".encode()
+    assert (b"DKIM-Signature" in unsigned, signed.startswith(b"DKIM-Signature: "), parsed["Subject"]) == (
+        False,
+        True,
+        "Hi",
+    )
+    assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record) is True
