@@ -136,6 +136,7 @@ class Unsubscribe(models.Model):
     class Source(models.TextChoices):
         PAGE = "page", "Unsubscribe page"
         ONE_CLICK = "one_click", "One-click (RFC 8058)"
+        MAIL = "mail", "By mail (List-Unsubscribe mailto)"
         PREFERENCES = "preferences", "Preference centre"
         API = "api", "API"
         CONSOLE = "console", "Console"

@@ -97,16 +97,21 @@ def preferences_link(contact: Contact) -> str:
     return links.preferences_url(str(contact.organisation_id), str(contact.pk))
 
 
+# Who the audit log says acted, per way a recipient's unsubscribe came in.
+RECIPIENT_SOURCES = {
+    Unsubscribe.Source.PAGE: "unsubscribe page",
+    Unsubscribe.Source.ONE_CLICK: "one-click unsubscribe",
+    Unsubscribe.Source.MAIL: "unsubscribe by mail (List-Unsubscribe mailto)",
+}
+
+
 def recipient_unsubscribe(
-    *, recipient: Recipient, one_click: bool, reason: str = "", how: str = ""
+    *, recipient: Recipient, source: Unsubscribe.Source, reason: str = ""
 ) -> tuple[Unsubscribe | None, bool]:
-    """Unsubscribe from the link, counted once per message in the campaign's metrics (dedupe key
-    `unsubscribe:<message id>`), in one transaction. `how` names the way it came in the audit log when it is not
-    the link itself (the List-Unsubscribe mailto: delivery.inbound_mail)."""
-    source = Unsubscribe.Source.ONE_CLICK if one_click else Unsubscribe.Source.PAGE
-    actor = compliance.recipient_actor(
-        recipient.contact.organisation, how or ("one-click unsubscribe" if one_click else "unsubscribe page")
-    )
+    """Unsubscribe from the link (the page or RFC 8058 one-click) or by mail to the List-Unsubscribe mailto
+    (delivery.inbound_mail), counted once per message in the campaign's metrics (dedupe key
+    `unsubscribe:<message id>`), in one transaction."""
+    actor = compliance.recipient_actor(recipient.contact.organisation, RECIPIENT_SOURCES[source])
     with transaction.atomic():
         record, changed = compliance.contact_unsubscribe(
             actor=actor,

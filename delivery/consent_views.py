@@ -22,6 +22,7 @@ from django.views.decorators.http import require_http_methods
 
 from audiences.throttling import window_count
 from compliance import services as compliance
+from compliance.models import Unsubscribe
 from delivery import consent
 
 REASONS = [
@@ -97,7 +98,9 @@ def unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
         return render(request, "compliance/public/unsubscribe.html", context)
     one_click = request.POST.get("List-Unsubscribe") == "One-Click"
     consent.recipient_unsubscribe(
-        recipient=recipient, one_click=one_click, reason="" if one_click else _reason(request)
+        recipient=recipient,
+        source=Unsubscribe.Source.ONE_CLICK if one_click else Unsubscribe.Source.PAGE,
+        reason="" if one_click else _reason(request),
     )
     if one_click:
         # RFC 8058: the mail client posts and reads nothing back; 200, no redirect.

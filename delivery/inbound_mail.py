@@ -33,12 +33,12 @@ from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from compliance.models import Unsubscribe
 from delivery import consent
 
 logger = logging.getLogger(__name__)
 
 MAILBOX = "unsubscribe"
-HOW = "email (mailto)"
 # A token is two base64url fields joined by a dot (campaigns.content.links.sign).
 _TOKEN = r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
 _SUBJECT = re.compile(rf"(?i:\bunsubscribe)\s+({_TOKEN})(?![A-Za-z0-9_.-])")
@@ -86,7 +86,7 @@ def mail_unsubscribe(*, message: AnymailInboundMessage, provider: str) -> bool:
     if recipient is None:
         logger.warning("inbound unsubscribe from %s: tampered, expired or unknown token; ignored", provider)
         return False
-    consent.recipient_unsubscribe(recipient=recipient, one_click=True, how=HOW)
+    consent.recipient_unsubscribe(recipient=recipient, source=Unsubscribe.Source.MAIL)
     logger.info("inbound unsubscribe from %s: contact %s unsubscribed", provider, recipient.contact.pk)
     return True
 

@@ -1,7 +1,7 @@
 """Unsubscribe by mail: the List-Unsubscribe mailto of an email a real run sent (through aiosmtpd) is answered the
 way a mail client answers it, and the inbound webhook of a provider (Mailgun, Postmark, SendGrid payloads as
 django-anymail parses them) or of compose's mail catcher (Mailpit's summary) posts it to us. The contact is
-unsubscribed as by the one-click link, attributed to the message and audited as "email (mailto)"; anything else
+unsubscribed as by the one-click link, attributed to the message and audited as an unsubscribe by mail; anything else
 is a 200 that changes nothing; without INBOUND_MAIL_DOMAIN no mailto is advertised and the endpoints are 404."""
 
 from __future__ import annotations
@@ -143,10 +143,10 @@ def _assert_unsubscribed_by_mail(contact: Contact, message: Message) -> None:
         message.pk,
         message.run_id,
         "email",
-        Unsubscribe.Source.ONE_CLICK,
+        Unsubscribe.Source.MAIL,
     )
     entry = AuditLogEntry.objects.get(action="contact.unsubscribe", target_id=str(contact.pk))
-    assert entry.actor_label == "recipient (email (mailto))"
+    assert entry.actor_label == "recipient (unsubscribe by mail (List-Unsubscribe mailto))"
     assert entry.details["message_id"] == str(message.pk)
     assert EngagementEvent.objects.filter(kind="unsubscribe", message_id=message.pk).count() == 1
 
