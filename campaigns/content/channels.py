@@ -231,6 +231,24 @@ def _url_problem(url: str, *, schemes: tuple[str, ...], image: bool) -> str | No
     return None
 
 
+def email_url_problem(url: str, *, image: bool) -> str | None:
+    """What is wrong with one rendered link target (or image source, `image`) of an email, or None: the rule of the
+    save-time check's scheme rule, applied at send to URLs built from template code: what the recipient's mail
+    client would run or open as something other than a web page, mail or phone link (javascript:, data:, file:…)
+    fails the message. A URL that renders empty or relative (a contact without the attribute) is a broken link at
+    worst; a web link's host is the recipient's browser's business, as a tracked link's redirect would be."""
+    cleaned = _URL_IGNORED.sub("", url).strip(_C0_AND_SPACE)
+    scheme_match = _SCHEME.match(cleaned)
+    if not scheme_match:
+        return None
+    scheme = scheme_match.group(1).lower()
+    if scheme in (IMAGE_SCHEMES if image else LINK_SCHEMES):
+        return None
+    if image and (scheme == "cid" or cleaned.lower().startswith("data:image/")):
+        return None
+    return _url_problem(url, schemes=IMAGE_SCHEMES if image else LINK_SCHEMES, image=image)
+
+
 def email_link_problems(html: str) -> list[str]:
     """Every link (href) and image (src) of an email's HTML checked as in-app and webhook URLs are: absolute
     http(s) with a host and no credentials or internal address; links may also be mailto:, tel: or #anchors,

@@ -256,6 +256,32 @@ class _EmailProgram:
     table: links.LinkTable | None  # None without tracking
     footer_always: bool  # the HTML never links to unsubscribe_url itself
     body_open: int | None  # where every rendered body's <body> tag ends, or None: searched per message
+    # Some link or image URL is built from template code: each rendered body's URLs are checked (a contact's data
+    # must not turn a link into javascript:), the static ones having been checked at save.
+    templated_urls: bool = False
+
+
+# A link target or image source in rendered HTML (autoescaping keeps a value from opening a tag of its own).
+_RENDERED_URL = re.compile(
+    r"""<(a|area|img)\b[^>]*?(?<![\w-])(?:href|src)\s*=\s*(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL
+)
+
+
+def _rendered_url_problems(body: str, own_base: str) -> list[str]:
+    """The rendered body's link and image URLs that the save-time rule refuses; our own (click tracking,
+    unsubscribe, preferences, under `own_base`) are ours to trust."""
+    from campaigns.content.channels import email_url_problem  # the save-time rule; channels imports templates
+
+    problems = []
+    for number, match in enumerate(_RENDERED_URL.finditer(body), 1):
+        url = unescape(match.group(3))
+        if url.startswith(own_base):
+            continue
+        problem = email_url_problem(url, image=match.group(1).lower() == "img")
+        if problem:
+            shown = re.sub(r"[\t\n\r]", "", url)  # as a browser reads it ("java\tscript:" is javascript:)
+            problems.append(f"link {number} renders to {shown[:60]!r}, which {problem}")
+    return problems
 
 
 @lru_cache(maxsize=64)  # each holds its run's link table (at most LinkTable.MAX_TARGETS parts)
@@ -278,6 +304,7 @@ def _email_program(
         table=table,
         footer_always="unsubscribe_url" not in html_source,
         body_open=opening.end() if static_opening else None,
+        templated_urls=any("{{" in m.group(3) or "{%" in m.group(3) for m in _RENDERED_URL.finditer(html_source)),
     )
 
 
@@ -385,6 +412,7 @@ class Renderer:
         self.preferences_base = f"{self.base}/p/"
         self.escaped_unsubscribe_base = f"{escaped_base}/u/"
         self.click_base = f"{self.base}/t/c/"
+        self.own_base = f"{self.base}/"
         self.pixel_base = f"{escaped_base}/t/o/"
         address = escape(sender.postal_address).replace("\n", "<br>")
         self.footer_head = (
@@ -427,6 +455,10 @@ class Renderer:
             variables[TRACK_FUNCTION] = partial(program.table.url, click_prefix, (unsubscribe, preferences))
         rendered = program.parts.render_variables(variables)
         subject, preheader, body = rendered[0].strip(), rendered[1].strip(), rendered[-1]
+        if program.templated_urls:
+            problems = _rendered_url_problems(body, self.own_base)
+            if problems:
+                raise TemplateProblem("; ".join(problems))
         footer = ""
         if program.footer_always or (sender.postal_address and sender.postal_address not in body):
             # Every marketing email carries an unsubscribe link and the sender's postal address (CAN-SPAM, GDPR).
