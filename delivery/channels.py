@@ -36,6 +36,7 @@ from django.utils import timezone
 from campaigns.content.urls_check import UnsafeUrl, check_url_target
 from delivery.backends import Outcome, Outgoing
 from delivery.mime import email_message, envelope_sender, message_bytes
+from delivery.smtp_wire import PLAIN_ADDRESS, PipelinedTransaction, offers_pipelining
 
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
@@ -132,23 +133,32 @@ class _SmtpSession:
 
 
 def _transaction(smtp: smtplib.SMTP, message: Outgoing, envelope: tuple[str, str], data: bytes) -> Outcome:
-    """One message as one SMTP mail transaction (MAIL, RCPT, DATA), each step's answer classified where it comes."""
+    """One message as one SMTP mail transaction (MAIL, RCPT, DATA), each step's answer classified where it comes:
+    pipelined (delivery.smtp_wire, one write for the three commands) when the server offers PIPELINING, step by
+    step through smtplib otherwise."""
     message_id = _message_id_header(message)
     sender, recipient = envelope
     stage, answered = "MAIL", False
+    options = [f"SIZE={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
+    pipelined = PipelinedTransaction(smtp) if offers_pipelining(smtp) else None
     try:
-        options = [f"SIZE={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
-        code, reply = smtp.mail(sender, options)
-        if code == 250:
-            stage = "RCPT"
-            code, reply = smtp.rcpt(recipient)
-        if code in (250, 251):
-            stage = "DATA"
-            code, reply = smtp.data(data)
-            answered = True
+        if pipelined is not None:
+            code, reply, answered = pipelined.run(sender, recipient, options, data)
+            stage = pipelined.stage
+        else:
+            code, reply = smtp.mail(sender, options)
+            if code == 250:
+                stage = "RCPT"
+                code, reply = smtp.rcpt(recipient)
+            if code in (250, 251):
+                stage = "DATA"
+                code, reply = smtp.data(data)
+                answered = True
     except smtplib.SMTPDataError as exc:  # the DATA command itself refused: the content never went out
         code, reply = exc.smtp_code, exc.smtp_error
     except OSError as exc:  # smtplib's disconnects are OSErrors too
+        if pipelined is not None:
+            stage = pipelined.stage
         if _timed_out(exc):
             reason = f"SMTP: no answer at {stage} within EMAIL_TIMEOUT ({settings.EMAIL_TIMEOUT:g} s)"
         else:
@@ -166,12 +176,9 @@ def _transaction(smtp: smtplib.SMTP, message: Outgoing, envelope: tuple[str, str
     return _refused(message, message_id, code, reply, stage=stage)
 
 
-# A plain ASCII address needs nothing done for the envelope; anything else goes through Django's sanitize_address
-# (IDNA for the domain, refusal of what cannot be written), which costs ~0.1 ms an address.
-PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-
-
 def _envelope_address(address: str) -> str:
+    # A plain ASCII address (delivery.smtp_wire.PLAIN_ADDRESS) needs nothing done for the envelope; anything else
+    # goes through Django's sanitize_address (IDNA for the domain, refusal of what cannot be written), ~0.1 ms.
     return address if PLAIN_ADDRESS.fullmatch(address) else sanitize_address(address, "utf-8")
 
 

@@ -29,6 +29,7 @@ from delivery import runs, sending
 from delivery.backends import reset_backends
 from delivery.models import Message, Run
 from tests.factories import CampaignFactory
+from tests.smtp_pipelining_server import AdvertisesPipelining
 
 pytestmark = pytest.mark.django_db
 
@@ -45,6 +46,19 @@ def _email_over_smtp(settings) -> Iterator[None]:
     reset_backends()
 
 
+# Every test here runs against a server that offers PIPELINING (the channel then sends MAIL, RCPT and DATA in one
+# write) and one that does not (smtplib step by step): each expectation holds for both.
+_SERVER_OFFERS_PIPELINING = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["step-by-step", "pipelining"])
+def _server_pipelining(request) -> Iterator[None]:
+    global _SERVER_OFFERS_PIPELINING
+    _SERVER_OFFERS_PIPELINING = request.param
+    yield
+    _SERVER_OFFERS_PIPELINING = False
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -55,6 +69,8 @@ def _free_port() -> int:
 def _serving(handler: object, settings, **server_options: object) -> Iterator[None]:
     """An aiosmtpd server with `handler`'s hooks, Django's EMAIL_HOST/PORT pointed at it."""
     port = _free_port()
+    if _SERVER_OFFERS_PIPELINING:
+        handler = AdvertisesPipelining(handler)
     controller = Controller(handler, hostname="127.0.0.1", port=port, **server_options)
     controller.start()
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
