@@ -2,6 +2,7 @@
 against the same local SMTP sink (aiosmtpd) and PostgreSQL, in one run.
 
     .venv/bin/python bench/smtp.py [--messages 50000] [--workers 2] [--peer-python /tmp/po-venv/bin/python]
+        [--step-by-step]
 
 The peer is installed in a virtualenv of its own, outside the repository, e.g.
     python3 -m venv /tmp/po-venv && /tmp/po-venv/bin/pip install django-post-office 'django>=5.2,<5.3' 'psycopg[binary]'
@@ -45,8 +46,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 # --- the sink -------------------------------------------------------------------------------------------------------
 
 
-def run_sink(port: int, count_file: str) -> None:
-    """An aiosmtpd server that accepts everything and writes how many messages it received to count_file."""
+def run_sink(port: int, count_file: str, *, pipelining: bool) -> None:
+    """An aiosmtpd server that accepts everything and writes how many messages it received to count_file. With
+    `pipelining` its EHLO answer lists PIPELINING (RFC 2920), as Postfix's and most providers' do (aiosmtpd serves
+    pipelined commands in order but does not advertise them)."""
     from aiosmtpd.controller import Controller
 
     received = 0
@@ -56,6 +59,10 @@ def run_sink(port: int, count_file: str) -> None:
             nonlocal received
             received += 1
             return "250 OK"
+
+        async def handle_EHLO(self, server, session, envelope, hostname, responses):
+            session.host_name = hostname
+            return [*responses[:-1], "250-PIPELINING", responses[-1]] if pipelining else responses
 
     controller = Controller(Counting(), hostname="127.0.0.1", port=port)
     controller.start()
@@ -68,13 +75,14 @@ def run_sink(port: int, count_file: str) -> None:
 
 
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, *, pipelining: bool) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.count_file = tempfile.mktemp(prefix="bench-smtp-sink-")
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--sink", str(self.port), "--count-file", self.count_file]
+            + ([] if pipelining else ["--step-by-step"])
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -354,14 +362,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (ours) and send processes (peer)")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--peer-python", help="the python of a virtualenv with django-post-office installed")
+    parser.add_argument(
+        "--step-by-step", action="store_true", help="the sink does not offer PIPELINING: MAIL, RCPT, DATA one by one"
+    )
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
-        run_sink(args.sink, args.count_file)
+        run_sink(args.sink, args.count_file, pipelining=not args.step_by_step)
         return
 
-    sink = Sink()
+    sink = Sink(pipelining=not args.step_by_step)
+    print(f"sink: {'step by step' if args.step_by_step else 'offers PIPELINING'}")
     os.environ.update(
         {
             "DELIVERY_BACKEND_EMAIL": "delivery.channels.EmailBackend",
