@@ -356,9 +356,10 @@ def test_ten_thousand_emails_through_a_flaky_server_lose_nothing_and_record_what
     settings, teammate, django_capture_on_commit_callbacks
 ):
     """10,000 emails, ~12,300 deliveries and ~150 connections, the server in this process: 43 s here on a quieter
-    machine, 104 s at a load average of 6 on 2 cores."""
+    machine, 104 s at a load average of 6 on 2 cores. The issue's 10,000 against a server that pipelines, as real
+    ones do; 2,000 step by step (the same code past the exchange, a fifth of the suite's time)."""
     settings.DELIVERY_AUTO_PAUSE_RATE = 0.5  # the 2 % bounces and 451s are the server's, not a broken list
-    count = 10_000
+    count = 10_000 if _SERVER_OFFERS_PIPELINING else 2_000
     server = FlakyServer()
     with _serving(server, settings):
         run = _prepared_run(teammate, _campaign(teammate.organisation, count), django_capture_on_commit_callbacks)
