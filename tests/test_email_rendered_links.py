@@ -91,7 +91,7 @@ def test_a_link_that_renders_to_a_script_or_an_internal_target_fails_its_message
         ),
         "data": (
             "failed",
-            "template: link 2 renders to 'data:text/html,<script>x</script>', which data: is not allowed; use"
+            "template: image 1 renders to 'data:text/html,<script>x</script>', which data: is not allowed; use"
             " https:// or http://",
         ),
         # A web link's host is the recipient's browser's business (tracked or not): only what is not a web, mail or

@@ -273,14 +273,17 @@ def _rendered_url_problems(body: str, own_base: str) -> list[str]:
     from campaigns.content.channels import email_url_problem  # the save-time rule; channels imports templates
 
     problems = []
-    for number, match in enumerate(_RENDERED_URL.finditer(body), 1):
+    numbers = Counter[str]()  # links and images numbered apart, as the save-time check names them
+    for match in _RENDERED_URL.finditer(body):
+        kind = "image" if match.group(1).lower() == "img" else "link"
+        numbers[kind] += 1
         url = unescape(match.group(3))
         if url.startswith(own_base):
             continue
-        problem = email_url_problem(url, image=match.group(1).lower() == "img")
+        problem = email_url_problem(url, image=kind == "image")
         if problem:
             shown = re.sub(r"[\t\n\r]", "", url)  # as a browser reads it ("java\tscript:" is javascript:)
-            problems.append(f"link {number} renders to {shown[:60]!r}, which {problem}")
+            problems.append(f"{kind} {numbers[kind]} renders to {shown[:60]!r}, which {problem}")
     return problems
 
 
