@@ -134,10 +134,14 @@ def _child_env(services_env: dict[str, str], **extra: str) -> dict[str, str]:
 def run() -> int:
     services = Services()
     children: list[subprocess.Popen[bytes]] = []
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = os.environ.get("PORT", "8000")
     try:
         env = _child_env(
             services.start(),
             DEBUG=os.environ.get("DEBUG", "1"),
+            # Links in the mail (tracking, unsubscribe) point at the server this command starts, whatever its port.
+            SITE_URL=os.environ.get("SITE_URL", f"http://{host}:{port}"),
             EMAIL_BACKEND=os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"),
             # The demo sends through the sandbox provider slowly enough to watch a run's progress bar move.
             SANDBOX_LATENCY_MS=os.environ.get("SANDBOX_LATENCY_MS", "400"),
@@ -149,8 +153,6 @@ def run() -> int:
         seeded = subprocess.run(  # noqa: S603
             [*manage, "seed_demo"], env=env, check=True, cwd=ROOT, capture_output=True, text=True
         ).stdout
-        host = os.environ.get("HOST", "127.0.0.1")
-        port = os.environ.get("PORT", "8000")
         commands = {
             "web": [*manage, "runserver", f"{host}:{port}", "--noreload"],
             # Sending waits on providers (the demo's sandbox takes 400 ms a batch): four processes, as in
