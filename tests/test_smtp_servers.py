@@ -377,7 +377,7 @@ def test_ten_thousand_emails_through_a_flaky_server_lose_nothing_and_record_what
     assert set(server.accepted) == {m.pk for m in messages if m.status == "sent"}
     assert set(server.accepted.values()) == {1}
     # The drops happened (dozens of reconnects) and the unknown addresses were suppressed on the way.
-    assert server.connections > 50
+    assert server.connections > server.mails // 200 >= count // 200  # a new connection after every forced drop
     assert (
         Suppression.objects.filter(organisation=teammate.organisation, reason="hard_bounce").count()
         == (statuses["bounced"])
