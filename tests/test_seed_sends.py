@@ -327,3 +327,34 @@ def test_fan_out_records_why_recipients_were_left_out(teammate, django_capture_o
     run, _ = _send_run(teammate, campaign, django_capture_on_commit_callbacks)
     entry = AuditLogEntry.objects.get(action="run.fan_out", target_id=str(run.pk))
     assert entry.details["audience"] == 2 and entry.details["excluded"] == {"no_email": 1}
+
+
+def test_an_sms_test_send_the_real_send_would_refuse_is_a_400_with_the_reason_and_sends_nothing(
+    settings,
+    peer,  # noqa: F811
+    teammate,
+):
+    """Rendered for Zoë the text is UCS-2 and two parts; the campaign allows one, so a real send would fail it."""
+    settings.NOTIFICATION_SERVICE_URL = peer
+    settings.DELIVERY_BACKENDS = {"default": "delivery.channels.NotificationServiceBackend"}
+    contacts_upsert_rows(
+        organisation=teammate.organisation,
+        rows=[{"external_id": "z", "email": "z@example.com", "phone": "+447700900001", "first_name": "Zoë"}],
+    )
+    campaign = CampaignFactory(organisation=teammate.organisation, channels=["sms"], variants=False)
+    Variant.objects.create(
+        campaign=campaign,
+        name="A",
+        allocation_percent=100,
+        content={"sms": {"body": "Hi {{ contact.first_name }}, " + "a" * 70}},
+    )
+    response = teammate.api.post(
+        f"/api/v1/campaigns/{campaign.pk}/test-send/",
+        {"channel": "sms", "recipients": ["+447700900999"]},
+        format="json",
+    )
+    assert response.status_code == 400, response.data
+    assert response.data["content"] == [
+        "SMS is 2 parts (UCS-2, 'ë' is not GSM-7); the campaign allows 1: a real send would not send it."
+    ]
+    assert Peer.requests == [] and not SeedSend.objects.filter(campaign=campaign).exists()

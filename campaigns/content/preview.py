@@ -23,6 +23,7 @@ from campaigns.audience import audience_condition
 from campaigns.content.channels import content_warnings
 from campaigns.content.names import template_names
 from campaigns.content.render import MessageContext, render_message, trigger_event
+from campaigns.content.sms import sms_over_limit
 from campaigns.content.sms_longest import sms_length_for_longest_values
 from campaigns.content.templates import TemplateProblem
 from campaigns.models import Campaign, CampaignType, Variant
@@ -317,6 +318,12 @@ def _test_send_phone(
     if sender is None:
         raise Conflict(f"No backend sends {channel} test messages here.", code="no_backend")
     chosen, rendered = _seed_render(campaign, channel, variant, contact)
+    if channel == "sms":
+        # The real send would refuse it (delivery.sending measures every rendered SMS): say so instead of sending.
+        multipart = chosen.content.get("sms", {}).get("allow_multipart") is True or campaign.sms_allow_multipart
+        too_long = sms_over_limit(rendered["length"], multipart=multipart)
+        if too_long:
+            raise ValidationError({"content": [f"{too_long}: a real send would not send it."]})
     results = sender(campaign=campaign, variant=chosen, channel=channel, payload=rendered, addresses=phones)
     failed = [r for r in results if r["status"] not in ("sent", "delivered")]
     audit_record(
