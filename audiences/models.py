@@ -19,6 +19,7 @@ from django.db.models.lookups import Exact
 from simple_history.models import HistoricalRecords
 from timezone_field import TimeZoneField
 
+from audiences.currencies import DEFAULT_CURRENCY, validate_currency
 from audiences.history import HistoryActorMixin
 from audiences.pii import EncryptedTextField, email_domain, pii_hash
 
@@ -52,6 +53,14 @@ class Organisation(models.Model):
     # Events for external ids we do not know: create the contact, or reject the event.
     unknown_event_contacts = models.CharField(
         max_length=8, choices=[("create", "Create the contact"), ("reject", "Reject the event")], default="create"
+    )
+    # Revenue (conversion values) is reported in this currency; reports print the code beside every amount.
+    currency = models.CharField(
+        max_length=3,
+        default=DEFAULT_CURRENCY,
+        db_default=DEFAULT_CURRENCY,
+        validators=[validate_currency],
+        help_text="ISO 4217 code of the currency conversion values are in, e.g. USD, EUR, GBP.",
     )
     # At most N marketing messages per contact per channel in D days, days counted in the contact's timezone:
     # {"email": {"count": 3, "days": 1}}. Checked just before each send.

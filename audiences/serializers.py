@@ -40,6 +40,9 @@ class OrganisationUpdateSerializer(serializers.Serializer):
         help_text='At most N marketing messages per contact per channel in D days: {"email": {"count": 3, "days": 1}}.',
     )
     unknown_event_contacts = serializers.ChoiceField(choices=["create", "reject"], required=False)
+    currency = serializers.CharField(
+        max_length=3, required=False, help_text="ISO 4217 code of the currency revenue is reported in, e.g. EUR."
+    )
 
     def validate_channel_limits_per_minute(self, value: dict[str, int]) -> dict[str, int]:
         channels = {"email", "sms", "whatsapp", "in_app", "webhook"}

@@ -204,6 +204,7 @@ ORGANISATION_SETTINGS = (
     "channel_limits_per_minute",
     "frequency_caps",
     "unknown_event_contacts",
+    "currency",
 )
 
 

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 
 from audiences import services
 from audiences.access import ORGANISATION_ADMINS
+from audiences.currencies import currency_codes
 from audiences.decorators import member_required
 from audiences.models import ApiKey, Membership, Role
 
@@ -91,6 +92,11 @@ class OrganisationSettingsForm(forms.Form):
     reply_to_email = forms.EmailField(required=False)
     sms_sender_id = forms.CharField(max_length=20, required=False)
     postal_address = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    currency = forms.ChoiceField(
+        choices=[(code, code) for code in currency_codes()],
+        required=False,
+        help_text="ISO 4217: the currency conversion values are in, shown beside every amount in reports.",
+    )
 
     LIMIT_PREFIX = "limit_"
 
@@ -108,6 +114,8 @@ class OrganisationSettingsForm(forms.Form):
         data = {k: v for k, v in self.cleaned_data.items() if not k.startswith(self.LIMIT_PREFIX)}
         for key in ("sender_name", "sender_email", "reply_to_email", "sms_sender_id", "postal_address"):
             data[key] = data.get(key) or ""
+        if not data.get("currency"):  # a form posted without it (older pages) keeps the current one
+            data.pop("currency", None)
         data["channel_limits_per_minute"] = {
             k.removeprefix(self.LIMIT_PREFIX): v
             for k, v in self.cleaned_data.items()
