@@ -16,9 +16,13 @@ Methods (each chosen so the numbers can be checked against published references)
 - More than two variants: the k-1 pairwise p-values against the baseline are Holm-Bonferroni adjusted.
 - Sample-ratio mismatch: chi-square goodness of fit of the assigned counts against the allocation; p < 0.001 means
   the assignment is broken and the results cannot be trusted (no winner is named).
-- Revenue per recipient: every delivered recipient counts, those without a conversion as 0. Means and variances come
-  from per-variant sums and sums of squares (one SQL query grouped by message), compared with Welch's t-test
-  (scipy.stats.ttest_ind_from_stats, equal_var=False — the same as ttest_ind(equal_var=False) on the raw values).
+- Revenue per recipient: every delivered recipient counts, those without a conversion as 0. Each variant's mean and
+  sum of squared deviations come from one SQL query, two-pass in exact numeric arithmetic (the converters' mean
+  first, then their squared deviations from it), and the non-converters' zeros join by the pairwise update of Chan,
+  Golub & LeVeque (Moments.combine). A variance from sums of squares (sum x^2 - (sum x)^2 / n) cancels
+  catastrophically on large, tight values — 1e9 plus cents of noise leaves no correct digit in float. Compared with
+  Welch's t-test (scipy.stats.ttest_ind_from_stats, equal_var=False — the same as ttest_ind(equal_var=False) on the
+  raw values).
 - Continuous monitoring (auto-winner): a mixture sequential probability ratio test (Johari, Pekelis & Walsh 2017,
   "Always valid inference"): with a normal mixture N(0, tau^2) over the difference, the likelihood ratio
   Lambda = sqrt(V / (V + tau^2)) * exp(d^2 tau^2 / (2 V (V + tau^2))) is a martingale under no difference, so
@@ -127,20 +131,39 @@ def sample_ratio_check(assigned: Sequence[int], allocation: Sequence[float]) -> 
 
 @dataclass(frozen=True)
 class Moments:
+    """A sample's size, mean and sum of squared deviations from that mean (m2): the numerically stable summary
+    (Welford; Chan, Golub & LeVeque 1979) from which the variance needs no subtraction of two large numbers."""
+
     n: int
-    total: float
-    total_squares: float
+    mean: float
+    m2: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Moments:
+        """Two passes over the values: the mean, then the squared deviations from it."""
+        data = np.asarray(values, dtype=float)
+        if not len(data):
+            return cls(0, 0.0, 0.0)
+        mean = float(data.mean())
+        return cls(len(data), mean, float(((data - mean) ** 2).sum()))
+
+    def combine(self, other: Moments) -> Moments:
+        """The moments of both samples together (Chan et al.'s pairwise update)."""
+        n = self.n + other.n
+        if not n:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * other.n / n
+        return Moments(n, mean, self.m2 + other.m2 + delta * delta * self.n * other.n / n)
 
     @property
-    def mean(self) -> float:
-        return self.total / self.n if self.n else 0.0
+    def total(self) -> float:
+        return self.mean * self.n
 
     @property
     def variance(self) -> float:
-        """Sample variance (n - 1) from the sums, clamped at 0 against rounding."""
-        if self.n < 2:
-            return 0.0
-        return max((self.total_squares - self.total * self.total / self.n) / (self.n - 1), 0.0)
+        """Sample variance (n - 1)."""
+        return self.m2 / (self.n - 1) if self.n >= 2 else 0.0
 
 
 def welch(a: Moments, b: Moments) -> tuple[float, float] | None:
@@ -222,19 +245,23 @@ def sequential_decision(
 
 # --- a campaign's comparison -----------------------------------------------------------------------------------------
 
+# Per variant: converters, their mean revenue and their sum of squared deviations from it, in numeric (exact for
+# these two-decimal amounts), two-pass: the window average first, then the deviations.
 REVENUE_SQL = """
-SELECT variant_id, count(*), sum(v), sum(v * v)
-FROM (SELECT message_id, variant_id, sum(value) AS v FROM analytics_engagementevent
-      WHERE campaign_id = %s AND kind = 'conversion' AND value IS NOT NULL AND classification <> 'holdout'
-      GROUP BY message_id, variant_id) per_message
+SELECT variant_id, count(*), avg(v), sum((v - mean_v) * (v - mean_v))
+FROM (SELECT variant_id, v, avg(v) OVER (PARTITION BY variant_id) AS mean_v
+      FROM (SELECT message_id, variant_id, sum(value) AS v FROM analytics_engagementevent
+            WHERE campaign_id = %s AND kind = 'conversion' AND value IS NOT NULL AND classification <> 'holdout'
+            GROUP BY message_id, variant_id) per_message) deviations
 GROUP BY variant_id
 """
 
 
-def _revenue_sums(campaign_id: Any) -> dict[str, tuple[int, float, float]]:
+def _revenue_moments(campaign_id: Any) -> dict[str, Moments]:
+    """Each variant's converters' revenue moments (recipients without a conversion are not in them)."""
     with connection.cursor() as cursor:
         cursor.execute(REVENUE_SQL, [str(campaign_id)])
-        return {str(v): (int(c), float(s), float(ss)) for v, c, s, ss in cursor.fetchall()}
+        return {str(v): Moments(int(c), float(mean), float(m2)) for v, c, mean, m2 in cursor.fetchall()}
 
 
 FRESH_ASSIGNMENTS_SQL = """
@@ -409,16 +436,17 @@ def experiment_comparison(campaign: Any, metric: str = "click", level: float = 0
 
 
 def _revenue(campaign: Any, rows: list[dict[str, Any]], baseline: dict[str, Any], level: float, result: dict) -> None:
-    sums = _revenue_sums(campaign.pk)
-    if not sums:
+    converters = _revenue_moments(campaign.pk)
+    if not converters:
         return
     alpha = 1 - level
     moments = {}
     for row in rows:
-        converted, total, squares = sums.get(row["id"], (0, 0.0, 0.0))
-        # Recipients without a conversion add 0 to both sums: only n changes.
-        moments[row["id"]] = m = Moments(max(row["delivered"], converted), total, squares)
-        row["revenue_per_recipient"] = {"mean": m.mean, "sd": math.sqrt(m.variance), "n": m.n, "total": total}
+        converted = converters.get(row["id"], Moments(0, 0.0, 0.0))
+        # Every delivered recipient without a conversion is a 0.
+        zeros = Moments(max(row["delivered"] - converted.n, 0), 0.0, 0.0)
+        moments[row["id"]] = m = converted.combine(zeros)
+        row["revenue_per_recipient"] = {"mean": m.mean, "sd": math.sqrt(m.variance), "n": m.n, "total": m.total}
     p_values, compared = [], []
     for row in rows[1:]:
         test = welch(moments[baseline["id"]], moments[row["id"]])
