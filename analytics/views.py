@@ -10,12 +10,13 @@ from django.views.decorators.cache import never_cache
 
 from analytics.services import engagement_record_tracking
 from campaigns.content import links
+from config.client_ip import client_ip
 
 
 def _client(request: HttpRequest) -> dict[str, str]:
     return {
         "user_agent": request.headers.get("User-Agent", "")[:500],
-        "ip": request.META.get("REMOTE_ADDR", ""),
+        "ip": client_ip(request),
         "method": request.method or "GET",
     }
 

@@ -30,6 +30,9 @@ PII_HASH_KEY = envstr("PII_HASH_KEY", "")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = envstr("SITE_URL", "http://127.0.0.1:8000")
+# The reverse proxies / load balancers in front of the web service, as CIDRs ("10.0.0.0/8,192.0.2.7"): only a
+# request from one of them has its client address taken from X-Forwarded-For (config.client_ip). Empty: nobody's.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", [])
 
 INSTALLED_APPS = [
     "django.contrib.admin",

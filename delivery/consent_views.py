@@ -2,7 +2,10 @@
 preference centre (/p/<token>). No login, cookie or CSRF token: the signed token is the credential, and mail
 providers' RFC 8058 one-click POSTs carry nothing else. A GET never changes anything (link scanners follow
 links); every invalid token — tampered, expired, another organisation's, naming no contact — gets the same
-neutral page, and a client IP that keeps trying bad tokens is refused for a while (audiences.throttling).
+neutral page, and a client that keeps trying bad tokens is refused for a while (audiences.throttling). The client
+is the real one behind a trusted proxy (config.client_ip), so one client's bad tokens do not lock out everyone
+behind the same proxy. A valid RFC 8058 one-click POST is never refused: mailbox providers send those from a few
+shared addresses, and refusing one would keep mail flowing to someone who asked to stop.
 
 Placed in delivery for the reason given in delivery/consent.py.
 """
@@ -23,6 +26,7 @@ from django.views.decorators.http import require_http_methods
 from audiences.throttling import window_count
 from compliance import services as compliance
 from compliance.models import Unsubscribe
+from config.client_ip import client_ip
 from delivery import consent
 
 REASONS = [
@@ -35,13 +39,8 @@ REASONS = [
 REASON_LABELS = dict(REASONS)
 
 
-def _client_ip(request: HttpRequest) -> str:
-    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted proxy sets it.
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
-
-
 def _limited(request: HttpRequest) -> HttpResponse | None:
-    ip = _client_ip(request)
+    ip = client_ip(request)
     used, limit, reset = window_count(f"recipient:{ip}", settings.RECIPIENT_LINK_RATE_LIMIT)
     failures, failure_limit, failure_reset = window_count(
         f"recipient-bad:{ip}", settings.RECIPIENT_LINK_FAILURE_LIMIT, add=0
@@ -55,7 +54,7 @@ def _limited(request: HttpRequest) -> HttpResponse | None:
 
 
 def _neutral(request: HttpRequest) -> HttpResponse:
-    window_count(f"recipient-bad:{_client_ip(request)}", settings.RECIPIENT_LINK_FAILURE_LIMIT)
+    window_count(f"recipient-bad:{client_ip(request)}", settings.RECIPIENT_LINK_FAILURE_LIMIT)
     return render(request, "compliance/public/neutral.html", {})
 
 
@@ -79,12 +78,18 @@ def _reason(request: HttpRequest) -> str:
 @never_cache
 @require_http_methods(["GET", "POST"])
 def unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
-    limited = _limited(request)
-    if limited is not None:
-        return limited
-    recipient = consent.resolve_unsubscribe(token)
+    one_click = request.method == "POST" and request.POST.get("List-Unsubscribe") == "One-Click"
+    # A one-click POST is judged by its token first (a signature check; the database only for a valid one), so a
+    # valid one goes through whatever the client's counters say.
+    recipient = consent.resolve_unsubscribe(token) if one_click else None
     if recipient is None:
-        return _neutral(request)
+        limited = _limited(request)
+        if limited is not None:
+            return limited
+        if not one_click:
+            recipient = consent.resolve_unsubscribe(token)
+        if recipient is None:
+            return _neutral(request)
     contact = recipient.contact
     context: dict[str, Any] = {
         "organisation": contact.organisation,
@@ -96,7 +101,6 @@ def unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
         preference = compliance.preference_for(contact)
         context["already"] = preference.unsubscribed_at is not None
         return render(request, "compliance/public/unsubscribe.html", context)
-    one_click = request.POST.get("List-Unsubscribe") == "One-Click"
     consent.recipient_unsubscribe(
         recipient=recipient,
         source=Unsubscribe.Source.ONE_CLICK if one_click else Unsubscribe.Source.PAGE,

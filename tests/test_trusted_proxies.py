@@ -1,0 +1,126 @@
+"""The client address behind a trusted proxy (config.client_ip), and the public unsubscribe page's limits per real
+client through such a proxy: one client's bad tokens lock out that client only, and a valid RFC 8058 one-click
+POST goes through even from a client over its bad-token limit."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client, RequestFactory
+
+from audiences.contacts import contacts_upsert_rows
+from audiences.models import Contact
+from campaigns.content import links
+from compliance.models import ContactPreference, Unsubscribe
+from config.client_ip import client_ip
+
+PROXY = "10.0.0.2"
+ALICE = "198.51.100.7"  # behind the proxy, trying bad tokens
+BOB = "203.0.113.9"  # behind the same proxy, a recipient with a good link
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+@pytest.fixture
+def proxied(settings) -> None:
+    settings.TRUSTED_PROXIES = ["10.0.0.0/24", "fd00::/8"]
+
+
+def _ip(remote_addr: str, forwarded_for: str | None = None) -> str:
+    meta = {"REMOTE_ADDR": remote_addr}
+    if forwarded_for is not None:
+        meta["HTTP_X_FORWARDED_FOR"] = forwarded_for
+    return client_ip(RequestFactory().get("/", **meta))
+
+
+@pytest.mark.parametrize(
+    ("remote_addr", "forwarded_for", "expected"),
+    [
+        # Not from a trusted proxy: the header is the client's own word, ignored.
+        ("192.0.2.50", "198.51.100.7", "192.0.2.50"),
+        # From the proxy: the address it appended.
+        (PROXY, ALICE, ALICE),
+        # A client that sends its own X-Forwarded-For cannot choose its address: the proxy's entry is the last.
+        (PROXY, f"1.2.3.4, {ALICE}", ALICE),
+        # Two trusted hops (a load balancer in front of an nginx): both skipped.
+        (PROXY, f"6.6.6.6, {ALICE}, 10.0.0.9", ALICE),
+        # Ports and IPv6 as proxies write them; an IPv4 peer seen by a dual-stack listener.
+        (PROXY, "198.51.100.7:51234", ALICE),
+        ("fd00::1", "[2001:db8::5]:443", "2001:db8::5"),
+        ("::ffff:10.0.0.2", ALICE, ALICE),
+        # Garbage left of the trusted chain: the hop after it is the client.
+        (PROXY, f"not-an-ip, {ALICE}", ALICE),
+        (PROXY, "not-an-ip", PROXY),
+        # From the proxy without the header (its own health check): the proxy.
+        (PROXY, None, PROXY),
+        ("", ALICE, "unknown"),
+    ],
+)
+def test_client_ip(proxied, remote_addr, forwarded_for, expected):
+    assert _ip(remote_addr, forwarded_for) == expected
+
+
+def test_without_trusted_proxies_the_header_is_never_believed(settings):
+    settings.TRUSTED_PROXIES = []
+    assert _ip(PROXY, ALICE) == PROXY
+
+
+@pytest.fixture
+def contacts(organisation) -> dict[str, Contact]:
+    rows = [{"external_id": f"p{i}", "email": f"p{i}@example.com"} for i in range(3)]
+    contacts_upsert_rows(organisation=organisation, rows=rows)
+    return {c.external_id: c for c in Contact.objects.filter(organisation=organisation)}
+
+
+def _via_proxy(client_address: str) -> Client:
+    """A browser (or mail provider) whose requests reach us through the trusted proxy."""
+    return Client(enforce_csrf_checks=True, REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=client_address)
+
+
+def _token(contact: Contact) -> str:
+    return links.unsubscribe_token(str(contact.organisation_id), str(contact.pk), "")
+
+
+def _one_click(client: Client, token: str):
+    return client.post(f"/u/{token}", data=ONE_CLICK, content_type="application/x-www-form-urlencoded")
+
+
+@pytest.mark.django_db
+def test_bad_tokens_through_the_proxy_lock_out_only_their_client(proxied, settings, contacts):
+    settings.RECIPIENT_LINK_FAILURE_LIMIT = "3/600"
+    alice, bob = _via_proxy(ALICE), _via_proxy(BOB)
+    assert [alice.get(f"/u/bad-token-{i}").status_code for i in range(3)] == [200, 200, 200]
+    refused = alice.get(f"/u/{_token(contacts['p0'])}")
+    assert refused.status_code == 429
+    assert int(refused["Retry-After"]) >= 1
+    # Alice's spoofed header does not make her someone else.
+    spoofed = Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=f"{BOB}, {ALICE}")
+    assert spoofed.get(f"/u/{_token(contacts['p0'])}").status_code == 429
+    # Bob, behind the same proxy, is not affected: his page shows and his unsubscribe is recorded.
+    assert bob.get(f"/u/{_token(contacts['p1'])}").status_code == 200
+    assert bob.post(f"/u/{_token(contacts['p1'])}", {"reason": "too_many"}).status_code == 200
+    assert ContactPreference.objects.get(contact=contacts["p1"]).unsubscribed_at is not None
+
+
+@pytest.mark.django_db
+def test_a_valid_one_click_post_is_never_refused(proxied, settings, contacts):
+    settings.RECIPIENT_LINK_FAILURE_LIMIT = "3/600"
+    settings.RECIPIENT_LINK_RATE_LIMIT = "3/60"
+    alice = _via_proxy(ALICE)
+    assert [_one_click(alice, f"bad-token-{i}").status_code for i in range(3)] == [200, 200, 200]
+    # Over both limits now: a bad token and the confirmation page are refused…
+    assert _one_click(alice, "bad-token-3").status_code == 429
+    assert alice.get(f"/u/{_token(contacts['p0'])}").status_code == 429
+    # …a mailbox provider's one-click POST with a valid token is not.
+    response = _one_click(alice, _token(contacts["p2"]))
+    assert (response.status_code, response.content) == (200, b"Unsubscribed.")
+    assert Unsubscribe.objects.get(contact=contacts["p2"]).source == Unsubscribe.Source.ONE_CLICK
+    assert ContactPreference.objects.get(contact=contacts["p2"]).unsubscribed_at is not None
+
+
+@pytest.mark.django_db
+def test_without_a_trusted_proxy_every_client_behind_it_is_one_client(settings, contacts):
+    settings.TRUSTED_PROXIES = []
+    settings.RECIPIENT_LINK_FAILURE_LIMIT = "3/600"
+    for i in range(3):
+        _via_proxy(ALICE).get(f"/u/bad-token-{i}")
+    # The proxy is not trusted, so Bob shares Alice's address: the reason TRUSTED_PROXIES exists.
+    assert _via_proxy(BOB).get(f"/u/{_token(contacts['p1'])}").status_code == 429
