@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import HashIndex
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Lower, Mod
 from django.db.models.lookups import Exact
@@ -79,6 +79,16 @@ class Organisation(models.Model):
     )
     sms_sender_id = models.CharField(max_length=20, blank=True)
     postal_address = models.TextField(blank=True, help_text="Printed in the footer of every marketing email.")
+    # The global control group: this share of the contacts (by the holdout's hash with the organisation's seed,
+    # audiences.segments.global_control_condition) gets no marketing campaign at all, so the organisation can
+    # measure the lift of all its marketing. 0 turns it off; raising or lowering it moves only the margin.
+    global_control_percent = models.DecimalField(
+        max_digits=4,
+        decimal_places=2,
+        default=0,
+        validators=[MinValueValidator(0), MaxValueValidator(20)],
+        help_text="Share of contacts (0-20 %) who receive no marketing campaign. 0: off.",
+    )
     # Signs webhook requests (HMAC-SHA256 of the body) so receivers can verify they come from us.
     webhook_secret = models.CharField(max_length=64, default=new_webhook_secret, editable=False)
 
@@ -96,6 +106,10 @@ class Organisation(models.Model):
                     | models.Q(default_quiet_hours_start__isnull=False, default_quiet_hours_end__isnull=False)
                 ),
                 name="organisation_quiet_hours_both_or_neither",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(global_control_percent__gte=0, global_control_percent__lte=20),
+                name="organisation_global_control_range",
             ),
         ]
 

@@ -209,6 +209,42 @@ def in_holdout(seed: str, contact_id: int, holdout_percent: float) -> bool:
     return holdout_bucket(seed, contact_id) < round(holdout_percent * 100)
 
 
+# The holdout's bucket in SQL, for a contact id column: `%s` takes the seed (the params of every statement that uses
+# it go through the driver, hence the doubled percent sign).
+HOLDOUT_BUCKET_SQL = "('x' || substr(md5(%s || ':' || {contact_id}::text), 1, 8))::bit(32)::bigint %% 10000"
+
+
+# --- the global control group -------------------------------------------------------------------------------------
+#
+# An organisation's global control group is a holdout across all its marketing: the same bucket, seeded with
+# "global-control:<organisation id>", below global_control_percent x 100. The seed never changes, so raising the
+# percentage adds only the contacts of the new margin and lowering it keeps a subset of the group.
+
+
+def global_control_seed(organisation_id: Any) -> str:
+    return f"global-control:{organisation_id}"
+
+
+def global_control_threshold(organisation: Organisation) -> int:
+    return round(float(organisation.global_control_percent) * 100)
+
+
+def in_global_control(organisation: Organisation, contact_id: int) -> bool:
+    return in_holdout(global_control_seed(organisation.pk), contact_id, float(organisation.global_control_percent))
+
+
+def global_control_condition(organisation: Organisation, contact_id_sql: str) -> Compiled | None:
+    """SQL true for the contacts (`contact_id_sql`, a column) in the organisation's global control group; None when
+    the group is off, so a statement without one pays nothing for it."""
+    threshold = global_control_threshold(organisation)
+    if not threshold:
+        return None
+    return Compiled(
+        f"({HOLDOUT_BUCKET_SQL.format(contact_id=contact_id_sql)} < %s)",
+        [global_control_seed(organisation.pk), threshold],
+    )
+
+
 def resolution_select(
     organisation: Organisation, condition: Compiled, *, holdout_percent: float = 0, seed: str = ""
 ) -> Compiled:

@@ -43,6 +43,14 @@ class OrganisationUpdateSerializer(serializers.Serializer):
     currency = serializers.CharField(
         max_length=3, required=False, help_text="ISO 4217 code of the currency revenue is reported in, e.g. EUR."
     )
+    global_control_percent = serializers.DecimalField(
+        max_digits=4,
+        decimal_places=2,
+        min_value=0,
+        max_value=20,
+        required=False,
+        help_text="Share of contacts (0-20 %) who receive no marketing campaign (the global control group). 0: off.",
+    )
 
     def validate_channel_limits_per_minute(self, value: dict[str, int]) -> dict[str, int]:
         channels = {"email", "sms", "whatsapp", "in_app", "webhook"}

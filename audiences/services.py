@@ -205,6 +205,7 @@ ORGANISATION_SETTINGS = (
     "frequency_caps",
     "unknown_event_contacts",
     "currency",
+    "global_control_percent",
 )
 
 

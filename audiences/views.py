@@ -97,6 +97,15 @@ class OrganisationSettingsForm(forms.Form):
         required=False,
         help_text="ISO 4217: the currency conversion values are in, shown beside every amount in reports.",
     )
+    global_control_percent = forms.DecimalField(
+        min_value=0,
+        max_value=20,
+        max_digits=4,
+        decimal_places=2,
+        required=False,
+        label="Global control group (%)",
+        help_text="This share of contacts receives no marketing campaign, so the lift of all of them shows. 0: off.",
+    )
 
     LIMIT_PREFIX = "limit_"
 
@@ -114,6 +123,7 @@ class OrganisationSettingsForm(forms.Form):
         data = {k: v for k, v in self.cleaned_data.items() if not k.startswith(self.LIMIT_PREFIX)}
         for key in ("sender_name", "sender_email", "reply_to_email", "sms_sender_id", "postal_address"):
             data[key] = data.get(key) or ""
+        data["global_control_percent"] = data.get("global_control_percent") or 0
         if not data.get("currency"):  # a form posted without it (older pages) keeps the current one
             data.pop("currency", None)
         data["channel_limits_per_minute"] = {
