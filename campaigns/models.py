@@ -141,6 +141,33 @@ class Campaign(models.Model):
     auto_winner_min_sample = models.PositiveIntegerField(
         default=1000, validators=[MinValueValidator(100)], help_text="Delivered messages per variant before deciding."
     )
+    # The test share (analytics.autowinner): with the auto-winner on, a one-time campaign first sends to this
+    # percentage of its audience, split across the variants; the winner then goes to everyone else. 0 sends the
+    # whole audience split across the variants, the winner taking over what is still queued once it is known.
+    experiment_test_percent = models.PositiveSmallIntegerField(
+        default=0, validators=[MaxValueValidator(90)], help_text="0 (no test share) to 90 % of the audience."
+    )
+    # How long the test share has, from its first message, before the fallback decides.
+    experiment_window_hours = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(720)], help_text="1 to 720 hours."
+    )
+    experiment_decide = models.CharField(
+        max_length=16,
+        choices=[
+            ("sequential", "As soon as a winner is significant (sequential test)"),
+            ("window_end", "At the end of the window (one look)"),
+        ],
+        default="sequential",
+    )
+    # No significant winner by the window's end: the variant with the best observed rate, or a chosen one.
+    experiment_fallback = models.CharField(
+        max_length=16,
+        choices=[("best_observed", "The best observed variant"), ("variant", "A chosen variant")],
+        default="best_observed",
+    )
+    experiment_fallback_variant = models.CharField(
+        max_length=100, blank=True, default="", help_text="The chosen variant's name (fallback 'variant')."
+    )
     # Allocations in force over time, recorded once they change after the campaign has sent: [{"at": iso time,
     # "allocation": {variant id: percent}}]. While it has entries, contacts already assigned keep their variant
     # (delivery.assignment) and the sample-ratio check weighs each period's fresh assignments by its allocation.
@@ -208,6 +235,9 @@ class Campaign(models.Model):
                 condition=models.Q(holdout_percent__gte=0, holdout_percent__lte=20), name="campaign_holdout_range"
             ),
             models.CheckConstraint(
+                condition=models.Q(experiment_test_percent__lte=90), name="campaign_experiment_test_percent_range"
+            ),
+            models.CheckConstraint(
                 condition=models.Q(send_window_start__isnull=True, send_window_end__isnull=True)
                 | models.Q(send_window_start__isnull=False, send_window_end__isnull=False),
                 name="campaign_send_window_both_or_neither",
@@ -260,6 +290,18 @@ class Campaign(models.Model):
     def has_send_rules(self) -> bool:
         """Whether recipients' local time decides when they may be sent to."""
         return bool(self.send_window_start is not None or self.skip_weekends or self.local_send_time is not None)
+
+    @property
+    def test_share_applies(self) -> bool:
+        """Whether a run of this campaign starts with the test share: the auto-winner on with a share, a one-time
+        campaign (a recurring or triggered one has no "rest of the audience" to wait for), two variants to test."""
+        return bool(
+            self.auto_winner_enabled
+            and self.experiment_test_percent
+            and self.type == CampaignType.SCHEDULED
+            and self.recurrence == Recurrence.NONE
+            and self.variants.filter(is_control=False).count() >= 2
+        )
 
 
 class SegmentRole(models.TextChoices):

@@ -32,12 +32,18 @@ class Run(models.Model):
 
     ACTIVE_STATUSES = (Status.PENDING, Status.FANNING_OUT, Status.READY, Status.SENDING, Status.PAUSED)
 
+    class Phase(models.TextChoices):
+        WHOLE = "", "Whole audience"
+        TEST = "test", "Test share"  # the auto-winner's test share, split across the variants
+        WINNER = "winner", "Winner to the rest"  # everyone the test share left out, sent the decided winner
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="runs")
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="runs")
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    phase = models.CharField(max_length=8, choices=Phase.choices, blank=True, default="", db_default="")
     # The occurrence this run is for (a schedule's time); a repeated alarm for the same occurrence starts nothing.
     scheduled_for = models.DateTimeField(null=True, blank=True)
     audience_count = models.PositiveIntegerField(default=0)
@@ -71,6 +77,8 @@ class Run(models.Model):
                 condition=models.Q(scheduled_for__isnull=False),
                 name="run_unique_occurrence",
             ),
+            # One rest-of-the-audience run per campaign, however often the decision is looked at.
+            models.UniqueConstraint(fields=["campaign"], condition=models.Q(phase="winner"), name="run_unique_winner"),
         ]
         indexes = [
             models.Index(
