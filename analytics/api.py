@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from analytics import autowinner, experiments, reports
 from analytics.models import ExperimentDecision
-from analytics.selectors import INTERVALS, MetricFilter, campaign_metrics, organisation_overview
+from analytics.selectors import INTERVALS, MetricFilter, organisation_overview, reported_metrics
 from campaigns.models import Campaign, Channel
 from campaigns.selectors import campaign_get
 
@@ -67,8 +67,11 @@ METRIC_PARAMETERS = [
 class CampaignMetricsView(APIView):
     """Counts, rates (delivery, open, click, click-to-open, conversion, unsubscribe, bounce, complaint; human-only
     open and click rates beside the totals), breakdowns by channel, variant and run, a series over time with
-    `interval`, `last_updated` and a delivery-rate `alert`. Live: a change shows here in the same transaction that
-    records it."""
+    `interval`, `last_updated` and a delivery-rate `alert`. Opens count on email and in-app only (their rate is
+    over what those channels delivered). Conversions are sums of attribution credit, one per conversion event
+    (`attribution` says which event, window and model); `revenue` is in `currency` (ISO 4217). Without a
+    conversion event, the conversion figures and revenue are null. Live: a change shows here in the same
+    transaction that records it."""
 
     @extend_schema(parameters=METRIC_PARAMETERS, responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, campaign_pk: Any) -> Response:
@@ -83,7 +86,7 @@ class CampaignMetricsView(APIView):
             since=data.get("since"),
             until=data.get("until"),
         )
-        metrics = campaign_metrics(campaign, flt=flt, interval=data.get("interval"))
+        metrics = reported_metrics(campaign, flt=flt, interval=data.get("interval"))
         return Response({"campaign": str(campaign.pk), **metrics})
 
 
@@ -148,11 +151,8 @@ class CampaignExperimentCsvView(APIView):
     def get(self, request: Request, campaign_pk: Any) -> HttpResponse:
         campaign = _campaign(request, campaign_pk)
         metric, level = _experiment_query(request)
-        response = HttpResponse(
-            experiments.experiment_csv(campaign, metric, level), content_type="text/csv; charset=utf-8"
-        )
-        response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-experiment.csv"'
-        return response
+        content = experiments.experiment_csv(campaign, metric, level).encode()
+        return reports.stored_attachment(campaign, content, f"campaign-{campaign.pk}-experiment.csv")
 
 
 class CampaignExperimentPdfView(APIView):
@@ -162,9 +162,8 @@ class CampaignExperimentPdfView(APIView):
     def get(self, request: Request, campaign_pk: Any) -> HttpResponse:
         campaign = _campaign(request, campaign_pk)
         metric, level = _experiment_query(request)
-        response = HttpResponse(experiments.experiment_pdf(campaign, metric, level), content_type="application/pdf")
-        response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-experiment.pdf"'
-        return response
+        content = experiments.experiment_pdf(campaign, metric, level)
+        return reports.stored_attachment(campaign, content, f"campaign-{campaign.pk}-experiment.pdf")
 
 
 class AutoWinnerSerializer(serializers.Serializer):
@@ -238,6 +237,7 @@ class OverviewView(APIView):
                         "counts": row["counts"],
                         "rates": row["rates"],
                         "revenue": row["revenue"],
+                        "currency": request.actor.organisation.currency,
                     }
                     for row in rows
                 ]

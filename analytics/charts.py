@@ -1,5 +1,8 @@
 """Charts drawn on the server as SVG: the same markup goes into the report page and its PDF (WeasyPrint renders
-SVG), so what an analyst forwards is what they saw. Plain functions of data → SVG text, escaped."""
+SVG), so what an analyst forwards is what they saw. Plain functions of data → SVG text, escaped.
+
+Each chart is as wide as its card (width 100 %, the height following the viewBox's proportions); `width` and
+`height` set the drawing's proportions and so how large its text reads."""
 
 from __future__ import annotations
 
@@ -13,6 +16,14 @@ PALETTE = ["#3b5bdb", "#2f9e44", "#f08c00", "#c92a2a", "#7048e8", "#0c8599", "#8
 # Presentation attributes rather than CSS in style="": WeasyPrint's SVG renderer reads these.
 FONT = 'font-family="Helvetica,Arial,sans-serif" font-size="11" fill="#475467"'
 TITLE = 'font-family="Helvetica,Arial,sans-serif" font-size="12" font-weight="bold" fill="#1d2330"'
+
+
+def _svg_open(width: int, height: int, title: str) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%"'
+        f' preserveAspectRatio="xMinYMin meet" style="display:block;width:100%;height:auto"'
+        f' role="img" aria-label="{escape(title or "chart")}">'
+    )
 
 
 def _nice_max(value: float) -> float:
@@ -36,16 +47,15 @@ def line_chart(
     points: Sequence[Mapping[str, object]],
     series: Sequence[tuple[str, str]],
     *,
-    width: int = 640,
-    height: int = 220,
+    width: int = 960,
+    height: int = 260,
     title: str = "",
 ) -> SafeString:
     """Lines over time: `points` are {"at": iso, name: value…}; `series` is [(key, label)]."""
     left, right, top, bottom = 44, 12, 24, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
-        f' role="img" aria-label="{escape(title or "chart")}">',
+        _svg_open(width, height, title),
         f'<text x="{left}" y="14" {TITLE}>{escape(title)}</text>',
     ]
     if not points:
@@ -90,7 +100,7 @@ def line_chart(
 def bar_chart(
     bars: Sequence[tuple[str, float, tuple[float, float] | None]],
     *,
-    width: int = 640,
+    width: int = 960,
     title: str = "",
     percent: bool = True,
 ) -> SafeString:
@@ -101,8 +111,7 @@ def bar_chart(
     peak = max([hi for _, _, ci in bars if ci for hi in (ci[1],)] + [v for _, v, _ in bars] + [0.0001])
     peak = min(1.0, _nice_max(peak * 100) / 100) if percent else _nice_max(peak)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
-        f' role="img" aria-label="{escape(title or "chart")}">',
+        _svg_open(width, height, title),
         f'<text x="4" y="14" {TITLE}>{escape(title)}</text>',
     ]
     for number, (label, value, interval) in enumerate(bars):

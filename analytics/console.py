@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from analytics import autowinner, experiments, reports
 from analytics.models import Notice
-from analytics.selectors import campaign_metrics, organisation_overview
+from analytics.selectors import organisation_overview, reported_metrics
 from audiences.decorators import member_required
 from campaigns import selectors as campaign_selectors
 from campaigns.models import Campaign
@@ -59,7 +59,7 @@ def campaign_report_view(request: HttpRequest, campaign_id: Any) -> HttpResponse
 def campaign_live_metrics_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     """The live tiles of the report (htmx polls this every 2 s)."""
     campaign = _campaign(request, campaign_id)
-    return render(request, "analytics/_live.html", {"campaign": campaign, "metrics": campaign_metrics(campaign)})
+    return render(request, "analytics/_live.html", {"campaign": campaign, "metrics": reported_metrics(campaign)})
 
 
 @member_required

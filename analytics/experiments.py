@@ -339,6 +339,7 @@ def experiment_comparison(campaign: Any, metric: str = "click", level: float = 0
                 "rate": successes / delivered if delivered else None,
                 "interval": list(wilson(successes, delivered, level)) if delivered else None,
                 "is_baseline": False,
+                "is_winner": False,
                 "difference": None,
                 "revenue_per_recipient": None,
             }

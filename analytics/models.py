@@ -32,6 +32,10 @@ class EngagementEvent(models.Model):
     classification = models.CharField(max_length=32, blank=True, default="", db_default="")
     url = models.CharField(max_length=2048, blank=True, default="", db_default="", help_text="Clicks: the target.")
     value = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    # Conversions: the share of one conversion event this message is credited with (1 under last and first touch,
+    # 1/n for each of n touches under linear), so a report counts each event once whatever the model. NULL on
+    # other kinds; a conversion stored without it (the sandbox's) is one whole conversion.
+    credit = models.DecimalField(max_digits=7, decimal_places=6, null=True, blank=True)
     # Repeats of the same event (a retried receipt, a replayed batch) are dropped on this key.
     dedupe_key = models.CharField(max_length=160, unique=True)
 
@@ -68,6 +72,9 @@ class MetricDelta(models.Model):
     metric = models.CharField(max_length=32)
     count = models.BigIntegerField()
     amount = models.DecimalField(max_digits=16, decimal_places=2, default=0)
+    # Conversion metrics: the summed credit (analytics.models.EngagementEvent.credit), i.e. conversion events
+    # rather than credited touches; 0 for other metrics.
+    credit = models.DecimalField(max_digits=20, decimal_places=6, default=0, db_default=0)
     created_at = models.DateTimeField(db_default=models.functions.Now())
 
     class Meta:

@@ -17,11 +17,12 @@ from django.utils import timezone
 
 from analytics import charts
 from analytics.experiments import experiment_context
-from analytics.selectors import MetricFilter, campaign_metrics
+from analytics.selectors import OPEN_CHANNELS, MetricFilter, reported_metrics
 from analytics.services import METHODOLOGY
 from audiences import segments as engine
 from audiences.rules import RuleError
 from audiences.segments import wilson_interval
+from config.files import save_private
 
 RATE_LABELS = [
     ("delivery_rate", "Delivery rate"),
@@ -48,24 +49,56 @@ COUNT_LABELS = [
     ("clicked_unique", "Clicked (unique)"),
     ("clicked_total", "Clicks (total)"),
     ("clicked_human_unique", "Clicked by people (unique)"),
-    ("converted", "Converted"),
+    ("conversions_total", "Conversions"),
+    ("converted", "Converted (messages' credit)"),
     ("unsubscribed", "Unsubscribed"),
     ("complained", "Complained"),
     ("held_out", "Held out / control"),
 ]
 
 SEGMENT_SQL = """
+-- Delivered as in the totals (sent and not bounced); opens only on channels that report them; converted is each
+-- message's credit in its first conversion, as in the totals.
 SELECT count(*) FILTER (WHERE m.status IN ('sent', 'delivered', 'bounced')),
-       count(*) FILTER (WHERE m.status = 'delivered'),
-       count(fo.message_id), count(fc.message_id), count(fv.message_id)
+       count(*) FILTER (WHERE m.status IN ('sent', 'delivered')),
+       count(*) FILTER (WHERE m.status IN ('sent', 'delivered') AND m.channel = ANY(%s)),
+       count(fo.message_id) FILTER (WHERE m.channel = ANY(%s)), count(fc.message_id),
+       COALESCE(sum(cv.credit), 0)
 FROM delivery_message m
 JOIN delivery_run r ON r.id = m.run_id AND r.campaign_id = %s
 JOIN audiences_contact ON audiences_contact.id = m.contact_id
 LEFT JOIN analytics_messagefirst fo ON fo.message_id = m.id AND fo.kind = 'open'
 LEFT JOIN analytics_messagefirst fc ON fc.message_id = m.id AND fc.kind = 'click'
-LEFT JOIN analytics_messagefirst fv ON fv.message_id = m.id AND fv.kind = 'conversion'
+LEFT JOIN LATERAL (
+    SELECT COALESCE(e.credit, 1) AS credit FROM analytics_engagementevent e
+    WHERE e.campaign_id = r.campaign_id AND e.message_id = m.id AND e.kind = 'conversion'
+    ORDER BY e.occurred_at, e.id LIMIT 1
+) cv ON true
 WHERE m.status NOT IN ('holdout', 'control') AND ({condition})
 """
+
+# The holdout comparison counts people, not messages: a two-channel campaign sends a person two messages (or holds
+# out two), and a person converts or not.
+HOLDOUT_SQL = """
+SELECT (SELECT count(DISTINCT m.contact_id) FROM delivery_message m JOIN delivery_run r ON r.id = m.run_id
+        WHERE r.campaign_id = %(campaign)s AND m.status IN ('sent', 'delivered', 'bounced')),
+       (SELECT count(DISTINCT m.contact_id) FROM delivery_message m JOIN delivery_run r ON r.id = m.run_id
+        WHERE r.campaign_id = %(campaign)s AND m.status = 'holdout'),
+       count(DISTINCT e.contact_id) FILTER (WHERE e.classification <> 'holdout'),
+       count(DISTINCT e.contact_id) FILTER (WHERE e.classification = 'holdout')
+FROM analytics_engagementevent e
+WHERE e.campaign_id = %(campaign)s AND e.kind = 'conversion'
+"""
+
+
+# What a campaign without a conversion event reports as "no conversion event" rather than as a figure.
+CONVERSION_FIGURES = frozenset(
+    {"converted", "conversions_total", "conversion_touches", "held_out_converted", "conversion_rate", "revenue"}
+)
+SEGMENT_FIGURES = ("sent", "delivered", "opened", "clicked", "converted", "open_rate", "click_rate", "conversion_rate")
+HOLDOUT_FIGURES = (
+    "treated", "treated_converted", "treated_rate", "held_out", "held_out_converted", "held_out_rate", "lift"
+)  # fmt: skip
 
 
 def _segment_breakdown(campaign: Any) -> list[dict[str, Any]]:
@@ -75,10 +108,14 @@ def _segment_breakdown(campaign: Any) -> list[dict[str, Any]]:
             condition = engine.segment_condition(link.segment)
         except RuleError:
             continue
+        openable = sorted(OPEN_CHANNELS)
         with connection.cursor() as cursor:
-            cursor.execute(SEGMENT_SQL.format(condition=condition.sql), [str(campaign.pk), *condition.params])
-            sent, delivered, opened, clicked, converted = cursor.fetchone()
-        base = delivered or sent
+            cursor.execute(
+                SEGMENT_SQL.format(condition=condition.sql),
+                [openable, openable, str(campaign.pk), *condition.params],
+            )
+            sent, delivered, with_opens, opened, clicked, converted = cursor.fetchone()
+        converted = round(float(converted), 6) if campaign.conversion_event else None
         rows.append(
             {
                 "name": link.segment.name,
@@ -87,23 +124,30 @@ def _segment_breakdown(campaign: Any) -> list[dict[str, Any]]:
                 "opened": opened,
                 "clicked": clicked,
                 "converted": converted,
-                "open_rate": opened / base if base else None,
-                "click_rate": clicked / base if base else None,
-                "conversion_rate": converted / base if base else None,
+                "open_rate": opened / with_opens if with_opens else None,
+                "click_rate": clicked / delivered if delivered else None,
+                "conversion_rate": converted / delivered if delivered and converted is not None else None,
             }
         )
     return rows
 
 
-def _holdout(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """Conversion of the recipients sent the campaign against the held-out ones, from the metric deltas."""
-    held, held_converted = metrics["counts"]["held_out_holdout"], metrics["counts"]["held_out_converted"]
+def _holdout(campaign: Any, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Conversion of the people sent the campaign against the people held out (distinct contacts, whatever the
+    number of channels), with Wilson intervals and the lift."""
+    if not metrics["counts"]["held_out_holdout"]:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(HOLDOUT_SQL, {"campaign": str(campaign.pk)})
+        treated, held, treated_converted, held_converted = cursor.fetchone()
     if not held:
         return None
-    treated, treated_converted = metrics["counts"]["sent"], metrics["counts"]["converted"]
+    if not campaign.conversion_event:
+        return {"treated": treated, "held_out": held, "conversion_event": False}
     held_rate = held_converted / held
     treated_rate = treated_converted / treated if treated else None
     return {
+        "conversion_event": True,
         "held_out": held,
         "held_out_converted": held_converted,
         "held_out_rate": held_rate,
@@ -117,11 +161,12 @@ def _holdout(metrics: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def report_context(campaign: Any, *, interval: str | None = None) -> dict[str, Any]:
-    metrics = campaign_metrics(campaign, flt=MetricFilter(), interval=interval or "hour")
+    metrics = reported_metrics(campaign, flt=MetricFilter(), interval=interval or "hour")
     series = metrics["series"]
     if interval is None and len(series) <= 3:
         # A short campaign: minutes show its shape better than two or three hourly points.
-        series = campaign_metrics(campaign, interval="minute")["series"]
+        series = reported_metrics(campaign, interval="minute")["series"]
+    has_conversions = bool(campaign.conversion_event)
     variants = [v for v in metrics["by_variant"].values() if not v["is_control"]]
     variant_bars = []
     for entry in variants:
@@ -131,17 +176,21 @@ def report_context(campaign: Any, *, interval: str | None = None) -> dict[str, A
     context = {
         "campaign": campaign,
         "metrics": metrics,
-        "counts": [(label, metrics["counts"][key]) for key, label in COUNT_LABELS],
-        "rates": [(label, metrics["rates"][key]) for key, label in RATE_LABELS],
+        "has_conversions": has_conversions,
+        "attribution": metrics["attribution"],
+        "currency": metrics["currency"],
+        "counts": [(key, label, metrics["counts"][key]) for key, label in COUNT_LABELS],
+        "rates": [(key, label, metrics["rates"][key]) for key, label in RATE_LABELS],
         "series": series,
         "over_time_chart": charts.line_chart(
             series,
-            [("sent", "Sent"), ("opened", "Opened"), ("clicked", "Clicked"), ("converted", "Converted")],
+            [("sent", "Sent"), ("opened", "Opened"), ("clicked", "Clicked")]
+            + ([("converted", "Converted")] if has_conversions else []),
             title="Over time (UTC)",
         ),
         "variant_chart": charts.bar_chart(variant_bars, title="Click rate by variant (95 % Wilson interval)"),
         "segments": _segment_breakdown(campaign),
-        "holdout": _holdout(metrics),
+        "holdout": _holdout(campaign, metrics),
         **experiment_context(campaign),
         "methodology": METHODOLOGY,
         "generated_at": timezone.now(),
@@ -160,10 +209,17 @@ def report_pdf(campaign: Any) -> bytes:
 def report_download(campaign: Any, kind: str) -> HttpResponse:
     """The report as an attachment: kind "pdf" or "csv" (the console and the API serve the same files)."""
     if kind == "pdf":
-        response = HttpResponse(report_pdf(campaign), content_type="application/pdf")
-    else:
-        response = HttpResponse(report_csv(campaign), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.{kind}"'
+        return stored_attachment(campaign, report_pdf(campaign), f"campaign-{campaign.pk}-report.pdf")
+    return stored_attachment(campaign, report_csv(campaign).encode(), f"campaign-{campaign.pk}-report.csv")
+
+
+def stored_attachment(campaign: Any, content: bytes, filename: str) -> HttpResponse:
+    """A generated report file as an attachment, also stored in the private store (config.files), where it replaces
+    the campaign's previous one of that name; Content-Location gives client apps an expiring URL to it."""
+    content_type = "application/pdf" if filename.endswith(".pdf") else "text/csv; charset=utf-8"
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Content-Location"] = save_private(f"reports/{campaign.organisation_id}/{filename}", content)
     return response
 
 
@@ -178,15 +234,26 @@ def report_csv(campaign: Any) -> str:
     metrics = context["metrics"]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["campaign", "section", "breakdown", "metric", "value"])
+    writer.writerow(["campaign", "section", "breakdown", "metric", "value", "unit"])
+    name = _cell(campaign.name)
+    no_event = "no conversion event"
+
+    def value_of(key: str, value: Any) -> Any:
+        return no_event if value is None and key in CONVERSION_FIGURES and not context["has_conversions"] else value
 
     def rows(section: str, breakdown: str, entry: dict[str, Any]) -> None:
         for key, value in entry["counts"].items():
-            writer.writerow([_cell(campaign.name), section, _cell(breakdown), key, value])
+            writer.writerow([name, section, _cell(breakdown), key, value_of(key, value), ""])
         for key, value in entry["rates"].items():
-            writer.writerow([_cell(campaign.name), section, _cell(breakdown), key, "" if value is None else value])
-        writer.writerow([_cell(campaign.name), section, _cell(breakdown), "revenue", entry["revenue"]])
+            value = value_of(key, value)
+            writer.writerow([name, section, _cell(breakdown), key, "" if value is None else value, "ratio"])
+        revenue = value_of("revenue", entry["revenue"])
+        writer.writerow([name, section, _cell(breakdown), "revenue", revenue, context["currency"]])
 
+    attribution = context["attribution"]
+    writer.writerow([name, "attribution", "", "conversion_event", attribution["conversion_event"] or no_event, ""])
+    writer.writerow([name, "attribution", "", "model", attribution["model"], ""])
+    writer.writerow([name, "attribution", "", "window_days", attribution["window_days"], "days"])
     rows("total", "", metrics)
     for channel, entry in metrics["by_channel"].items():
         rows("channel", channel, entry)
@@ -195,10 +262,18 @@ def report_csv(campaign: Any) -> str:
     for run_id, entry in metrics["by_run"].items():
         rows("run", run_id, entry)
     for segment in context["segments"]:
-        for key in ("sent", "delivered", "opened", "clicked", "converted", "open_rate", "click_rate"):
-            writer.writerow([_cell(campaign.name), "segment", _cell(segment["name"]), key, segment[key]])
+        for key in SEGMENT_FIGURES:
+            value = value_of(key, segment[key])
+            unit = "ratio" if key.endswith("_rate") else ""
+            writer.writerow([name, "segment", _cell(segment["name"]), key, "" if value is None else value, unit])
+    holdout = context["holdout"]
+    if holdout:
+        for key in HOLDOUT_FIGURES:
+            if key in holdout:
+                value = holdout[key]
+                writer.writerow([name, "holdout", "", key, "" if value is None else value, ""])
     for point in context["series"]:
         for key, value in point.items():
             if key != "at":
-                writer.writerow([_cell(campaign.name), "over_time", point["at"], key, value])
+                writer.writerow([name, "over_time", point["at"], key, value_of(key, value), ""])
     return out.getvalue()

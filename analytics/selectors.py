@@ -8,9 +8,15 @@ unsubscribed, complained. Rates, each over the count that could have done it:
     delivered = sent - bounced (accepted by the provider and not bounced; `delivery_confirmed` counts the
                                 explicit delivery receipts, which SMTP and webhooks never send)
     delivery = delivered / (sent + failed)     bounce = bounced / sent
-    open = unique opens / delivered       click = unique clicks / delivered
+    open = unique opens / delivered on channels that report opens (email, in-app; an SMS has none)
+    click = unique clicks / delivered on channels with tracked links
     click-to-open = unique clicks / unique opens
-    conversion = converted recipients / delivered
+    conversion = converted / delivered
+
+Conversions are sums of attribution credit (analytics.services): each conversion event counts once whatever the
+model, split 1/n over n touches under linear attribution. `conversions_total` counts the events, `converted` the
+messages' shares of their first conversion (so at most one per message), `conversion_touches` the credited
+messages.
     unsubscribe = unsubscribes / delivered     complaint = complaints / delivered
 
 Defining delivered by the absence of a bounce (as Braze and most ESPs do) keeps the rates meaningful on channels
@@ -56,6 +62,19 @@ ENGAGEMENT_METRICS = (
 DELIVERY_ALERT_BELOW = 0.95
 DELIVERY_ALERT_MIN_SENT = 10  # fewer messages say too little to raise an alert
 INTERVALS = {"minute": "minute", "hour": "hour", "day": "day"}
+# The channels whose messages can report an open (a tracking pixel, an in-app view) or a click (tracked links): a
+# rate is over what was delivered on those only, and an "open" on another channel is not counted.
+OPEN_CHANNELS = frozenset({"email", "in_app"})
+CLICK_CHANNELS = frozenset({"email", "sms", "whatsapp", "in_app"})
+COUNT_NAMES = (
+    "queued", "sent", "delivered", "delivery_confirmed", "bounced", "failed", "cancelled", "skipped", "held_out",
+    "held_out_holdout", "held_out_converted", "delivered_with_opens", "delivered_with_clicks", "opened_unique",
+    "opened_total", "opened_human_unique", "opened_human_total", "clicked_unique", "clicked_total",
+    "clicked_human_unique", "clicked_human_total", "converted", "conversions_total", "conversion_touches",
+    "unsubscribed", "complained",
+)  # fmt: skip
+# Counts of conversions are sums of attribution credit, so fractions under the linear model.
+CREDIT_COUNTS = ("held_out_converted", "converted", "conversions_total")
 
 
 @dataclass(frozen=True)
@@ -85,19 +104,28 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def _credit(value: Any) -> float:
+    # Conversions are sums of credits (1/3 for each of three linear touches): six decimals as stored, as a number.
+    return round(float(value or 0), 6)
+
+
 def metrics_from_sums(sums: Mapping[str, Any], channel: str | None = None) -> dict[str, Any]:
-    """Counts and rates from summed metrics ({metric: (count, amount)} or {metric: count})."""
+    """Counts and rates from one channel's summed metrics ({metric: (count, amount, credit)} or {metric: count}).
+    Opens count only on channels that report them (`OPEN_CHANNELS`): an SMS "open" is no open."""
+
+    def part(metric: str, index: int) -> Any:
+        value = sums.get(metric, 0)
+        if isinstance(value, tuple):
+            return value[index] if index < len(value) else 0
+        return value if index == 0 else 0
 
     def count(metric: str) -> int:
-        value = sums.get(metric, 0)
-        return int(value[0] if isinstance(value, tuple) else value)
-
-    def amount(metric: str) -> Decimal:
-        value = sums.get(metric, (0, 0))
-        return Decimal(value[1]) if isinstance(value, tuple) else Decimal(0)
+        return int(part(metric, 0))
 
     sent = count("sent")
     delivered = max(sent - count("st:bounced"), 0)
+    opens = channel is None or channel in OPEN_CHANNELS
+    clicks = channel is None or channel in CLICK_CHANNELS
     counts = {
         "queued": count("st:queued"),
         "sent": sent,
@@ -109,33 +137,56 @@ def metrics_from_sums(sums: Mapping[str, Any], channel: str | None = None) -> di
         "skipped": count("st:skipped"),
         "held_out": count("st:holdout") + count("st:control"),
         "held_out_holdout": count("st:holdout"),
-        "held_out_converted": count("holdout_conversion_unique"),
-        "opened_unique": count("open_unique"),
-        "opened_total": count("open"),
-        "opened_human_unique": count("open_human_unique"),
-        "opened_human_total": count("open_human"),
-        "clicked_unique": count("click_unique"),
-        "clicked_total": count("click"),
-        "clicked_human_unique": count("click_human_unique"),
-        "clicked_human_total": count("click_human"),
-        "converted": count("conversion_unique"),
-        "conversions_total": count("conversion"),
+        "held_out_converted": _credit(part("holdout_conversion_unique", 2)),
+        "delivered_with_opens": delivered if opens else 0,
+        "delivered_with_clicks": delivered if clicks else 0,
+        "opened_unique": count("open_unique") if opens else 0,
+        "opened_total": count("open") if opens else 0,
+        "opened_human_unique": count("open_human_unique") if opens else 0,
+        "opened_human_total": count("open_human") if opens else 0,
+        "clicked_unique": count("click_unique") if clicks else 0,
+        "clicked_total": count("click") if clicks else 0,
+        "clicked_human_unique": count("click_human_unique") if clicks else 0,
+        "clicked_human_total": count("click_human") if clicks else 0,
+        "converted": _credit(part("conversion_unique", 2)),
+        "conversions_total": _credit(part("conversion", 2)),
+        "conversion_touches": count("conversion"),
         "unsubscribed": count("unsubscribe"),
         "complained": count("complaint"),
     }
+    return _with_rates(counts, Decimal(part("conversion", 1) or 0))
+
+
+def _with_rates(counts: dict[str, Any], revenue: Decimal) -> dict[str, Any]:
+    """Rates over the counts that could have done it: opens over what was delivered on channels that report opens,
+    clicks over what was delivered on channels with links."""
+    delivered, sent = counts["delivered"], counts["sent"]
+    with_opens, with_clicks = counts["delivered_with_opens"], counts["delivered_with_clicks"]
     rates = {
         "delivery_rate": _ratio(delivered, sent + counts["failed"]),
         "bounce_rate": _ratio(counts["bounced"], sent),
-        "open_rate": _ratio(counts["opened_unique"], delivered),
-        "human_open_rate": _ratio(counts["opened_human_unique"], delivered),
-        "click_rate": _ratio(counts["clicked_unique"], delivered),
-        "human_click_rate": _ratio(counts["clicked_human_unique"], delivered),
+        "open_rate": _ratio(counts["opened_unique"], with_opens),
+        "human_open_rate": _ratio(counts["opened_human_unique"], with_opens),
+        "click_rate": _ratio(counts["clicked_unique"], with_clicks),
+        "human_click_rate": _ratio(counts["clicked_human_unique"], with_clicks),
         "click_to_open_rate": _ratio(counts["clicked_unique"], counts["opened_unique"]),
         "conversion_rate": _ratio(counts["converted"], delivered),
         "unsubscribe_rate": _ratio(counts["unsubscribed"], delivered),
         "complaint_rate": _ratio(counts["complained"], delivered),
     }
-    return {"counts": counts, "rates": rates, "revenue": str(amount("conversion").quantize(Decimal("0.01")))}
+    return {"counts": counts, "rates": rates, "revenue": str(revenue.quantize(Decimal("0.01")))}
+
+
+def _added(entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    counts: dict[str, Any] = defaultdict(int)
+    revenue = Decimal(0)
+    for entry in entries:
+        for name, value in entry["counts"].items():
+            counts[name] += value
+        revenue += Decimal(entry["revenue"])
+    for name in CREDIT_COUNTS:
+        counts[name] = round(counts[name], 6)
+    return _with_rates({name: counts[name] for name in COUNT_NAMES}, revenue)
 
 
 def _rows(campaign_id: Any, group: Iterable[str], flt: MetricFilter, bucket: str | None = None) -> list[tuple]:
@@ -146,7 +197,7 @@ def _rows(campaign_id: Any, group: Iterable[str], flt: MetricFilter, bucket: str
     where, params = flt.sql()
     group_sql = ", ".join([*columns, "b" if bucket else "", "metric"]).replace(", ,", ",").strip(", ")
     sql = (
-        f"SELECT {', '.join([*select, 'metric', 'sum(count)', 'sum(amount)'])}"  # noqa: S608 - fixed columns
+        f"SELECT {', '.join([*select, 'metric', 'sum(count)', 'sum(amount)', 'sum(credit)'])}"  # noqa: S608
         f" FROM analytics_metricdelta WHERE campaign_id = %s{where} GROUP BY {group_sql}"
     )
     with connection.cursor() as cursor:
@@ -154,34 +205,39 @@ def _rows(campaign_id: Any, group: Iterable[str], flt: MetricFilter, bucket: str
         return cursor.fetchall()
 
 
-def _grouped(rows: list[tuple], width: int) -> dict[tuple, dict[str, tuple[int, Decimal]]]:
-    out: dict[tuple, dict[str, tuple[int, Decimal]]] = defaultdict(dict)
+def _grouped(rows: list[tuple], width: int) -> dict[tuple, dict[str, tuple[int, Decimal, Decimal]]]:
+    out: dict[tuple, dict[str, tuple[int, Decimal, Decimal]]] = defaultdict(dict)
     for row in rows:
-        out[tuple(row[:width])][row[width]] = (int(row[width + 1]), row[width + 2])
+        out[tuple(row[:width])][row[width]] = (int(row[width + 1]), row[width + 2], row[width + 3])
     return out
+
+
+def attribution(campaign: Any) -> dict[str, Any]:
+    """What the report's conversions mean: the event, the window and the model that credits them."""
+    return {
+        "conversion_event": campaign.conversion_event or None,
+        "window_days": campaign.attribution_days,
+        "model": campaign.attribution_model,
+        "model_label": campaign.get_attribution_model_display(),
+    }
 
 
 def campaign_metrics(
     campaign: Any, *, flt: MetricFilter | None = None, interval: str | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Totals, rates, breakdowns by channel, variant and run, and (with `interval`) a series over time."""
+    """Totals, rates, breakdowns by channel, variant and run, and (with `interval`) a series over time; the
+    attribution behind the conversions and the currency of the revenue."""
     flt = flt or MetricFilter()
     by_key = _grouped(_rows(campaign.pk, ["channel", "variant_id", "run_id"], flt), 3)
     variants = {str(v.pk): v for v in campaign.variants.all()}
-    # Counts are computed per key first, then added up per breakdown.
+    # Counts are computed per key (so per channel) first, then added up per breakdown.
     computed = {
         (channel, str(variant_id), str(run_id)): metrics_from_sums(sums, channel)
         for (channel, variant_id, run_id), sums in by_key.items()
     }
 
     def summed(keys: Iterable[tuple]) -> dict[str, Any]:
-        counts: dict[str, int] = defaultdict(int)
-        revenue = Decimal(0)
-        for key in keys:
-            for name, value in computed[key]["counts"].items():
-                counts[name] += value
-            revenue += Decimal(computed[key]["revenue"])
-        return _with_rates(dict(counts), revenue)
+        return _added(computed[key] for key in keys)
 
     all_keys = list(computed)
     result = summed(all_keys)
@@ -200,6 +256,8 @@ def campaign_metrics(
     }
     if interval:
         result["series"] = campaign_series(campaign, flt=flt, interval=interval)
+    result["attribution"] = attribution(campaign)
+    result["currency"] = campaign.organisation.currency
     result["last_updated"] = metrics_last_updated(campaign.pk)
     result["generated_at"] = (now or timezone.now()).isoformat()
     rate = result["rates"]["delivery_rate"]
@@ -211,40 +269,12 @@ def campaign_metrics(
     return result
 
 
-def _with_rates(counts: dict[str, int], revenue: Decimal) -> dict[str, Any]:
-    sums = {
-        "sent": counts.get("sent", 0),
-        "st:delivered": counts.get("delivery_confirmed", 0),
-        "st:queued": counts.get("queued", 0),
-        "st:bounced": counts.get("bounced", 0),
-        "st:failed": counts.get("failed", 0),
-        "st:cancelled": counts.get("cancelled", 0),
-        "st:skipped": counts.get("skipped", 0),
-        "st:holdout": counts.get("held_out_holdout", 0),
-        "st:control": counts.get("held_out", 0) - counts.get("held_out_holdout", 0),
-        "holdout_conversion_unique": counts.get("held_out_converted", 0),
-        "open_unique": counts.get("opened_unique", 0),
-        "open": counts.get("opened_total", 0),
-        "open_human_unique": counts.get("opened_human_unique", 0),
-        "open_human": counts.get("opened_human_total", 0),
-        "click_unique": counts.get("clicked_unique", 0),
-        "click": counts.get("clicked_total", 0),
-        "click_human_unique": counts.get("clicked_human_unique", 0),
-        "click_human": counts.get("clicked_human_total", 0),
-        "conversion_unique": counts.get("converted", 0),
-        "conversion": (counts.get("conversions_total", 0), revenue),
-        "unsubscribe": counts.get("unsubscribed", 0),
-        "complaint": counts.get("complained", 0),
-    }
-    return metrics_from_sums(sums)
-
-
 def campaign_series(campaign: Any, *, flt: MetricFilter, interval: str) -> list[dict[str, Any]]:
     """Per bucket (UTC): what was sent, delivered, opened, clicked, converted, unsubscribed and bounced then."""
     if interval not in INTERVALS:
         raise ValueError(f"interval is one of {', '.join(INTERVALS)}")
     rows = _rows(campaign.pk, ["channel"], flt, bucket=interval)
-    points: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    points: dict[datetime, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
     names = {
         "sent": "sent",
         "st:bounced": "bounced",
@@ -257,9 +287,13 @@ def campaign_series(campaign: Any, *, flt: MetricFilter, interval: str) -> list[
         "unsubscribe": "unsubscribed",
         "complaint": "complained",
     }
-    for _channel, bucket, metric, count, _amount in rows:
+    for channel, bucket, metric, count, _amount, credit in rows:
         name = names.get(metric)
-        if name:
+        if name and metric.startswith("open") and channel not in OPEN_CHANNELS:
+            continue
+        if name == "converted":
+            points[bucket][name] += _credit(credit)
+        elif name:
             points[bucket][name] += int(count)
         if metric in ("sent", "st:bounced"):  # delivered = sent - bounced, per bucket
             points[bucket]["delivered"] += int(count) if metric == "sent" else -int(count)
@@ -268,6 +302,7 @@ def campaign_series(campaign: Any, *, flt: MetricFilter, interval: str) -> list[
             "at": bucket.replace(tzinfo=UTC).isoformat(),
             "delivered": points[bucket].get("delivered", 0),
             **{n: points[bucket].get(n, 0) for n in names.values()},
+            "converted": _credit(points[bucket].get("converted", 0)),
         }
         for bucket in sorted(points)
     ]
@@ -288,29 +323,51 @@ def organisation_overview(organisation: Any, *, limit: int = 50, days: int = 90)
     campaigns = list(
         Campaign.objects.filter(organisation=organisation, deleted_at__isnull=True, created_at__gte=since)
         .order_by("-created_at")
-        .only("id", "name", "status", "type", "channels", "created_at")[:limit]
+        .only("id", "name", "status", "type", "channels", "created_at", "conversion_event")[:limit]
     )
     if not campaigns:
         return []
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT campaign_id, channel, metric, sum(count), sum(amount) FROM analytics_metricdelta"
+            "SELECT campaign_id, channel, metric, sum(count), sum(amount), sum(credit) FROM analytics_metricdelta"
             " WHERE campaign_id = ANY(%s) GROUP BY 1, 2, 3",
             [[c.pk for c in campaigns]],
         )
         rows = cursor.fetchall()
-    sums: dict[tuple, dict[str, tuple[int, Decimal]]] = defaultdict(dict)
-    for campaign_id, channel, metric, count, amount in rows:
-        sums[(str(campaign_id), channel)][metric] = (int(count), amount)
+    sums: dict[tuple, dict[str, tuple[int, Decimal, Decimal]]] = defaultdict(dict)
+    for campaign_id, channel, metric, count, amount, credit in rows:
+        sums[(str(campaign_id), channel)][metric] = (int(count), amount, credit)
     overview = []
     for campaign in campaigns:
-        counts: dict[str, int] = defaultdict(int)
-        revenue = Decimal(0)
-        for (campaign_id, channel), metric_sums in sums.items():
-            if campaign_id == str(campaign.pk):
-                computed = metrics_from_sums(metric_sums, channel)
-                for name, value in computed["counts"].items():
-                    counts[name] += value
-                revenue += Decimal(computed["revenue"])
-        overview.append({"campaign": campaign, **_with_rates(dict(counts), revenue)})
+        per_channel = [
+            metrics_from_sums(metric_sums, channel)
+            for (campaign_id, channel), metric_sums in sums.items()
+            if campaign_id == str(campaign.pk)
+        ]
+        row = _added(per_channel)
+        overview.append({"campaign": campaign, **(row if campaign.conversion_event else without_conversions(row))})
     return overview
+
+
+CONVERSION_COUNTS = ("held_out_converted", "converted", "conversions_total", "conversion_touches")
+
+
+def without_conversions(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A campaign with no conversion event has no conversions: whatever engagement was stored as one (a provider's
+    simulated purchases) is not shown as conversions or revenue. The figures are None, which reports print as
+    "no conversion event"."""
+    entries = [metrics, *(e for key in ("by_channel", "by_variant", "by_run") for e in metrics.get(key, {}).values())]
+    for entry in entries:
+        for name in CONVERSION_COUNTS:
+            entry["counts"][name] = None
+        entry["rates"]["conversion_rate"] = None
+        entry["revenue"] = None
+    for point in metrics.get("series", []):
+        point["converted"] = None
+    return metrics
+
+
+def reported_metrics(campaign: Any, **kwargs: Any) -> dict[str, Any]:
+    """campaign_metrics as reports and the API show them: without conversions when there is no conversion event."""
+    metrics = campaign_metrics(campaign, **kwargs)
+    return metrics if campaign.conversion_event else without_conversions(metrics)

@@ -145,30 +145,39 @@ WITH ev AS (
 ), campaigns AS (
     SELECT c.id, c.conversion_event, c.attribution_days, c.attribution_model FROM campaigns_campaign c
     WHERE c.organisation_id = %(org)s AND c.conversion_event = ANY(%(types)s) AND c.deleted_at IS NULL
-), touches AS (
-    -- Every message of the campaign to that contact within the window before the event, numbered from the first
-    -- and from the last. Held-out recipients "touch" when their run started sending, so their conversions form
-    -- the baseline.
-    SELECT e.event_id, e.occurred_at, e.value, m.id AS message_id, m.status, c.id AS campaign_id,
-           c.attribution_model AS model,
-           row_number() OVER (PARTITION BY e.event_id, c.id
-                              ORDER BY COALESCE(m.sent_at, r.started_sending_at) DESC, m.id DESC) AS from_last,
-           row_number() OVER (PARTITION BY e.event_id, c.id
-                              ORDER BY COALESCE(m.sent_at, r.started_sending_at), m.id) AS from_first,
-           count(*) OVER (PARTITION BY e.event_id, c.id) AS touches
+), messages AS (
+    -- The campaign's messages to the contact, each with the moment it touched them: when it was sent, whatever
+    -- the age of its run (a triggered run activated months ago sends today). Held-out recipients "touch" when
+    -- they were held out (their run's start for a batch, the trigger for a triggered send), so their conversions
+    -- form the baseline. Found per run on the (run, contact, …) key.
+    SELECT e.event_id, e.occurred_at, e.value, c.id AS campaign_id, c.attribution_model AS model,
+           c.attribution_days, m.id AS message_id, m.status,
+           CASE WHEN m.status = 'holdout' THEN GREATEST(m.created_at, COALESCE(r.started_sending_at, m.created_at))
+                ELSE m.sent_at END AS touched_at
     FROM ev e
     JOIN campaigns c ON c.conversion_event = e.type
     JOIN delivery_run r ON r.campaign_id = c.id
-         AND r.created_at >= e.occurred_at - make_interval(days => c.attribution_days + 1)
     JOIN delivery_message m ON m.run_id = r.id AND m.contact_id = e.contact_id
-    WHERE (m.status IN ('sent', 'delivered', 'bounced')
-           AND m.sent_at <= e.occurred_at AND m.sent_at >= e.occurred_at - make_interval(days => c.attribution_days))
-       OR (m.status = 'holdout' AND r.started_sending_at <= e.occurred_at
-           AND r.started_sending_at >= e.occurred_at - make_interval(days => c.attribution_days))
-), touched AS (
-    -- last_touch: the latest message; first_touch: the earliest; linear: every one, the value split evenly in
-    -- cents (the latest takes the rounding remainder, so the credited values add up to the event's value).
+    WHERE m.status IN ('sent', 'delivered', 'bounced', 'holdout')
+), touches AS (
+    -- Those within the window before the event, edges included: 7 days before is in, 7 days and 1 s is out.
     SELECT t.*,
+           row_number() OVER (PARTITION BY t.event_id, t.campaign_id
+                              ORDER BY t.touched_at DESC, t.message_id DESC) AS from_last,
+           row_number() OVER (PARTITION BY t.event_id, t.campaign_id
+                              ORDER BY t.touched_at, t.message_id) AS from_first,
+           count(*) OVER (PARTITION BY t.event_id, t.campaign_id) AS touches
+    FROM messages t
+    WHERE t.touched_at <= t.occurred_at
+      AND t.touched_at >= t.occurred_at - make_interval(days => t.attribution_days)
+), touched AS (
+    -- One conversion per event under every model: last_touch credits the latest message with all of it,
+    -- first_touch the earliest, linear each of n messages with 1/n (the value split in cents). The latest takes
+    -- the rounding remainders, so the credits add up to 1 and the credited values to the event's value.
+    SELECT t.*,
+           CASE WHEN t.model <> 'linear' THEN 1
+                WHEN t.from_last = 1 THEN 1 - round(1.0 / t.touches, 6) * (t.touches - 1)
+                ELSE round(1.0 / t.touches, 6) END AS credit,
            CASE WHEN t.model <> 'linear' OR t.value IS NULL THEN t.value
                 WHEN t.from_last = 1 THEN t.value - round(t.value / t.touches, 2) * (t.touches - 1)
                 ELSE round(t.value / t.touches, 2) END AS credited
@@ -177,12 +186,13 @@ WITH ev AS (
        OR (t.model NOT IN ('first_touch', 'linear') AND t.from_last = 1)
 )
 INSERT INTO analytics_engagementevent (organisation_id, campaign_id, run_id, message_id, variant_id, contact_id,
-                                       channel, kind, occurred_at, is_machine, classification, url, value, dedupe_key)
+                                       channel, kind, occurred_at, is_machine, classification, url, value, credit,
+                                       dedupe_key)
 SELECT %(org)s, t.campaign_id, m.run_id, m.id, m.variant_id, m.contact_id, m.channel, 'conversion', t.occurred_at,
-       false, CASE WHEN t.status = 'holdout' THEN 'holdout' ELSE '' END, '', t.credited,
+       false, CASE WHEN t.status = 'holdout' THEN 'holdout' ELSE '' END, '', t.credited, t.credit,
        'conversion:' || t.campaign_id || ':' || t.event_id || CASE WHEN t.model = 'linear' THEN ':' || m.id ELSE '' END
 FROM touched t JOIN delivery_message m ON m.id = t.message_id
-ORDER BY 14
+ORDER BY 15
 ON CONFLICT (dedupe_key) DO NOTHING
 """
 
@@ -199,7 +209,9 @@ def _event_value(properties: Mapping[str, Any]) -> str | None:
 
 def conversions_from_events(organisation: Any, events: Sequence[Mapping[str, Any]]) -> int:
     """Attribute stored events to the campaigns that name their type as the conversion event (in the ingestion
-    transaction). A repeated event id converts nothing twice."""
+    transaction): one conversion per event and campaign, credited to the campaign's messages sent to the contact
+    within the attribution window before it, by the campaign's model. A repeated event id converts nothing twice.
+    Returns how many touches were credited."""
     if not events:
         return 0
     types = sorted({e["type"] for e in events})
@@ -238,10 +250,13 @@ WITH old AS (
     DELETE FROM analytics_metricdelta d USING old o
     WHERE d.created_at < %(cutoff)s AND d.campaign_id = o.campaign_id AND d.run_id = o.run_id
       AND d.variant_id = o.variant_id AND d.channel = o.channel AND d.bucket = o.bucket AND d.metric = o.metric
-    RETURNING d.campaign_id, d.run_id, d.variant_id, d.channel, d.bucket, d.metric, d.count, d.amount, d.created_at
+    RETURNING d.campaign_id, d.run_id, d.variant_id, d.channel, d.bucket, d.metric, d.count, d.amount, d.credit,
+              d.created_at
 )
-INSERT INTO analytics_metricdelta (campaign_id, run_id, variant_id, channel, bucket, metric, count, amount, created_at)
-SELECT campaign_id, run_id, variant_id, channel, bucket, metric, sum(count), sum(amount), max(created_at)
+INSERT INTO analytics_metricdelta (campaign_id, run_id, variant_id, channel, bucket, metric, count, amount, credit,
+                                   created_at)
+SELECT campaign_id, run_id, variant_id, channel, bucket, metric, sum(count), sum(amount), sum(credit),
+       max(created_at)
 FROM moved GROUP BY 1, 2, 3, 4, 5, 6
 """
 

@@ -16,11 +16,16 @@ from django.utils import timezone
 
 from audiences.access import system_actor
 from audiences.rules import Compiled
+from audiences.segments import global_control_condition
 from campaigns.audience import audience_resolution_select
 from campaigns.models import Campaign, Channel
 from compliance.audit import audit_record
 from delivery.assignment import kept_variants_stage, sticky_assignment_applies
 from delivery.models import Message, Run
+
+# Why a contact of the audience got nothing because it is in the global control group (run.excluded, audit). Not
+# a compliance exclusion: no RunExclusion row, since membership is a hash anyone can recompute.
+GLOBAL_CONTROL = "global_control"
 
 # Channels that need an address on the contact, and the staging flag saying the contact has one.
 ADDRESS_FLAGS = {Channel.EMAIL: "has_email", Channel.SMS: "has_phone", Channel.WHATSAPP: "has_phone"}
@@ -103,6 +108,19 @@ def _mark_consent(cursor: Any, *, organisation_id: str, channels: list[str], cat
     return flagged
 
 
+def _mark_global_control(cursor: Any, campaign: Campaign) -> None:
+    """Leave out the organisation's global control group (audiences.segments), from marketing campaigns only:
+    one statement over the staged audience, and none when the group is off. Consent is marked first, so a contact
+    who opted out is counted as opted out whichever group it is in."""
+    condition = global_control_condition(campaign.organisation, "r.contact_id")
+    if condition is None or campaign.category != "marketing":
+        return
+    cursor.execute(
+        f"UPDATE fan_out_recipients r SET blocked = '{GLOBAL_CONTROL}' WHERE r.blocked IS NULL AND {condition.sql}",
+        condition.params,
+    )
+
+
 def _record_exclusions(cursor: Any, *, run: Run, channels: list[str], now: Any) -> None:
     """One row per excluded recipient (and channel, when only some of its channels were left out) for the audit
     trail, from the staged flags; ON CONFLICT keeps a resumed fan-out from writing twice."""
@@ -110,7 +128,7 @@ def _record_exclusions(cursor: Any, *, run: Run, channels: list[str], now: Any) 
         "INSERT INTO compliance_runexclusion (organisation_id, run_id, campaign_id, contact_id, channel, reason,"
         " created_at)"
         " SELECT %(org)s::uuid, %(run)s::uuid, %(campaign)s::uuid, r.contact_id, '', r.blocked, %(now)s::timestamptz"
-        " FROM fan_out_recipients r WHERE r.blocked IS NOT NULL"
+        f" FROM fan_out_recipients r WHERE r.blocked IS NOT NULL AND r.blocked <> '{GLOBAL_CONTROL}'"
         " UNION ALL"
         " SELECT %(org)s::uuid, %(run)s::uuid, %(campaign)s::uuid, r.contact_id, ch.channel,"
         "  CASE WHEN ch.channel = ANY(COALESCE(r.disabled, '{}')) THEN 'channel_disabled' ELSE 'suppressed' END,"
@@ -184,14 +202,16 @@ def run_fan_out(run_id: Any) -> Run | None:
         flagged = _mark_consent(
             cursor, organisation_id=str(campaign.organisation_id), channels=channels, category=campaign.category
         )
+        _mark_global_control(cursor, campaign)
         cursor.execute(
             "SELECT count(*) FILTER (WHERE is_holdout AND blocked IS NULL),"
             " count(*) FILTER (WHERE blocked = 'opted_out'), count(*) FILTER (WHERE blocked = 'unsubscribed'),"
             " count(*) FILTER (WHERE blocked = 'category_disabled'),"
             " count(*) FILTER (WHERE NOT has_email AND blocked IS NULL),"
-            " count(*) FILTER (WHERE NOT has_phone AND blocked IS NULL) FROM fan_out_recipients"
+            " count(*) FILTER (WHERE NOT has_phone AND blocked IS NULL),"
+            f" count(*) FILTER (WHERE blocked = '{GLOBAL_CONTROL}') FROM fan_out_recipients"
         )
-        holdout, opted_out, unsubscribed, category_disabled, no_email, no_phone = cursor.fetchone()
+        holdout, opted_out, unsubscribed, category_disabled, no_email, no_phone, global_control = cursor.fetchone()
         channel_disabled = suppressed = 0
         if flagged:  # a pass over the audience only when someone in it has a channel off or a suppressed address
             cursor.execute(
@@ -241,6 +261,7 @@ def run_fan_out(run_id: Any) -> Run | None:
             "suppressed": suppressed,
             "no_email": no_email if Channel.EMAIL in channels else 0,
             "no_phone": no_phone if (Channel.SMS in channels or Channel.WHATSAPP in channels) else 0,
+            GLOBAL_CONTROL: global_control,
         }
         Run.objects.filter(pk=run.pk).update(
             audience_count=audience,

@@ -128,6 +128,8 @@ def test_a_scripted_run_gives_exact_counts_and_rates(teammate, django_capture_on
         "held_out": 0,
         "held_out_holdout": 0,
         "held_out_converted": 0,
+        "delivered_with_opens": 19,
+        "delivered_with_clicks": 19,
         "opened_unique": 3,
         "opened_total": 4,
         "opened_human_unique": 2,
@@ -138,6 +140,7 @@ def test_a_scripted_run_gives_exact_counts_and_rates(teammate, django_capture_on
         "clicked_human_total": 1,
         "converted": 1,
         "conversions_total": 1,
+        "conversion_touches": 1,
         "unsubscribed": 1,
         "complained": 1,
     }

@@ -97,7 +97,7 @@ def test_csv_report_content_and_formula_safety(teammate, django_capture_on_commi
     response = teammate.api.get(f"/api/v1/campaigns/{campaign.pk}/report.csv")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(response.content.decode())))
-    assert rows[0] == ["campaign", "section", "breakdown", "metric", "value"]
+    assert rows[0] == ["campaign", "section", "breakdown", "metric", "value", "unit"]
     assert all(row[0] == "'" + campaign.name for row in rows[1:])  # quoted: a spreadsheet shows it as text
     totals = {row[3]: row[4] for row in rows if row[1] == "total"}
     assert totals["sent"] == "20" and totals["opened_unique"] == "8" and totals["clicked_unique"] == "3"

@@ -22,3 +22,20 @@ def isotime(value: Any) -> str:
         return ""
     moment = datetime.fromisoformat(str(value))
     return moment.strftime("%d %b %Y %H:%M:%S %Z")
+
+
+@register.filter
+def money(value: Any, currency: str) -> str:
+    """An amount with its currency code ("1,234.50 EUR"); "—" when there is none."""
+    from audiences.currencies import format_amount
+
+    return format_amount(value, currency) or "—"
+
+
+@register.filter
+def figure(value: Any) -> str:
+    """A count as a number: whole counts as they are, conversion credit (1/3 of a purchase) to two decimals."""
+    if value is None or value == "":
+        return "—"
+    number = float(value)
+    return str(int(number)) if number == int(number) else f"{number:.2f}"
