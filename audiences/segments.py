@@ -209,9 +209,10 @@ def in_holdout(seed: str, contact_id: int, holdout_percent: float) -> bool:
     return holdout_bucket(seed, contact_id) < round(holdout_percent * 100)
 
 
-# The holdout's bucket in SQL, for a contact id column: `%s` takes the seed (the params of every statement that uses
-# it go through the driver, hence the doubled percent sign).
-HOLDOUT_BUCKET_SQL = "('x' || substr(md5(%s || ':' || {contact_id}::text), 1, 8))::bit(32)::bigint %% 10000"
+def holdout_bucket_sql(contact_id_sql: str, seed_sql: str = "%s") -> str:
+    """holdout_bucket in SQL, for a contact id column and the seed's placeholder (statements with parameters go
+    through the driver, hence the doubled percent sign)."""
+    return f"('x' || substr(md5({seed_sql} || ':' || {contact_id_sql}::text), 1, 8))::bit(32)::bigint %% 10000"
 
 
 # --- the global control group -------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def global_control_condition(organisation: Organisation, contact_id_sql: str) ->
     if not threshold:
         return None
     return Compiled(
-        f"({HOLDOUT_BUCKET_SQL.format(contact_id=contact_id_sql)} < %s)",
+        f"({holdout_bucket_sql(contact_id_sql)} < %s)",
         [global_control_seed(organisation.pk), threshold],
     )
 

@@ -238,7 +238,7 @@ class InboxViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
 class TriggerDecisionsView(APIView):
     """How a triggered campaign's events were decided: matched, filtered_by_condition, not_in_audience, capped,
-    deferred_quiet_hours, skipped_quiet_hours, ignored_paused, queued."""
+    deferred_quiet_hours, skipped_quiet_hours, ignored_paused, global_control, queued."""
 
     @extend_schema(responses={200: inline_serializer("TriggerDecisions", {"decisions": serializers.DictField()})})
     def get(self, request: Request, campaign_pk: Any) -> Response:

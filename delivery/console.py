@@ -33,6 +33,7 @@ DECISIONS = {
     "deferred_quiet_hours": "deferred past quiet hours",
     "skipped_quiet_hours": "skipped in quiet hours",
     "ignored_paused": "ignored while paused",
+    "global_control": "in the global control group",
     "queued": "queued to send",
 }
 REASONS = {
@@ -44,6 +45,7 @@ REASONS = {
     "suppressed": "address suppressed",
     "no_email": "no email address",
     "no_phone": "no phone number",
+    "global_control": "in the global control group",
 }
 
 

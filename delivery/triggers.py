@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from audiences.models import Organisation
 from audiences.rules import Compiled
+from audiences.segments import global_control_seed, global_control_threshold, holdout_bucket_sql
 from campaigns.audience import audience_condition, audience_in_holdout
 from campaigns.content.assignment import assign_variant
 from campaigns.models import Campaign, CampaignStatus, CampaignType, Variant
@@ -175,6 +176,7 @@ def _queue(
                     "qe": quiet_end.isoformat() if quiet else None,
                     "skip": quiet and campaign.quiet_hours_policy == "skip",
                     "ch": list(campaign.channels),
+                    "mk": campaign.category == "marketing",
                 }
             )
     # Quiet hours [start, end) are the complement of a send window [end, start): cs_next_send_time moves a due
@@ -186,16 +188,18 @@ def _queue(
                CASE WHEN u.qs IS NULL THEN u.due
                     ELSE cs_next_send_time(u.due, COALESCE(NULLIF(c.timezone, ''), %(tz)s), u.qe, u.qs, false, NULL)
                END AS due_at,
-               ch.channel, c.email, c.phone
+               ch.channel, c.email, c.phone, u.mk AND {global_control} AS global_control
         FROM json_to_recordset(%(rows)s::json)
              AS u(r uuid, c bigint, v uuid, kv boolean, s text, k text, due timestamptz, qs time, qe time, skip boolean,
-                  ch text[])
+                  ch text[], mk boolean)
         JOIN audiences_contact c ON c.id = u.c
         CROSS JOIN LATERAL unnest(u.ch) AS ch(channel)
     ), kept AS (
         SELECT * FROM wanted
         WHERE (channel <> 'email' OR email <> '') AND (channel NOT IN ('sms', 'whatsapp') OR phone <> '')
-          AND NOT (skip AND due_at > due)
+          AND NOT (skip AND due_at > due) AND NOT global_control
+    ), controlled AS (
+        SELECT run_id, count(DISTINCT (contact_id, trigger_key)) AS n FROM wanted WHERE global_control GROUP BY run_id
     ), inserted AS (
         INSERT INTO delivery_message (run_id, contact_id, channel, variant_id, variant_kept, status, trigger_key,
                                       due_at, attempts, provider_message_id, error, created_at)
@@ -205,19 +209,31 @@ def _queue(
         RETURNING run_id, status
     ), quiet AS (
         SELECT run_id, count(DISTINCT (contact_id, trigger_key)) AS n, bool_or(skip) AS skip
-        FROM wanted WHERE due_at > due GROUP BY run_id
+        FROM wanted WHERE due_at > due AND NOT global_control GROUP BY run_id
     ), counted AS (
         SELECT run_id, count(*) FILTER (WHERE status = 'queued') AS queued,
                count(*) FILTER (WHERE status = 'holdout') AS holdout,
                count(*) FILTER (WHERE status = 'control') AS control
         FROM inserted GROUP BY run_id
     )
-    SELECT COALESCE(q.run_id, n.run_id), COALESCE(q.n, 0), COALESCE(q.skip, false),
-           COALESCE(n.queued, 0), COALESCE(n.holdout, 0), COALESCE(n.control, 0)
+    SELECT COALESCE(q.run_id, n.run_id, g.run_id), COALESCE(q.n, 0), COALESCE(q.skip, false),
+           COALESCE(n.queued, 0), COALESCE(n.holdout, 0), COALESCE(n.control, 0), COALESCE(g.n, 0)
     FROM quiet q FULL JOIN counted n ON n.run_id = q.run_id
+    FULL JOIN controlled g ON g.run_id = COALESCE(q.run_id, n.run_id)
     """
+    # The organisation's global control group gets no marketing message (audiences.segments): the same bucket
+    # as fan-out's, worked out in this statement.
+    threshold = global_control_threshold(organisation)
+    control_sql = f"{holdout_bucket_sql('c.id', '%(gc_seed)s')} < %(gc_threshold)s" if threshold else "false"
+    params = {
+        "rows": json.dumps(rows),
+        "tz": str(organisation.timezone),
+        "now": now,
+        "gc_seed": global_control_seed(organisation.pk),
+        "gc_threshold": threshold,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"rows": json.dumps(rows), "tz": str(organisation.timezone), "now": now})
+        cursor.execute(sql.replace("{global_control}", control_sql), params)
         results = cursor.fetchall()
         sends_per_run = Counter(row["r"] for row in rows)
         cursor.execute(
@@ -228,19 +244,22 @@ def _queue(
                 json.dumps(
                     [
                         {"id": str(run_id), "q": queued, "h": holdout, "ct": control, "a": sends_per_run[str(run_id)]}
-                        for run_id, _n, _skip, queued, holdout, control in results
+                        for run_id, _n, _skip, queued, holdout, control, _controlled in results
                     ]
                 )
             ],
         )
     decisions: Counter[tuple[Any, str]] = Counter()
     skipped: Counter[str] = Counter()
-    for run_id, in_quiet, skip, *_ in results:
+    for run_id, in_quiet, skip, *_, controlled in results:
         campaign = by_run[str(run_id)]
         if in_quiet:
             decisions[(campaign.pk, "skipped_quiet_hours" if skip else "deferred_quiet_hours")] += in_quiet
             if skip:
                 skipped[str(run_id)] += in_quiet
+        if controlled:
+            decisions[(campaign.pk, "global_control")] += controlled
+            skipped[str(run_id)] += controlled
     for run_id, count in sends_per_run.items():
         decisions[(by_run[run_id].pk, "queued")] += count - skipped[run_id]
     return decisions
