@@ -52,6 +52,7 @@ from audiences.rules import RuleError
 from audiences.segments import compiler_for, parse_external_query
 from audiences.signals import contacts_deleting
 from compliance.audit import audit_record
+from config import metrics
 from config.errors import Conflict
 
 if TYPE_CHECKING:
@@ -721,6 +722,10 @@ def _import_progress(job: ContactImport, line_numbers: list[int], result: Upsert
     for rejected in result.rejected:
         reasons = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in rejected["errors"].items())
         writer.writerow([line_numbers[rejected["index"]], _csv_safe(rejected["external_id"] or ""), _csv_safe(reasons)])
+    metrics.count_many(
+        ("contacts_imported", {"outcome": outcome}, n)
+        for outcome, n in (("created", result.created), ("updated", result.updated), ("rejected", len(result.rejected)))
+    )
     ContactImport.objects.filter(pk=job.pk).update(
         processed_rows=F("processed_rows") + len(line_numbers),
         created_count=F("created_count") + result.created,

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from config.errors import Conflict
+from config.logs import request_id
 
 
 def django_validation_error_detail(exc: DjangoValidationError) -> dict[str, Any]:
@@ -21,6 +22,15 @@ def django_validation_error_detail(exc: DjangoValidationError) -> dict[str, Any]
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = _error_response(exc, context)
+    rid = request_id()
+    if response is not None and rid and isinstance(response.data, dict):
+        # The id of the log lines that tell this request's story (config.logs), for the client's bug report.
+        response.data["request_id"] = rid
+    return response
+
+
+def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, Conflict):
         return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):

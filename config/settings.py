@@ -8,6 +8,7 @@ from pathlib import Path
 import dj_database_url
 
 from config.env import envbool, envint, envlist, envstr
+from config.logs import logging_config, sentry_init
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -63,6 +64,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # First, so every log line of the request, and every request, is counted and carries its id.
+    "config.logs.RequestIdMiddleware",
+    "config.metrics.RequestMetricsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "audiences.middleware.CurrentOrganisationMiddleware",
@@ -222,7 +226,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 0}
 # An import still pending this long is taken for one whose task message was lost, and asked for again.
 CONTACT_IMPORT_STALL_SECONDS = float(envstr("CONTACT_IMPORT_STALL_SECONDS", "60"))
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's scheduler, plus the heartbeat /readyz and the beat-lag metric read (config.health).
+CELERY_BEAT_SCHEDULER = "config.health:HeartbeatScheduler"
+# Beat is not ready once its last heartbeat is older than this (it ticks at least every 5 s).
+BEAT_HEARTBEAT_MAX_AGE = float(envstr("BEAT_HEARTBEAT_MAX_AGE", "60"))
+# Workers log through LOGGING below (JSON, with the task's ids), not through Celery's own handler.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = envstr("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_BEAT_SCHEDULE = {
@@ -377,11 +386,19 @@ DKIM_DNS_NAMESERVERS = envlist("DKIM_DNS_NAMESERVERS", [])
 DKIM_DNS_TIMEOUT = float(envstr("DKIM_DNS_TIMEOUT", "5"))
 DKIM_SIGNER_CACHE_SECONDS = envint("DKIM_SIGNER_CACHE_SECONDS", 60)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    # httpx logs every request at INFO: far too much at thousands of sends a second.
-    "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"}},
-}
+# Operations (config.logs, config.metrics, docs/operations.md): JSON log lines ("text" for a terminal) with the
+# request / run / campaign ids, /metrics behind a bearer token (unset: off), error tracking when SENTRY_DSN is set.
+LOG_FORMAT = envstr("LOG_FORMAT", "json")
+if LOG_FORMAT not in ("json", "text"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured('LOG_FORMAT is "json" or "text"')
+LOGGING = logging_config(level=envstr("LOG_LEVEL", "INFO"), fmt=LOG_FORMAT)
+METRICS_TOKEN = envstr("METRICS_TOKEN", "")
+SENTRY_DSN = envstr("SENTRY_DSN", "")
+if SENTRY_DSN:
+    sentry_init(
+        SENTRY_DSN,
+        environment=envstr("SENTRY_ENVIRONMENT", ""),
+        traces_sample_rate=float(envstr("SENTRY_TRACES_SAMPLE_RATE", "0")),
+    )

@@ -30,6 +30,8 @@ from compliance.api import (
     InboundView,
     RunExclusionViewSet,
     SuppressionViewSet,
+from config import files
+from config import health, metrics
 )
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
@@ -53,7 +55,9 @@ router.register("sending-domains", SendingDomainViewSet, basename="sending-domai
 
 urlpatterns = [
     path("", config_views.home, name="home"),
-    path("healthz", config_views.healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("audiences.urls")),

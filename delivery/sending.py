@@ -46,6 +46,7 @@ from compliance.selectors import consent_params, whatsapp_freeform_variants
 from delivery import caps as caps_module
 from delivery import progress, throttle
 from delivery.backends import Outcome, Outgoing, backend_for
+from delivery.metrics import send_outcomes_count_on_commit
 from delivery.models import Run, message_key
 from delivery.receipts import AutomaticSuppression, suppressions_add_automatic
 from delivery.sandbox import sandbox_profile
@@ -361,6 +362,7 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
                 counts["delivered"],
                 counts["bounced"],
                 counts["failed"],
+    send_outcomes_count_on_commit({row[0]: row[2] for row in rows}, updates)
                 counts["skipped"],
                 now,
                 str(ctx.run.pk),
