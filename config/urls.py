@@ -1,8 +1,7 @@
 from django.conf import settings
-from django.conf.urls.static import static
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
@@ -30,9 +29,9 @@ from compliance.api import (
     InboundView,
     RunExclusionViewSet,
     SuppressionViewSet,
+)
 from config import files
 from config import health, metrics
-)
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
 from delivery.domain_api import SendingDomainViewSet
@@ -125,6 +124,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
 
-if settings.DEBUG:
-    # Development only: uploaded media served by Django. Production serves MEDIA_ROOT (or a bucket) directly.
-    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)
+# Files on the local disk (config.files): private ones by signed link, public ones (in-app icons) under MEDIA_URL
+# unless a proxy serves MEDIA_ROOT (MEDIA_SERVE=false). On S3 the bucket serves both.
+if settings.STORAGE_BACKEND == "local":
+    urlpatterns.append(path("files/<str:token>", files.private_file_view, name="private-file"))
+    if settings.MEDIA_SERVE:
+        urlpatterns.append(re_path(r"^media/(?P<path>.+)$", files.public_file_view, name="media"))
