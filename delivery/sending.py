@@ -348,6 +348,7 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
             }
         )
         counts[status] += 1
+    send_outcomes_count_on_commit({row[0]: row[2] for row in rows}, updates)
     with connection.cursor() as cursor:
         cursor.execute(RECORD_SQL, {"now": now, "rows": json.dumps(updates)})
         _suppress_hard_bounces(cursor, ctx, rows, outcomes)
@@ -362,7 +363,6 @@ def _record(ctx: RunContext, rows: Sequence[Sequence[Any]], outcomes: Sequence[O
                 counts["delivered"],
                 counts["bounced"],
                 counts["failed"],
-    send_outcomes_count_on_commit({row[0]: row[2] for row in rows}, updates)
                 counts["skipped"],
                 now,
                 str(ctx.run.pk),
