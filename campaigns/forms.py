@@ -85,6 +85,33 @@ class CampaignForm(forms.Form):
     auto_winner_min_sample = forms.IntegerField(
         required=False, min_value=100, initial=1000, label="Auto-winner minimum delivered per variant"
     )
+    experiment_test_percent = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=90,
+        initial=0,
+        label="Test share (% of the audience)",
+        help_text="Sent first, split across the variants; the winner then goes to the rest. 0: no test share.",
+    )
+    experiment_window_hours = forms.IntegerField(
+        required=False, min_value=1, max_value=720, initial=4, label="Test window (hours)"
+    )
+    experiment_decide = forms.ChoiceField(
+        choices=[
+            ("sequential", "As soon as a winner is significant"),
+            ("window_end", "Once, at the end of the window"),
+        ],
+        initial="sequential",
+        required=False,
+        label="Decide",
+    )
+    experiment_fallback = forms.ChoiceField(
+        choices=[("best_observed", "The best observed variant"), ("variant", "A chosen variant")],
+        initial="best_observed",
+        required=False,
+        label="If nothing wins by the window's end, send",
+    )
+    experiment_fallback_variant = forms.CharField(max_length=100, required=False, label="Chosen variant (name)")
     trigger_event = forms.CharField(
         max_length=100,
         required=False,
@@ -255,6 +282,18 @@ class CampaignForm(forms.Form):
 
     def clean_auto_winner_min_sample(self) -> int:
         return self.cleaned_data.get("auto_winner_min_sample") or 1000
+
+    def clean_experiment_test_percent(self) -> int:
+        return self.cleaned_data.get("experiment_test_percent") or 0
+
+    def clean_experiment_window_hours(self) -> int:
+        return self.cleaned_data.get("experiment_window_hours") or 4
+
+    def clean_experiment_decide(self) -> str:
+        return self.cleaned_data.get("experiment_decide") or "sequential"
+
+    def clean_experiment_fallback(self) -> str:
+        return self.cleaned_data.get("experiment_fallback") or "best_observed"
 
     def campaign_data(self) -> dict[str, Any]:
         """cleaned_data split into the campaign fields and its audience, as the services take them."""

@@ -104,6 +104,11 @@ class CampaignSerializer(serializers.ModelSerializer):
             "auto_winner_metric",
             "auto_winner_level",
             "auto_winner_min_sample",
+            "experiment_test_percent",
+            "experiment_window_hours",
+            "experiment_decide",
+            "experiment_fallback",
+            "experiment_fallback_variant",
             "trigger_event",
             "trigger_conditions",
             "trigger_delay_seconds",
@@ -236,6 +241,32 @@ class CampaignWriteSerializer(serializers.Serializer):
     )
     auto_winner_level = serializers.ChoiceField(choices=[90, 95, 99], required=False, default=95)
     auto_winner_min_sample = serializers.IntegerField(min_value=100, required=False, default=1000)
+    experiment_test_percent = serializers.IntegerField(
+        min_value=0,
+        max_value=90,
+        required=False,
+        default=0,
+        help_text="With the auto-winner: send this % of the audience first, split across the variants, and the winner "
+        "to the rest (one-time campaigns). 0: no test share.",
+    )
+    experiment_window_hours = serializers.IntegerField(
+        min_value=1, max_value=720, required=False, default=4, help_text="How long the test share has to find a winner."
+    )
+    experiment_decide = serializers.ChoiceField(
+        choices=["sequential", "window_end"],
+        required=False,
+        default="sequential",
+        help_text="sequential: as soon as a winner is significant; window_end: one look at the window's end.",
+    )
+    experiment_fallback = serializers.ChoiceField(
+        choices=["best_observed", "variant"],
+        required=False,
+        default="best_observed",
+        help_text="Sent to the rest when nothing is significant by the window's end.",
+    )
+    experiment_fallback_variant = serializers.CharField(
+        max_length=100, required=False, allow_blank=True, default="", help_text="The variant's name (fallback variant)."
+    )
     trigger_event = serializers.CharField(
         max_length=100, required=False, allow_blank=True, default="", help_text="Triggered campaigns: the event type."
     )

@@ -387,6 +387,11 @@ UPDATABLE_FIELDS = (
     "auto_winner_metric",
     "auto_winner_level",
     "auto_winner_min_sample",
+    "experiment_test_percent",
+    "experiment_window_hours",
+    "experiment_decide",
+    "experiment_fallback",
+    "experiment_fallback_variant",
     "trigger_event",
     "trigger_conditions",
     "trigger_delay_seconds",
@@ -408,6 +413,13 @@ def _validate_trigger(campaign: Campaign, *, for_launch: bool = False) -> None:
         raise ValidationError({"trigger_event": ["An event type: letters, digits and _ . : - (at most 100)."]})
     if for_launch and campaign.type == CampaignType.TRIGGERED and not campaign.trigger_event:
         raise ValidationError({"trigger_event": ["Choose the event that triggers the campaign."]})
+
+
+def _validate_experiment(campaign: Campaign) -> None:
+    if campaign.experiment_test_percent and not campaign.auto_winner_enabled:
+        raise ValidationError({"experiment_test_percent": ["A test share needs the auto-winner on."]})
+    if campaign.experiment_fallback == "variant" and not campaign.experiment_fallback_variant.strip():
+        raise ValidationError({"experiment_fallback_variant": ["Name the variant to send if nothing wins."]})
 
 
 def _validate_send_rules(campaign: Campaign) -> None:
@@ -459,6 +471,11 @@ def campaign_create(
     auto_winner_metric: str = "click",
     auto_winner_level: int = 95,
     auto_winner_min_sample: int = 1000,
+    experiment_test_percent: int = 0,
+    experiment_window_hours: int = 4,
+    experiment_decide: str = "sequential",
+    experiment_fallback: str = "best_observed",
+    experiment_fallback_variant: str = "",
     **trigger: Any,
 ) -> Campaign:
     """A new draft. Nothing is sent until it is explicitly scheduled or activated. `trigger` holds the
@@ -481,7 +498,8 @@ def campaign_create(
         type=type,
         status=S.DRAFT,
         channels=channels,
-        owner=actor.user,
+        # Over the API, the key's creator owns what it creates (the auto-winner's decision goes to them).
+        owner=actor.user or (actor.api_key.created_by if actor.api_key else None),
         scheduled_at=scheduled_at,
         messages_per_minute=messages_per_minute,
         messages_per_hour=messages_per_hour,
@@ -504,12 +522,18 @@ def campaign_create(
         auto_winner_metric=auto_winner_metric,
         auto_winner_level=auto_winner_level,
         auto_winner_min_sample=auto_winner_min_sample,
+        experiment_test_percent=experiment_test_percent,
+        experiment_window_hours=experiment_window_hours,
+        experiment_decide=experiment_decide,
+        experiment_fallback=experiment_fallback,
+        experiment_fallback_variant=experiment_fallback_variant.strip(),
         status_changed_at=timezone.now(),
         **{key: value for key, value in trigger.items() if value is not None or key == "trigger_conditions"},
     )
     _set_audience_fields(campaign, clean_audience)
     _validate_send_rules(campaign)
     _validate_trigger(campaign)
+    _validate_experiment(campaign)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "created")
     _save_campaign(campaign)
@@ -570,6 +594,7 @@ def campaign_update(
         _set_audience_segments(campaign, clean_audience, actor=actor)
     _validate_send_rules(campaign)
     _validate_trigger(campaign)
+    _validate_experiment(campaign)
     campaign.full_clean(validate_constraints=False)
     actor.stamp(campaign, "updated")
     _save_campaign(campaign)
@@ -734,6 +759,11 @@ def campaign_clone(*, actor: Actor, campaign_id: Any) -> Campaign:
         auto_winner_metric=origin.auto_winner_metric,
         auto_winner_level=origin.auto_winner_level,
         auto_winner_min_sample=origin.auto_winner_min_sample,
+        experiment_test_percent=origin.experiment_test_percent,
+        experiment_window_hours=origin.experiment_window_hours,
+        experiment_decide=origin.experiment_decide,
+        experiment_fallback=origin.experiment_fallback,
+        experiment_fallback_variant=origin.experiment_fallback_variant,
         **{field: copy.deepcopy(getattr(origin, field)) for field in TRIGGER_FIELDS},
         audience_combine=origin.audience_combine,
         audience_rules=copy.deepcopy(origin.audience_rules),

@@ -149,16 +149,70 @@ def _record_exclusions(cursor: Any, *, run: Run, channels: list[str], now: Any) 
     )
 
 
-def run_create(*, campaign: Campaign, trigger: str = Run.Trigger.MANUAL, scheduled_for: Any = None) -> Run:
+def _reachable(channels: list[str]) -> str:
+    """SQL: the staged recipient would get a message on at least one of the channels (the conditions of the
+    message INSERT below, per channel)."""
+    checks = []
+    for channel in channels:
+        check = f"NOT '{channel}' = ANY(COALESCE(r.disabled, '{{}}'))"
+        if channel in ADDRESS_FLAGS:
+            check += f" AND r.{ADDRESS_FLAGS[channel]}"
+        check += {"email": " AND NOT r.email_suppressed", "sms": " AND NOT r.phone_suppressed",
+                  "whatsapp": " AND NOT r.phone_suppressed"}.get(channel, "")  # fmt: skip
+        checks.append(f"({check})")
+    return "(" + " OR ".join(checks or ["false"]) + ")"
+
+
+def _stage_phase(cursor: Any, run: Run, channels: list[str]) -> int:
+    """Keep in the staging table only the recipients of this run's phase (analytics.autowinner), so every count
+    and exclusion below is the phase's own and each recipient is counted in one run of the campaign:
+
+    - test share: of those who would get a message, the held out and the first `experiment_test_percent` %
+      (rounded up) of the others, in an order drawn from (campaign, contact) independently of the variant bucket;
+    - winner: everyone without a message row in the campaign's earlier runs (the test share and its holdout),
+      including those left out for consent or an address (counted here, once).
+
+    Returns how many are staged: the run's audience."""
+    if run.phase == Run.Phase.TEST:
+        cursor.execute(f"DELETE FROM fan_out_recipients r WHERE r.blocked IS NOT NULL OR NOT {_reachable(channels)}")
+        cursor.execute(
+            "DELETE FROM fan_out_recipients r USING ("
+            "  SELECT contact_id, row_number() OVER (ORDER BY md5(%s || contact_id::text), contact_id) AS rank,"
+            "         count(*) OVER () AS total"
+            "  FROM fan_out_recipients WHERE NOT is_holdout"
+            ") k WHERE k.contact_id = r.contact_id AND k.rank > ceil(k.total * %s / 100.0)",
+            [f"test-share:{run.campaign_id}:", int(run.campaign.experiment_test_percent)],
+        )
+    elif run.phase == Run.Phase.WINNER:
+        cursor.execute(
+            "DELETE FROM fan_out_recipients r USING delivery_message m"
+            " JOIN delivery_run earlier ON earlier.id = m.run_id"
+            " WHERE m.contact_id = r.contact_id AND earlier.campaign_id = %s AND earlier.id <> %s",
+            [str(run.campaign_id), str(run.pk)],
+        )
+    cursor.execute("SELECT count(*) FROM fan_out_recipients")
+    return int(cursor.fetchone()[0])
+
+
+def run_create(
+    *, campaign: Campaign, trigger: str = Run.Trigger.MANUAL, scheduled_for: Any = None, phase: str | None = None
+) -> Run:
+    """A new run. Without a `phase`, a campaign whose auto-winner has a test share and no decision yet starts with
+    the test share (the auto-winner sends the winner to the rest in a run of its own)."""
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
         number = (locked.runs.aggregate(last=Max("number"))["last"] or 0) + 1
+        if phase is None:
+            undecided = not Campaign.objects.filter(pk=locked.pk, experiment_decision__isnull=False).exists()
+            test = trigger != Run.Trigger.EVENT and undecided and locked.test_share_applies
+            phase = Run.Phase.TEST if test else Run.Phase.WHOLE
         return Run.objects.create(
             organisation=campaign.organisation,
             campaign=locked,
             number=number,
             trigger=trigger,
             scheduled_for=scheduled_for,
+            phase=phase,
         )
 
 
@@ -203,6 +257,8 @@ def run_fan_out(run_id: Any) -> Run | None:
             cursor, organisation_id=str(campaign.organisation_id), channels=channels, category=campaign.category
         )
         _mark_global_control(cursor, campaign)
+        if run.phase:
+            audience = _stage_phase(cursor, run, channels)
         cursor.execute(
             "SELECT count(*) FILTER (WHERE is_holdout AND blocked IS NULL),"
             " count(*) FILTER (WHERE blocked = 'opted_out'), count(*) FILTER (WHERE blocked = 'unsubscribed'),"
@@ -284,6 +340,7 @@ def run_fan_out(run_id: Any) -> Run | None:
                 "control": control,
                 "excluded": {reason: count for reason, count in excluded.items() if count},
                 **({"kept_variant": kept} if sticky else {}),
+                **({"phase": run.phase} if run.phase else {}),
             },
         )
         # A run paused while it fanned out stays paused.

@@ -494,6 +494,10 @@ def _campaign_after_run(run: Run, now: datetime) -> None:
         return
     if Run.objects.filter(campaign=campaign, status__in=Run.ACTIVE_STATUSES).exclude(pk=run.pk).exists():
         return
+    if run.phase == Run.Phase.TEST and not Run.objects.filter(campaign=campaign, phase=Run.Phase.WINNER).exists():
+        # The test share is out: the campaign keeps running until the auto-winner decides and sends the rest
+        # (analytics.autowinner, which celery-beat looks at whether or not anything is still sending).
+        return
     actor = system_actor(campaign.organisation, "delivery engine")
     # Measured from the same instant campaign_transition's await_next uses: a run that finished before its own
     # occurrence (an alarm may fire a few seconds early) must not count that occurrence as the next one.
