@@ -14,11 +14,16 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = envbool("DEBUG", False)
 SECRET_KEY = envstr("SECRET_KEY", "dev-only-insecure-secret-key-change-me" if DEBUG else "")
-if not SECRET_KEY:
+# Keys printed in this repository (docker-compose.yml's and .env.example's old placeholders, the DEBUG default).
+PUBLIC_SECRET_KEYS = {"change-me-in-production", "change-me", "dev-only-insecure-secret-key-change-me"}
+if not DEBUG and (not SECRET_KEY or SECRET_KEY in PUBLIC_SECRET_KEYS):
     # Refuse to start without a real key rather than sign sessions and tokens with a public default.
     from django.core.exceptions import ImproperlyConfigured
 
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set to a secret value when DEBUG is off "
+        "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+    )
 
 # Personal data at rest (audiences.pii): AES-256-GCM keys as "id:base64key,id2:base64key", the id that encrypts
 # (default: the first), and the look-up hash key. Without keys, both derive from SECRET_KEY — fine for development,
@@ -60,6 +65,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Right after SecurityMiddleware (its redirect and headers apply to static files too), before everything that
+    # would touch the session or the database for a stylesheet.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_permissions_policy.PermissionsPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -146,17 +156,139 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Static files (the console's CSS and htmx, the admin's and Swagger UI's assets): `collectstatic` writes them to
+# STATIC_ROOT compressed and named by their content's hash; whitenoise serves them from the web process with
+# far-future cache headers. Under DEBUG, runserver serves them from the source directories as they change.
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+
+# Uploaded and generated files (config.files): "public" for what recipients' apps load (in-app icons, stable URLs),
+# "default" for private files (CSV imports, generated reports; URLs that expire after PRIVATE_FILE_URL_SECONDS).
+# STORAGE_BACKEND=local (default): the disk, public files under MEDIA_ROOT served at MEDIA_URL, private ones under
+# PRIVATE_MEDIA_ROOT behind signed links, both served by the web service (MEDIA_SERVE=false when a proxy serves
+# MEDIA_ROOT). STORAGE_BACKEND=s3: an S3-compatible bucket (AWS, MinIO, Ceph…), public files under public/ (the
+# bucket policy, or S3_PUBLIC_ACL, must let anyone read that prefix), private ones under private/ by presigned URLs.
+STORAGE_BACKEND = envstr("STORAGE_BACKEND", "local")
 MEDIA_ROOT = Path(envstr("MEDIA_ROOT", str(BASE_DIR / ".data" / "media")))
 MEDIA_URL = "/media/"
+MEDIA_SERVE = envbool("MEDIA_SERVE", True)
+PRIVATE_MEDIA_ROOT = Path(envstr("PRIVATE_MEDIA_ROOT", str(BASE_DIR / ".data" / "private")))
+PRIVATE_FILE_URL_SECONDS = envint("PRIVATE_FILE_URL_SECONDS", 3600)
+if STORAGE_BACKEND == "local":
+    FILE_STORAGES = {
+        # No location: it follows MEDIA_ROOT.
+        "public": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "default": {
+            "BACKEND": "config.files.SignedURLFileSystemStorage",
+            # A report regenerated replaces the last one under its name (uploads are named uniquely anyway).
+            "OPTIONS": {"location": PRIVATE_MEDIA_ROOT, "base_url": None, "allow_overwrite": True},
+        },
+    }
+elif STORAGE_BACKEND == "s3":
+    _S3 = {
+        "bucket_name": envstr("S3_BUCKET"),
+        "endpoint_url": envstr("S3_ENDPOINT_URL") or None,  # empty: AWS
+        "region_name": envstr("S3_REGION") or None,
+        "access_key": envstr("S3_ACCESS_KEY_ID") or None,  # empty: boto3's own chain (instance role, ~/.aws)
+        "secret_key": envstr("S3_SECRET_ACCESS_KEY") or None,
+        "addressing_style": envstr("S3_ADDRESSING_STYLE") or None,  # "path" for most self-hosted stores
+        "signature_version": "s3v4",  # what every current store accepts (boto's default for presigning is v2)
+        "file_overwrite": True,
+    }
+    FILE_STORAGES = {
+        "public": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                **_S3,
+                "location": "public",
+                "querystring_auth": False,
+                "default_acl": envstr("S3_PUBLIC_ACL") or None,
+                "custom_domain": envstr("S3_PUBLIC_DOMAIN") or None,  # a CDN in front of the bucket
+                "file_overwrite": False,
+            },
+        },
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {**_S3, "location": "private", "querystring_expire": PRIVATE_FILE_URL_SECONDS},
+        },
+    }
+    if not _S3["bucket_name"]:
+        from django.core.exceptions import ImproperlyConfigured
 
+        raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs S3_BUCKET")
+else:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"STORAGE_BACKEND must be local or s3, got {STORAGE_BACKEND!r}")
+# STATIC_MANIFEST=true (the image sets it, for collectstatic and at run time): names with the content's hash, from
+# the manifest collectstatic writes. Off (development, tests): plain names, nothing to collect first.
+STATIC_MANIFEST = envbool("STATIC_MANIFEST", False)
+if not STATIC_MANIFEST:
+    import warnings
+
+    # whitenoise warns once per process that STATIC_ROOT was never collected: expected without the manifest.
+    warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
+STORAGES = {
+    **FILE_STORAGES,
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if STATIC_MANIFEST
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# Behind a TLS-terminating proxy: the header it sets to say the client used https, e.g.
+# "HTTP_X_FORWARDED_PROTO,https" (empty: none; never set it when clients can reach the web service directly).
+_PROXY_SSL_HEADER = envlist("SECURE_PROXY_SSL_HEADER", [])
+SECURE_PROXY_SSL_HEADER = (_PROXY_SSL_HEADER[0], _PROXY_SSL_HEADER[1]) if len(_PROXY_SSL_HEADER) == 2 else None
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+# Probes and scrapers inside the cluster speak plain http to the container.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)  # sent on https responses only; production: 31536000
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp). The console's templates still carry inline event handlers (confirm dialogs,
+# auto-submitting selects) and Swagger UI an inline bootstrap script, hence 'unsafe-inline' for scripts: no script
+# from another origin, no plugin, no framing and no form posting elsewhere. htmx and Swagger UI add inline styles;
+# email previews show the marketer's https images. Each directive can be replaced from the environment
+# (CSP_SCRIPT_SRC="'self'" …); CSP_REPORT_ONLY=true reports instead of enforcing.
+_CSP_DEFAULTS = {
+    "default-src": "'self'",
+    "script-src": "'self' 'unsafe-inline'",
+    "style-src": "'self' 'unsafe-inline'",
+    "img-src": "'self' data: https:",
+    "font-src": "'self' data:",
+    "connect-src": "'self'",
+    "object-src": "'none'",
+    "base-uri": "'self'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+_CSP = {
+    "DIRECTIVES": {
+        name: envstr("CSP_" + name.upper().replace("-", "_"), value).split() for name, value in _CSP_DEFAULTS.items()
+    }
+}
+if envbool("CSP_REPORT_ONLY", False):
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP
+    CONTENT_SECURITY_POLICY = None
+else:
+    CONTENT_SECURITY_POLICY = _CSP
+# Permissions-Policy (django-permissions-policy): no page of ours needs any of these browser features.
+PERMISSIONS_POLICY = {
+    feature: []
+    for feature in envlist(
+        "PERMISSIONS_POLICY_DENY",
+        ["camera", "microphone", "geolocation", "payment", "usb", "interest-cohort", "browsing-topics"],
+    )
+}
 
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "127.0.0.1")
