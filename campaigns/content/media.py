@@ -1,5 +1,5 @@
-"""Uploaded images (in-app icons) stored through Django's storage API: the local filesystem by default, any
-django-storages backend (S3, GCS…) by configuration."""
+"""Uploaded images (in-app icons) stored through Django's storage API, in the public store (config.files): the
+local filesystem by default, an S3-compatible bucket by configuration."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
+
+from config.files import save_public
 
 MAX_ICON_BYTES = 256 * 1024
 # Recognised by their first bytes, never by the name or the Content-Type the client sent.
@@ -35,9 +35,8 @@ def store_icon(*, organisation_id: object, upload: UploadedFile) -> str:
     kind = _image_kind(data[:16])
     if kind is None:
         raise ValidationError({"icon": ["A PNG, JPEG, GIF or WebP image."]})
-    name = default_storage.save(f"icons/{organisation_id}/{uuid.uuid4().hex}.{kind}", ContentFile(data))
-    url = default_storage.url(name)
-    return url if url.startswith(("http://", "https://")) else settings.SITE_URL.rstrip("/") + url
+    # The public store: the URL goes into messages and must keep working for as long as they are shown.
+    return save_public(f"icons/{organisation_id}/{uuid.uuid4().hex}.{kind}", data)
 
 
 def is_own_media_url(url: str) -> bool:
