@@ -53,7 +53,7 @@ COUNT_LABELS = [
     ("converted", "Converted (messages' credit)"),
     ("unsubscribed", "Unsubscribed"),
     ("complained", "Complained"),
-    ("held_out", "Held out / control"),
+    ("held_out", "Held out / control (messages)"),
 ]
 
 SEGMENT_SQL = """
