@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -130,7 +130,7 @@ def test_share_deadline(campaign: Campaign, test_run: Run | None) -> datetime | 
     """When the test share's window ends: `experiment_window_hours` after its first message went out."""
     if test_run is None or test_run.started_sending_at is None:
         return None
-    return test_run.started_sending_at + timedelta(hours=campaign.experiment_window_hours)
+    return campaign.test_window_end(test_run.started_sending_at)
 
 
 def auto_winner_evaluate(campaign_id: Any, *, now: datetime | None = None) -> Evaluation:
@@ -236,6 +236,21 @@ def _apply(
         ],
         **choice.numbers,
     }
+    rest, gets = (
+        ("the rest of the audience", "gets") if test_run else (f"{switched:,} queued messages and future runs", "get")
+    )
+    if choice.fallback:
+        text = (
+            f"{campaign.name}: no variant was significantly better on {experiments.METRICS[metric][1].lower()} "
+            f"by the end of the {campaign.experiment_window_hours} h window; {rest} now {gets} {winner['name']} "
+            f"({choice.method.removeprefix('fallback: ')})."
+        )
+    else:
+        text = (
+            f"{campaign.name}: variant {winner['name']} won on {experiments.METRICS[metric][1].lower()} at "
+            f"{level:.0%} ({winner['rate']:.2%} of {winner['delivered']:,}); {rest} now {gets} it."
+        )
+    numbers["summary"] = text  # what the campaign page says about the decision
     ExperimentDecision.objects.create(
         campaign=campaign,
         winner_id=winner["id"],
@@ -252,18 +267,6 @@ def _apply(
 
         winner_run = run_create(campaign=campaign, trigger=Run.Trigger.MANUAL, phase=Run.Phase.WINNER)
         task_enqueue_on_commit(run_prepare_task, str(winner_run.pk))
-    rest = "the rest of the audience" if test_run is not None else "queued messages and future runs"
-    if choice.fallback:
-        text = (
-            f"{campaign.name}: no variant was significantly better on {experiments.METRICS[metric][1].lower()} "
-            f"by the end of the {campaign.experiment_window_hours} h window; {rest} now gets {winner['name']} "
-            f"({choice.method.removeprefix('fallback: ')})."
-        )
-    else:
-        text = (
-            f"{campaign.name}: variant {winner['name']} won on {experiments.METRICS[metric][1].lower()} at "
-            f"{level:.0%} ({winner['rate']:.2%} of {winner['delivered']:,}); {rest} now gets it."
-        )
     notified = _notified_users(campaign)
     audit_record(
         actor=actor,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -290,6 +291,10 @@ class Campaign(models.Model):
     def has_send_rules(self) -> bool:
         """Whether recipients' local time decides when they may be sent to."""
         return bool(self.send_window_start is not None or self.skip_weekends or self.local_send_time is not None)
+
+    def test_window_end(self, test_share_started_at: datetime) -> datetime:
+        """When the test share's window ends, counted from its first message."""
+        return test_share_started_at + timedelta(hours=self.experiment_window_hours)
 
     @property
     def test_share_applies(self) -> bool:

@@ -214,8 +214,18 @@ def campaign_detail_view(request: HttpRequest, campaign_id: Any) -> HttpResponse
             ("sun", "Sun"),
         ],
         "recurrences": Recurrence.choices,
+        **_test_share_context(campaign),
     }
     return render(request, "campaigns/detail.html", context)
+
+
+def _test_share_context(campaign: Campaign) -> dict[str, Any]:
+    """The auto-winner's test share on the campaign page: waiting for the decision until when, or the decision."""
+    test_run = (
+        campaign.runs.filter(phase="test").order_by("number").first() if campaign.experiment_test_percent else None
+    )
+    started = test_run.started_sending_at if test_run else None
+    return {"test_share_run": test_run, "test_window_end": campaign.test_window_end(started) if started else None}
 
 
 def _run(request: HttpRequest, campaign_id: Any, call: Any, success: str) -> Campaign | None:
