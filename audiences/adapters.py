@@ -1,6 +1,7 @@
 """Adapters for the isA_Data services the PRD names, each behind a small interface.
 
-- user_360: a contact's profile for templates. Embedded default: our contact store. HTTP: USER_360_URL.
+- user_360: enriches a contact's template variables (enriched_profile documents the merge; our contact's identity
+  and addresses stay the delivery truth). Embedded default: our contact store. HTTP: USER_360_URL.
 - intelligent_query: resolves external segments. Embedded default: our own rules engine (the query is a JSON rule
   tree). HTTP: INTELLIGENT_QUERY_URL.
 
@@ -10,7 +11,7 @@ against a local HTTP server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -21,14 +22,49 @@ from audiences.models import Contact, Organisation
 
 
 class AdapterError(RuntimeError):
-    """The external service failed or answered something we cannot use."""
+    """The external service failed or answered something we cannot use. `transient`: it may well answer next time
+    (unreachable, timed out, 429 or 5xx), so whatever waits on it retries instead of failing."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def http_failure(service: str, exc: httpx.HTTPError) -> AdapterError:
+    """An httpx error as the adapter error callers show: "timed out" or "unreachable" with the cause."""
+    what = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
+    return AdapterError(f"{service} {what}: {exc or type(exc).__name__}")
+
+
+def status_failure(service: str, response: httpx.Response) -> AdapterError:
+    """A non-2xx answer: transient for 429 and 5xx, permanent for any other status."""
+    detail = response.text[:200].strip()
+    transient = response.status_code == 429 or response.status_code >= 500
+    return AdapterError(
+        f"{service} answered {response.status_code}" + (f": {detail}" if detail else ""), transient=transient
+    )
+
+
+def _http_client(base_url: str, token: str, timeout: float) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url.rstrip("/"),
+        timeout=httpx.Timeout(timeout),
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+        follow_redirects=False,
+    )
 
 
 # --- user_360 -------------------------------------------------------------------------------------------------
 
+# Our contact's identity and addresses: the delivery truth. A user_360 profile never changes them (the address a
+# message goes to is the one consent and suppression were checked against).
+DELIVERY_FIELDS = ("external_id", "email", "phone")
+
 
 class UserProfileProvider(Protocol):
-    def profile(self, organisation: Organisation, external_id: str) -> dict[str, Any] | None: ...
+    embedded: bool
+
+    def profiles(self, organisation: Organisation, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
 
 def contact_profile(contact: Contact) -> dict[str, Any]:
@@ -45,44 +81,77 @@ def contact_profile(contact: Contact) -> dict[str, Any]:
     }
 
 
+def enriched_profile(ours: Mapping[str, Any], external: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The documented merge of our contact and its user_360 profile, the `contact` templates see.
+
+    Every field of the profile is added under its own name (first_name, a `loyalty` object…), over ours, except
+    the delivery fields (external_id, email, phone), which are always our contact's; `attributes` merge key by
+    key, the profile's keys over ours. No profile (user_360 does not know the contact): our contact as it is."""
+    merged = dict(ours)
+    if not external:
+        return merged
+    for name, value in external.items():
+        if name in DELIVERY_FIELDS:
+            continue
+        if name == "attributes" and isinstance(value, Mapping):
+            merged["attributes"] = {**(ours.get("attributes") or {}), **value}
+        elif name != "attributes":
+            merged[name] = value
+    return merged
+
+
 class EmbeddedUserProfiles:
+    """Our contact store is the profile: nothing to add."""
+
     embedded = True
 
-    def profile(self, organisation: Organisation, external_id: str) -> dict[str, Any] | None:
-        contact = Contact.objects.filter(organisation=organisation, external_id=external_id).first()
-        return contact_profile(contact) if contact else None
+    def profiles(self, organisation: Organisation, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        contacts = Contact.objects.filter(organisation=organisation, external_id__in=list(external_ids))
+        return {contact.external_id: contact_profile(contact) for contact in contacts}
 
 
 class HttpUserProfiles:
-    """GET {base}/organisations/{slug}/users/{external_id} → a profile object (404: unknown user)."""
+    """POST {base}/organisations/{slug}/users/batch {"external_ids": [...]} → {"users": [profile, ...]}, each
+    profile an object with its `external_id`; users it does not know are left out. One request per
+    BATCH_SIZE contacts, so a claimed batch of messages costs one or two requests, never one per message."""
 
     embedded = False
+    BATCH_SIZE = 500
 
     def __init__(self, base_url: str, token: str = "", timeout: float = 5.0, client: httpx.Client | None = None):
-        self.client = client or httpx.Client(
-            base_url=base_url.rstrip("/"),
-            timeout=httpx.Timeout(timeout),
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            follow_redirects=False,
-        )
+        self.client = client or _http_client(base_url, token, timeout)
+
+    def profiles(self, organisation: Organisation, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(dict.fromkeys(external_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), self.BATCH_SIZE):
+            found.update(self._batch(organisation, wanted[start : start + self.BATCH_SIZE]))
+        return found
+
+    def _batch(self, organisation: Organisation, external_ids: list[str]) -> dict[str, dict[str, Any]]:
+        try:
+            response = self.client.post(
+                f"/organisations/{quote(organisation.slug)}/users/batch", json={"external_ids": external_ids}
+            )
+        except httpx.HTTPError as exc:
+            raise http_failure("user_360", exc) from exc
+        if response.status_code != 200:
+            raise status_failure("user_360", response)
+        try:
+            users = response.json()["users"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AdapterError(
+                'user_360 answered something other than a {"users": [...]} document', transient=False
+            ) from exc
+        if not isinstance(users, list) or not all(
+            isinstance(user, dict) and isinstance(user.get("external_id"), str) for user in users
+        ):
+            raise AdapterError("user_360 answered users that are not profiles with an external_id", transient=False)
+        asked = set(external_ids)
+        return {user["external_id"]: user for user in users if user["external_id"] in asked}
 
     def profile(self, organisation: Organisation, external_id: str) -> dict[str, Any] | None:
-        try:
-            response = self.client.get(f"/organisations/{quote(organisation.slug)}/users/{quote(external_id, safe='')}")
-        except httpx.HTTPError as exc:
-            raise AdapterError(f"user_360 unreachable: {exc}") from exc
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise AdapterError(f"user_360 answered {response.status_code}")
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise AdapterError("user_360 answered something other than JSON") from exc
-        if not isinstance(data, dict):
-            raise AdapterError("user_360 profile is not an object")
-        data.setdefault("attributes", {})
-        return data
+        return self.profiles(organisation, [external_id]).get(external_id)
 
 
 def user_profile_provider() -> UserProfileProvider:
@@ -91,16 +160,20 @@ def user_profile_provider() -> UserProfileProvider:
     return EmbeddedUserProfiles()
 
 
-def template_profile(contact: Contact) -> dict[str, Any]:
-    """The profile a contact's messages are rendered with: the external user_360's when one is configured (our row
-    when it does not know them), else our own. Real sends read it so (delivery.sending); previews, test sends and
-    seed copies read it here, so they show what the contact will get. AdapterError when user_360 fails."""
+def template_profiles(organisation: Organisation, ours: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The `contact` each of these contacts' messages are rendered with (enriched_profile), in their order: one
+    user_360 request for all of them when one is configured, our own profiles otherwise. Real sends
+    (delivery.sending), previews, test sends and seed copies all read it here. AdapterError when user_360 fails."""
     provider = user_profile_provider()
-    if not getattr(provider, "embedded", True):
-        external = provider.profile(contact.organisation, contact.external_id)
-        if external is not None:
-            return external
-    return contact_profile(contact)
+    if provider.embedded or not ours:
+        return [dict(profile) for profile in ours]
+    external = provider.profiles(organisation, [profile["external_id"] for profile in ours])
+    return [enriched_profile(profile, external.get(profile["external_id"])) for profile in ours]
+
+
+def template_profile(contact: Contact) -> dict[str, Any]:
+    """One contact's template profile (template_profiles)."""
+    return template_profiles(contact.organisation, [contact_profile(contact)])[0]
 
 
 # --- intelligent_query ------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ operators allowed:
 
 email and phone are encrypted at rest: eq neq in not_in exists not_exists only (keyed hashes, audiences.pii).
 
+The spellings equals, greater_than and less_than are aliases of eq, gt and lt (OPERATOR_ALIASES; contains is
+spelled the same), here and in trigger conditions.
+
 Behaviour: {"event": X, "min_count": N, "within_days": D} holds when the contact did event X at least N times
 (default 1) in the last D days (default: ever), compiled to an EXISTS / a bounded count over the events index.
 
@@ -71,6 +74,15 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 ENCRYPTED_FIELDS = {"email": "email_hash", "phone": "phone_hash"}
 ENCRYPTED_OPERATORS = ("eq", "neq", "in", "not_in", "exists", "not_exists")
 ALL_OPERATORS = sorted({op for ops in OPERATORS.values() for op in ops})
+# Long spellings of the operators, accepted wherever an operator is (segment rules and trigger conditions).
+OPERATOR_ALIASES: dict[str, str] = {"equals": "eq", "greater_than": "gt", "less_than": "lt"}
+
+
+def canonical_operator(op: Any) -> Any:
+    """The operator an alias stands for (anything else unchanged, to be judged by the caller)."""
+    return OPERATOR_ALIASES.get(op, op) if isinstance(op, str) else op
+
+
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 MAX_CHILDREN = 50
 MAX_DEPTH = 10
@@ -258,7 +270,7 @@ class RuleCompiler:
         if extra:
             return self._fail(path, f"Unknown key(s) in a condition: {', '.join(sorted(extra))}.")
         name = node.get("field")
-        op = node.get("op")
+        op = canonical_operator(node.get("op"))
         if not isinstance(name, str):
             return self._fail(f"{path}/field", "The field must be a string.")
         if name in STANDARD_FIELDS:
@@ -277,7 +289,11 @@ class RuleCompiler:
             )
         if op not in OPERATORS[kind]:
             if op not in ALL_OPERATORS:
-                return self._fail(f"{path}/op", f"Unknown operator {op!r}. Use one of: {', '.join(ALL_OPERATORS)}.")
+                return self._fail(
+                    f"{path}/op",
+                    f"Unknown operator {op!r}. Use one of: {', '.join(ALL_OPERATORS)}"
+                    f" (or {', '.join(OPERATOR_ALIASES)}).",
+                )
             return self._fail(
                 f"{path}/op",
                 f"{op!r} does not apply to {kind} field {name!r}; use one of: {', '.join(OPERATORS[kind])}.",

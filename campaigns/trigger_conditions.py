@@ -1,5 +1,6 @@
 """Conditions on a trigger event's properties: nested {"and": [...]} / {"or": [...]} groups of
-{"property": P, "op": OP, "value": V}. P may be dotted ("cart.total"); OP is eq, neq, contains, gt, lt or exists.
+{"property": P, "op": OP, "value": V}. P may be dotted ("cart.total"); OP is eq, neq, contains, gt, lt or exists
+(or equals, greater_than, less_than: audiences.rules.OPERATOR_ALIASES).
 Validated when the campaign is saved (errors name the node with a JSON Pointer) and compiled once to a predicate.
 A missing property makes a comparison false (and `neq` true), never an error."""
 
@@ -9,6 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
+
+from audiences.rules import OPERATOR_ALIASES, canonical_operator
 
 OPERATORS = ("eq", "neq", "contains", "gt", "lt", "exists")
 MAX_DEPTH = 5
@@ -86,12 +89,12 @@ def _compile(node: Any, path: str, depth: int, problems: list[str]) -> Predicate
             if group == "and":
                 return lambda p, parts=parts: all(part(p) for part in parts)
             return lambda p, parts=parts: any(part(p) for part in parts)
-    prop, op = node.get("property"), node.get("op")
+    prop, op = node.get("property"), canonical_operator(node.get("op"))
     if not isinstance(prop, str) or not prop.strip():
         problems.append(f"{path}/property: give the event property to test.")
         return lambda p: False
     if op not in OPERATORS:
-        problems.append(f"{path}/op: one of {', '.join(OPERATORS)}.")
+        problems.append(f"{path}/op: one of {', '.join(OPERATORS)} (or {', '.join(OPERATOR_ALIASES)}).")
         return lambda p: False
     extra = sorted(set(node) - {"property", "op", "value"})
     if extra:

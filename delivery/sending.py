@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audiences.adapters import user_profile_provider
+from audiences.adapters import AdapterError, enriched_profile, user_profile_provider
 from audiences.jsonb import jsonb_loads
 from audiences.pii import decrypt, keys
 from campaigns.content.channels import WHATSAPP_MAX
@@ -234,15 +234,29 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
     # The run's ids as text once per batch, not once per message.
     run_id, campaign_id, organisation_id = str(ctx.run.pk), str(campaign.pk), str(organisation.pk)
     ctx.sms_parts.clear()
+    ours = {row[0]: _profile(row, pii_keys) for row in rows if not row[14]}
+    # An external user_360 enriches the batch's contacts in one request (never one per message inside the claim).
+    # Failing, it fails no message: each waits for a retry with the reason, using up an attempt only when the
+    # service's answer was not a transient failure.
+    external: dict[str, dict[str, Any]] = {}
+    unenriched: AdapterError | None = None
+    if not profiles.embedded and ours:
+        try:
+            external = profiles.profiles(organisation, [profile["external_id"] for profile in ours.values()])
+        except AdapterError as exc:
+            logger.warning("user_360 failed for a batch of %d of run %s: %s", len(ours), ctx.run.pk, exc)
+            unenriched = exc
     for row in rows:
         message_id, contact_id, channel, variant_id, blocked = row[0], row[1], row[2], str(row[3]), row[14]
         if blocked:
             settled.append(Outcome(message_id, "skipped", "", blocked))
             continue
-        profile = _profile(row, pii_keys)
-        if not getattr(profiles, "embedded", True):
-            # An external user_360 is the profile of record; our row is the fallback when it does not know them.
-            profile = profiles.profile(organisation, profile["external_id"]) or profile
+        if unenriched is not None:
+            settled.append(Outcome(message_id, "retry", "", str(unenriched)[:500], tried=not unenriched.transient))
+            continue
+        # The address is always our contact's, the one the claim checked consent and suppression against.
+        contact = ours[message_id]
+        profile = enriched_profile(contact, external.get(contact["external_id"])) if external else contact
         variant = ctx.variants.get(variant_id)
         content = (variant.content if variant else {}).get(channel)
         if variant is None or content is None:
@@ -278,7 +292,7 @@ def _render(ctx: RunContext, rows: Sequence[Sequence[Any]]) -> tuple[list[Outgoi
                 variant_id=variant_id,
                 variant_name=variant.name,
                 contact_id=contact_id,
-                address=_address(channel, profile),
+                address=_address(channel, contact),
                 payload=payload,
             )
         )

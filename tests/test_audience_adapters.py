@@ -1,10 +1,10 @@
-"""The user_360 and intelligent_query HTTP adapters, against a local HTTP server the test starts itself."""
+"""The intelligent_query HTTP adapter and the adapters' selection, against a local HTTP server the test starts
+itself (user_360 in every failure mode: tests/test_adapter_user_360.py)."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -36,21 +36,6 @@ class FakeIsaData(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):
-        self.requests.append(("GET", self.path, {}, self.headers.get("Authorization", "")))
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return self._reply(401, {"detail": "no"})
-        if self.path == "/organisations/acme/users/u%2F1":
-            return self._reply(200, {"external_id": "u/1", "first_name": "Remote", "attributes": {"tier": "gold"}})
-        if self.path == "/organisations/acme/users/broken":
-            return self._reply(500, {"detail": "boom"})
-        if self.path == "/organisations/acme/users/garbage":
-            return self._reply(200, b"<html>")
-        if self.path == "/organisations/acme/users/slow":
-            time.sleep(1.5)
-            return self._reply(200, {})
-        return self._reply(404, {"detail": "unknown"})
-
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.requests.append(("POST", self.path, body, self.headers.get("Authorization", "")))
@@ -71,25 +56,6 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_user_360_profile(server, organisation):
-    client = HttpUserProfiles(server, TOKEN, timeout=1.0)
-    profile = client.profile(organisation, "u/1")
-    assert profile == {"external_id": "u/1", "first_name": "Remote", "attributes": {"tier": "gold"}}
-    assert FakeIsaData.requests[-1][3] == f"Bearer {TOKEN}"
-    assert client.profile(organisation, "nobody") is None
-
-
-@pytest.mark.parametrize("user", ["broken", "garbage", "slow"])
-def test_user_360_failures_are_adapter_errors(server, organisation, user):
-    with pytest.raises(AdapterError):
-        HttpUserProfiles(server, TOKEN, timeout=0.5).profile(organisation, user)
-
-
-def test_user_360_unreachable(organisation):
-    with pytest.raises(AdapterError):
-        HttpUserProfiles("http://127.0.0.1:9", TOKEN, timeout=0.5).profile(organisation, "x")
-
-
 def test_settings_choose_the_adapter(settings, server):
     settings.USER_360_URL = ""
     assert isinstance(adapters.user_profile_provider(), adapters.EmbeddedUserProfiles)
@@ -105,9 +71,10 @@ def test_embedded_user_360_reads_the_contact_store(organisation):
     contacts_upsert_rows(
         organisation=organisation, rows=[{"external_id": "me", "first_name": "Local", "attributes": {"plan": "pro"}}]
     )
-    profile = adapters.EmbeddedUserProfiles().profile(organisation, "me")
-    assert (profile["first_name"], profile["attributes"]) == ("Local", {"plan": "pro"})
-    assert adapters.EmbeddedUserProfiles().profile(organisation, "nobody") is None
+    profiles = adapters.EmbeddedUserProfiles().profiles(organisation, ["me", "nobody"])
+    assert [(key, p["first_name"], p["attributes"]) for key, p in profiles.items()] == [
+        ("me", "Local", {"plan": "pro"})
+    ]
 
 
 def test_intelligent_query_follows_pages(server, organisation):

@@ -501,19 +501,20 @@ EXPECTED_ORDERS = {
 
 
 class Profiles(BaseHTTPRequestHandler):
-    """user_360: GET /organisations/<slug>/users/<external id> → the profile, 404 for users it does not know."""
+    """user_360: POST /organisations/<slug>/users/batch {"external_ids": [...]} → {"users": [the profiles it
+    knows]}."""
 
     def log_message(self, *args):
         pass
 
-    def do_GET(self):
-        profile = (
-            USER_360.get(self.path.rsplit("/", 1)[-1]) if self.path.startswith("/organisations/acme/users/") else None
-        )
-        self.send_response(200 if profile else 404)
+    def do_POST(self):
+        asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["external_ids"]
+        known = self.path == "/organisations/acme/users/batch"
+        body = json.dumps({"users": [USER_360[key] for key in asked if known and key in USER_360]}).encode()
+        self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
-        self.wfile.write(json.dumps(profile or {"detail": "not found"}).encode())
+        self.wfile.write(body)
 
 
 @pytest.fixture
