@@ -225,3 +225,36 @@ def test_nothing_significant_by_the_windows_end_sends_the_chosen_fallback(
     # Looking again decides nothing more.
     assert autowinner.auto_winner_evaluate(campaign.pk, now=deadline).decided is False
     assert Run.objects.filter(campaign=campaign, phase="winner").count() == 1
+
+
+def test_the_one_look_at_the_windows_end_waits_for_it_then_names_the_significant_winner(
+    owner, django_capture_on_commit_callbacks
+):
+    api = _api_client(owner, key_creator=owner)
+    campaign = _campaign_over_the_api(
+        api, owner, contacts=600, experiment_test_percent=50, experiment_window_hours=1, experiment_decide="window_end"
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        assert api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/").status_code == 200
+        test_run = _send_run(Run.objects.get(campaign=campaign).pk)
+    assert test_run.sent_count == 300
+    clicks = []
+    for name, share in (("A", 0.05), ("B", 0.6)):
+        messages = list(Message.objects.filter(run=test_run, variant__name=name).order_by("id"))
+        clicks += [
+            {"message_id": m.pk, "kind": "click", "dedupe": f"click:{m.pk}"}
+            for m in messages[: int(len(messages) * share)]
+        ]
+    services.engagement_record_many(clicks)
+    deadline = test_run.started_sending_at + timedelta(hours=1)
+
+    # B is far ahead, but this campaign looks once, at the window's end.
+    early = autowinner.auto_winner_evaluate(campaign.pk, now=deadline - timedelta(seconds=1))
+    assert early.decided is False and early.reason.startswith("One look at the window's end")
+    with django_capture_on_commit_callbacks(execute=False):
+        decided = autowinner.auto_winner_evaluate(campaign.pk, now=deadline)
+        assert decided.decided and decided.winner_id == str(campaign.variants.get(name="B").pk)
+        decision = ExperimentDecision.objects.get(campaign=campaign)
+        assert decision.method.startswith("chi-square 2x2") and decision.numbers["p_adjusted"][1] < 0.05
+        winner_run = _send_run(decided.winner_run_id)
+    assert _per_variant(winner_run) == {"B": 300}
