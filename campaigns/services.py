@@ -418,6 +418,12 @@ def _validate_trigger(campaign: Campaign, *, for_launch: bool = False) -> None:
 def _validate_experiment(campaign: Campaign) -> None:
     if campaign.experiment_test_percent and not campaign.auto_winner_enabled:
         raise ValidationError({"experiment_test_percent": ["A test share needs the auto-winner on."]})
+    waiting = not campaign._state.adding and not hasattr(campaign, "experiment_decision")
+    if not campaign.auto_winner_enabled and waiting and campaign.runs.filter(phase="test").exists():
+        # The rest of the audience is sent only by the auto-winner's decision.
+        raise ValidationError(
+            {"auto_winner_enabled": ["The test share has gone out: the rest waits for the decision."]}
+        )
     if campaign.experiment_fallback == "variant" and not campaign.experiment_fallback_variant.strip():
         raise ValidationError({"experiment_fallback_variant": ["Name the variant to send if nothing wins."]})
 

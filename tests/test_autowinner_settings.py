@@ -90,3 +90,18 @@ def test_the_auto_winner_stays_on_once_the_test_share_is_out(teammate):
     assert response.status_code == 400 and "enabled" in response.data
     campaign.refresh_from_db()
     assert campaign.auto_winner_enabled is True
+
+
+def test_a_paused_campaign_cannot_drop_the_auto_winner_its_test_share_waits_for(teammate):
+    campaign = CampaignFactory(organisation=teammate.organisation, status="paused", **EXPERIMENT)
+    url = f"/api/v1/campaigns/{campaign.pk}/"
+    assert (
+        teammate.api.patch(url, {"auto_winner_enabled": False, "experiment_test_percent": 0}, format="json").status_code
+        == 200
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(auto_winner_enabled=True, experiment_test_percent=20)
+    Run.objects.create(organisation=campaign.organisation, campaign=campaign, number=1, phase="test")
+    response = teammate.api.patch(url, {"auto_winner_enabled": False, "experiment_test_percent": 0}, format="json")
+    assert response.status_code == 400 and "auto_winner_enabled" in response.data
+    campaign.refresh_from_db()
+    assert (campaign.auto_winner_enabled, campaign.experiment_test_percent) == (True, 20)
