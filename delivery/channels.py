@@ -21,6 +21,7 @@ import re
 import smtplib
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +37,7 @@ from django.utils import timezone
 from campaigns.content.urls_check import UnsafeUrl, check_url_target
 from delivery.backends import Outcome, Outgoing
 from delivery.mime import email_message, envelope_sender, message_bytes
-from delivery.smtp_wire import PLAIN_ADDRESS, PipelinedTransaction, offers_pipelining
+from delivery.smtp_wire import PLAIN_ADDRESS, ReplyReader, dot_stuffed, envelope_group, offers_pipelining
 
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
@@ -132,38 +133,39 @@ class _SmtpSession:
             self._django.close()
 
 
+def _connection_lost(stage: str, exc: OSError) -> _ConnectionLost:
+    """A broken or silent connection while the reply to `stage` was awaited: the message goes again at once unless
+    its data (or the DATA command, as step by step) may have reached the server."""
+    if _timed_out(exc):
+        reason = f"SMTP: no answer at {stage} within EMAIL_TIMEOUT ({settings.EMAIL_TIMEOUT:g} s)"
+    else:
+        reason = f"SMTP connection lost at {stage}: {exc}"
+    return _ConnectionLost(reason, resend_now=stage != "DATA", timed_out=_timed_out(exc))
+
+
+def _size_option(smtp: smtplib.SMTP, data: bytes) -> list[str]:
+    return [f"SIZE={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
+
+
 def _transaction(smtp: smtplib.SMTP, message: Outgoing, envelope: tuple[str, str], data: bytes) -> Outcome:
-    """One message as one SMTP mail transaction (MAIL, RCPT, DATA), each step's answer classified where it comes:
-    pipelined (delivery.smtp_wire, one write for the three commands) when the server offers PIPELINING, step by
-    step through smtplib otherwise."""
+    """One message as one SMTP mail transaction (MAIL, RCPT, DATA) step by step through smtplib, each step's answer
+    classified where it comes (a server without PIPELINING)."""
     message_id = _message_id_header(message)
     sender, recipient = envelope
     stage, answered = "MAIL", False
-    options = [f"SIZE={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
-    pipelined = PipelinedTransaction(smtp) if offers_pipelining(smtp) else None
     try:
-        if pipelined is not None:
-            code, reply, answered = pipelined.run(sender, recipient, options, data)
-            stage = pipelined.stage
-        else:
-            code, reply = smtp.mail(sender, options)
-            if code == 250:
-                stage = "RCPT"
-                code, reply = smtp.rcpt(recipient)
-            if code in (250, 251):
-                stage = "DATA"
-                code, reply = smtp.data(data)
-                answered = True
+        code, reply = smtp.mail(sender, _size_option(smtp, data))
+        if code == 250:
+            stage = "RCPT"
+            code, reply = smtp.rcpt(recipient)
+        if code in (250, 251):
+            stage = "DATA"
+            code, reply = smtp.data(data)
+            answered = True
     except smtplib.SMTPDataError as exc:  # the DATA command itself refused: the content never went out
         code, reply = exc.smtp_code, exc.smtp_error
     except OSError as exc:  # smtplib's disconnects are OSErrors too
-        if pipelined is not None:
-            stage = pipelined.stage
-        if _timed_out(exc):
-            reason = f"SMTP: no answer at {stage} within EMAIL_TIMEOUT ({settings.EMAIL_TIMEOUT:g} s)"
-        else:
-            reason = f"SMTP connection lost at {stage}: {exc}"
-        raise _ConnectionLost(reason, resend_now=stage != "DATA", timed_out=_timed_out(exc)) from exc
+        raise _connection_lost(stage, exc) from exc
     if code == 421:  # the server is closing the connection: this message later, the next on a new connection
         raise _ConnectionLost(f"SMTP 421 {reply.decode(errors='replace')} (at {stage})", resend_now=False)
     if answered and code == 250:
@@ -186,59 +188,211 @@ def _message_id_header(message: Outgoing) -> str:
     return (message.payload.get("headers") or {}).get("Message-ID", "")
 
 
-def _send_raw(messages: Sequence[Outgoing]) -> list[Outcome]:
+@dataclass(frozen=True)
+class _Wire:
+    """A message ready for the server: its envelope (MAIL FROM, RCPT TO) and its bytes (delivery.mime)."""
+
+    message: Outgoing
+    sender: str
+    recipient: str
+    data: bytes
+    message_id: str
+
+
+def _wire(message: Outgoing) -> _Wire | Outcome:
+    """The message ready for the server, or its failure when an address or header cannot be written."""
+    try:
+        return _Wire(
+            message,
+            _envelope_address(envelope_sender(message)),
+            _envelope_address(message.address),
+            message_bytes(message),
+            _message_id_header(message),
+        )
+    except (ValueError, TypeError) as exc:
+        return Outcome(message.message_id, "failed", _message_id_header(message), f"email: {exc}"[:500])
+
+
+class _RawBatch:
     """Each message's wire bytes (delivery.mime) over one SMTP connection, reconnecting when the server drops it.
     A message whose data may have reached the server before the drop is retried later, never sent twice now; a
-    server that stops answering (EMAIL_TIMEOUT) or keeps dropping ends the batch at once, the rest retried later."""
-    outcomes: list[Outcome] = []
-    session = _SmtpSession()
-    drops_in_a_row = 0
-    index = 0
+    server that stops answering (EMAIL_TIMEOUT) or keeps dropping ends the batch at once, the rest retried later.
 
-    def rest_later(reason: str) -> None:
-        outcomes.extend(Outcome(m.message_id, "retry", "", reason[:500], tried=False) for m in messages[index:])
+    With a server that offers PIPELINING, a message's data goes out in one write with the next message's MAIL,
+    RCPT and DATA (delivery.smtp_wire), so at any time one message may be "in flight": its data written, its final
+    reply not yet read. That reply is the first the server sends after the data, so it is read before the next
+    message's, and a connection lost while it is awaited retries the in-flight message later (its data may have
+    arrived) and sends the next again at once (its DATA was never answered)."""
 
-    try:
-        while index < len(messages):
-            message = messages[index]
-            try:
-                envelope = (_envelope_address(envelope_sender(message)), _envelope_address(message.address))
-                data = message_bytes(message)
-            except (ValueError, TypeError) as exc:  # an address or header that cannot be written
-                outcomes.append(
-                    Outcome(message.message_id, "failed", _message_id_header(message), f"email: {exc}"[:500])
-                )
-                index += 1
-                continue
-            smtp = session.smtp
+    def __init__(self, messages: Sequence[Outgoing]) -> None:
+        self.messages = messages
+        self.outcomes: list[Outcome] = []
+        self.session = _SmtpSession()
+        self.drops_in_a_row = 0
+        self.index = 0
+        self.ahead: tuple[int, _Wire | Outcome] | None = None  # a message prepared before its turn
+        self.wire: ReplyReader | None = None  # the connection's reply reader when the server offers PIPELINING
+        self.size_offered = False
+        self.in_flight: _Wire | None = None
+        self.group_written = False  # messages[index]'s MAIL, RCPT and DATA went out with the previous data
+
+    def send(self) -> list[Outcome]:
+        try:
+            while self.index < len(self.messages) and self._next():
+                pass
+            if self.in_flight is not None:
+                try:
+                    self._settle_in_flight()
+                except _ConnectionLost:
+                    self.session.discard()
+        finally:
+            self.session.close()
+        return self.outcomes
+
+    def _prepared(self, index: int) -> _Wire | Outcome:
+        if self.ahead is not None and self.ahead[0] == index:
+            return self.ahead[1]
+        prepared = _wire(self.messages[index])
+        self.ahead = (index, prepared)
+        return prepared
+
+    def _next(self) -> bool:
+        """Send messages[index]; False when the rest of the batch waits for its retry."""
+        try:
+            prepared = self._prepared(self.index)
+            if isinstance(prepared, Outcome):
+                if self.in_flight is not None:
+                    self._settle_in_flight()
+                self.outcomes.append(prepared)
+                self.index += 1
+                return True
+            smtp = self.session.smtp
             if smtp is None:
                 try:
-                    smtp = session.open()
+                    smtp = self.session.open()
                 except OSError as exc:
-                    session.discard()
+                    self.session.discard()
                     why = f"no answer within EMAIL_TIMEOUT ({settings.EMAIL_TIMEOUT:g} s)" if _timed_out(exc) else exc
-                    rest_later(f"mail server unreachable: {why}")
-                    break
-            try:
-                outcomes.append(_transaction(smtp, message, envelope, data))
-            except _ConnectionLost as lost:
-                session.discard()
-                drops_in_a_row += 1
-                if not lost.resend_now:
-                    outcomes.append(Outcome(message.message_id, "retry", _message_id_header(message), str(lost)[:500]))
-                    index += 1
-                if lost.timed_out:
-                    rest_later("not tried: the mail server stopped answering")
-                    break
-                if drops_in_a_row >= SMTP_DROPS_IN_A_ROW:
-                    rest_later(f"not tried: the mail server dropped the connection {drops_in_a_row} times in a row")
-                    break
-                continue
-            drops_in_a_row = 0
-            index += 1
-    finally:
-        session.close()
-    return outcomes
+                    self._rest_later(f"mail server unreachable: {why}")
+                    return False
+                self.wire = ReplyReader(smtp.sock) if offers_pipelining(smtp) else None
+                self.size_offered = bool(smtp.does_esmtp and smtp.has_extn("size"))
+            if self.wire is None:
+                self.outcomes.append(
+                    _transaction(smtp, prepared.message, (prepared.sender, prepared.recipient), prepared.data)
+                )
+                self.drops_in_a_row = 0
+                self.index += 1
+            else:
+                self._pipelined(smtp, self.wire, prepared)
+        except _ConnectionLost as lost:
+            return self._lost(lost)
+        return True
+
+    def _group(self, prepared: _Wire) -> bytes:
+        options = [f"SIZE={len(prepared.data)}"] if self.size_offered else []
+        return envelope_group(prepared.sender, prepared.recipient, options)
+
+    def _pipelined(self, smtp: smtplib.SMTP, wire: ReplyReader, prepared: _Wire) -> None:
+        stage = "MAIL"
+        try:
+            if not self.group_written:
+                if self.in_flight is not None:  # the message before this one could not be written
+                    self._settle_in_flight()
+                wire.write(self._group(prepared))
+            if self.in_flight is not None:
+                self._settle_in_flight()
+            code, reply = wire.reply()
+            if code != 250:
+                self._refused_in_group(smtp, wire, prepared, code, reply, stage, owed=2)
+                return
+            stage = "RCPT"
+            code, reply = wire.reply()
+            if code not in (250, 251):
+                self._refused_in_group(smtp, wire, prepared, code, reply, stage, owed=1)
+                return
+            stage = "DATA"
+            code, reply = wire.reply()
+            if code != 354:  # the DATA command refused (or 421): the content never went out
+                self._refused_in_group(smtp, wire, prepared, code, reply, stage, owed=0)
+                return
+            following = self._prepared(self.index + 1) if self.index + 1 < len(self.messages) else None
+            ahead = following if isinstance(following, _Wire) else None
+            wire.write(dot_stuffed(prepared.data) + (self._group(ahead) if ahead is not None else b""))
+        except OSError as exc:  # smtplib's disconnects are OSErrors too
+            raise _connection_lost(stage, exc) from exc
+        self.in_flight, self.group_written = prepared, ahead is not None
+        self.drops_in_a_row = 0
+        self.index += 1
+
+    def _refused_in_group(
+        self, smtp: smtplib.SMTP, wire: ReplyReader, prepared: _Wire, code: int, reply: bytes, stage: str, *, owed: int
+    ) -> None:
+        """A refused MAIL, RCPT or DATA command: the first refusal is the message's outcome (never the 503/554 that
+        DATA then gets for having no valid recipient). The replies still owed to the group are read so the next
+        transaction's stay matched to it; a server that took DATA anyway (354 with no valid recipient) gets an empty
+        data ending it; then RSET, so the next message starts clean. A break while doing so breaks the connection
+        for the next message (which reconnects), not this outcome."""
+        if code == 421:  # the server is closing the connection: this message later, the next on a new connection
+            raise _ConnectionLost(f"SMTP 421 {reply.decode(errors='replace')} (at {stage})", resend_now=False)
+        with contextlib.suppress(OSError):
+            last = 0
+            for _ in range(owed):
+                last, _reply = wire.reply()
+            if last == 354:
+                wire.write(b".\r\n")
+                wire.reply()
+            smtp.rset()
+        self.outcomes.append(_refused(prepared.message, prepared.message_id, code, reply, stage=stage))
+        self.group_written = False
+        self.drops_in_a_row = 0
+        self.index += 1
+
+    def _settle_in_flight(self) -> None:
+        """The in-flight message's final reply. When the connection is lost instead, that message is retried later
+        and messages[index] goes again at once (its MAIL, RCPT and DATA may have been written, never answered)."""
+        assert self.wire is not None and self.in_flight is not None
+        sent, self.in_flight = self.in_flight, None
+        try:
+            code, reply = self.wire.reply()
+        except OSError as exc:
+            lost = _connection_lost("DATA", exc)
+            self.outcomes.append(Outcome(sent.message.message_id, "retry", sent.message_id, str(lost)[:500]))
+            raise _ConnectionLost(str(lost), resend_now=True, timed_out=lost.timed_out) from exc
+        if code == 421:
+            reason = f"SMTP 421 {reply.decode(errors='replace')} (at DATA)"
+            self.outcomes.append(Outcome(sent.message.message_id, "retry", sent.message_id, reason[:500]))
+            raise _ConnectionLost(reason, resend_now=True)
+        if code == 250:
+            self.outcomes.append(Outcome(sent.message.message_id, "sent", sent.message_id))
+        else:
+            self.outcomes.append(_refused(sent.message, sent.message_id, code, reply, stage="DATA"))
+
+    def _lost(self, lost: _ConnectionLost) -> bool:
+        self.session.discard()
+        self.wire, self.in_flight, self.group_written = None, None, False
+        self.drops_in_a_row += 1
+        if not lost.resend_now and self.index < len(self.messages):
+            message = self.messages[self.index]
+            self.outcomes.append(Outcome(message.message_id, "retry", _message_id_header(message), str(lost)[:500]))
+            self.index += 1
+        if lost.timed_out:
+            self._rest_later("not tried: the mail server stopped answering")
+            return False
+        if self.drops_in_a_row >= SMTP_DROPS_IN_A_ROW:
+            self._rest_later(f"not tried: the mail server dropped the connection {self.drops_in_a_row} times in a row")
+            return False
+        return True
+
+    def _rest_later(self, reason: str) -> None:
+        self.outcomes.extend(
+            Outcome(m.message_id, "retry", "", reason[:500], tried=False) for m in self.messages[self.index :]
+        )
+        self.index = len(self.messages)
+
+
+def _send_raw(messages: Sequence[Outgoing]) -> list[Outcome]:
+    return _RawBatch(messages).send()
 
 
 class EmailBackend:

@@ -1,18 +1,21 @@
-"""One SMTP mail transaction with PIPELINING (RFC 2920), on a connection smtplib opened (EHLO, STARTTLS, AUTH).
+"""SMTP PIPELINING (RFC 2920) on a connection smtplib opened (EHLO, STARTTLS, AUTH): the wire-level parts.
 
 Step by step, smtplib costs a write and a read for each of MAIL, RCPT and DATA before the data goes out. A server
 that lists PIPELINING in its EHLO answer takes the three in one write; DATA ends the group (RFC 2920 §3.1: the
-client waits for its 354 before the data), so a message costs two round trips instead of four. The replies come
-back in the commands' order and are matched to them one by one, so each step is classified as it would be step by
-step: the first refused command's reply is the message's outcome, never the 503/554 that DATA then gets for having
-no valid recipient.
+client waits for its 354 before the data). The message content may start a group (§3.1 again), so a message's data
+goes out in the same write as the next message's MAIL, RCPT and DATA: one write and one round trip a message. The
+replies come back in the commands' order and are matched to them one by one (delivery.channels), so each step is
+classified as it would be step by step.
+
+`ReplyReader` reads those replies straight from the socket: smtplib's getreply reads each line through a buffered
+file and decodes it for its debug output, a cost paid four times a message.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import smtplib
+import socket
 
 # A plain ASCII address is written in the envelope as it is; anything else goes through smtplib's quoteaddr (an
 # email.utils parse), as smtplib.mail/rcpt would.
@@ -50,50 +53,48 @@ def dot_stuffed(data: bytes) -> bytes:
     return quoted + b".\r\n"
 
 
-class PipelinedTransaction:
-    """MAIL, RCPT, DATA in one write, then the data. `stage` is the step whose reply is awaited (MAIL, RCPT, DATA),
-    also when an OSError escapes `run` (the connection broke or went silent), so the caller can tell a message cut
-    off before its data went out from one whose data may have reached the server."""
+class ReplyReader:
+    """SMTP replies (RFC 5321 §4.2) read from the connection's socket, as smtplib's getreply parses them: the code
+    of the last line, the lines' text joined by newlines. Only what was asked of the server is ever read, so when
+    every command written has had its reply, nothing is left buffered here and smtplib's own reading (RSET, QUIT)
+    goes on where this stopped."""
 
-    def __init__(self, smtp: smtplib.SMTP) -> None:
-        self.smtp = smtp
-        self.stage = "MAIL"
+    # smtplib's limit for a reply line.
+    MAX_LINE = 8192
 
-    def run(self, sender: str, recipient: str, options: list[str], data: bytes) -> tuple[int, bytes, bool]:
-        """(code, reply, answered) as the step-by-step path has them: the reply that decides the message — the
-        first refused command's (answered False, the transaction left for the caller to RSET), a 421 (the server
-        is closing: nothing more is read), or the data's final reply (answered True)."""
-        smtp = self.smtp
-        group = envelope_group(sender, recipient, options)
-        self.stage = "MAIL"
-        smtp.send(group)
-        code, reply = smtp.getreply()
-        if code != 250:
-            if code != 421:
-                self._drain(replies_left=2)
-            return code, reply, False
-        self.stage = "RCPT"
-        code, reply = smtp.getreply()
-        if code not in (250, 251):
-            if code != 421:
-                self._drain(replies_left=1)
-            return code, reply, False
-        self.stage = "DATA"
-        code, reply = smtp.getreply()
-        if code != 354:  # the DATA command refused (or 421): the content never went out
-            return code, reply, False
-        smtp.send(dot_stuffed(data))
-        code, reply = smtp.getreply()
-        return code, reply, True
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
 
-    def _drain(self, *, replies_left: int) -> None:
-        """After a refused MAIL or RCPT, read the replies still owed to the group so the next transaction's replies
-        stay matched to it. A server that took DATA anyway (354 with no valid recipient) gets an empty data
-        ending it. A break here breaks the connection for the next message (which reconnects), not this outcome."""
-        with contextlib.suppress(OSError):
-            code = 0
-            for _ in range(replies_left):
-                code, _reply = self.smtp.getreply()
-            if code == 354:
-                self.smtp.send(b".\r\n")
-                self.smtp.getreply()
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> tuple[int, bytes]:
+        lines: list[bytes] = []
+        while True:
+            line = self._line()
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                return -1, b"\n".join(lines)
+            if line[3:4] != b"-":
+                return code, b"\n".join(lines)
+
+    def _line(self) -> bytes:
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+                return line
+            if len(self.buffer) > self.MAX_LINE:
+                raise smtplib.SMTPServerDisconnected("reply line too long")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            self.buffer += chunk
+
+    def replies(self, count: int) -> None:
+        """Read and forget `count` replies (those owed to a group after one of its commands was refused)."""
+        for _ in range(count):
+            self.reply()

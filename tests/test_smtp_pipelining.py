@@ -172,6 +172,60 @@ def test_mail_rcpt_and_data_go_in_one_write_and_each_reply_is_matched_to_its_com
     assert {key: (m.status, m.attempts) for key, m in messages.items()} == {f"k{i}": ("sent", 1) for i in range(3)}
 
 
+class AnswersDataWithTheNextGroup(ScriptedServer):
+    """Answers a message's data only once it has also read the next message's MAIL, RCPT and DATA (all but the
+    last of `count` messages): a client that waited for the data's reply before writing the next envelope would
+    get no answer within EMAIL_TIMEOUT. Keeps what it read after each data, before it answered it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.read_after_data: list[bytes] = []
+        super().__init__()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            connection.settimeout(10)
+            buffer = b""
+
+            def read_until(marker: bytes) -> bytes:
+                nonlocal buffer
+                while marker not in buffer:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("client went away")
+                    buffer += chunk
+                head, _, buffer = buffer.partition(marker)
+                return head + marker
+
+            connection.sendall(b"220 scripted ESMTP\r\n")
+            read_until(b"\r\n")
+            connection.sendall(b"250-scripted\r\n250 PIPELINING\r\n")
+            self.envelopes.append(read_until(b"DATA\r\n"))
+            for number in range(1, self.count + 1):
+                connection.sendall(b"250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
+                read_until(b"\r\n.\r\n")
+                if number < self.count:
+                    self.envelopes.append(read_until(b"DATA\r\n"))
+                    self.read_after_data.append(self.envelopes[-1])
+                connection.sendall(b"250 2.0.0 queued\r\n")
+            if read_until(b"\r\n").upper().startswith(b"QUIT"):
+                connection.sendall(b"221 bye\r\n")
+
+
+def test_a_messages_data_goes_in_one_write_with_the_next_messages_envelope(
+    settings, teammate, django_capture_on_commit_callbacks
+):
+    """RFC 2920 §3.1: the message content may start a group, so the next MAIL, RCPT and DATA follow the data without
+    waiting for its reply: one round trip a message."""
+    server = AnswersDataWithTheNextGroup(4)
+    messages = _sent_to_scripted(server, settings, teammate, django_capture_on_commit_callbacks, 4)
+    assert [envelope.split(b"\r\n")[1:] for envelope in server.read_after_data] == [
+        [f"RCPT TO:<k{i}@example.com>".encode(), b"DATA", b""] for i in range(1, 4)
+    ]
+    assert {key: (m.status, m.attempts) for key, m in messages.items()} == {f"k{i}": ("sent", 1) for i in range(4)}
+
+
 def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_data_and_the_refusal_stands(
     settings, teammate, django_capture_on_commit_callbacks
 ):

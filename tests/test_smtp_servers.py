@@ -254,8 +254,10 @@ def test_it_reconnects_after_a_drop_and_retries_only_the_message_whose_data_was_
     assert result.claimed == 6
     messages = _by_contact(run)
     # k0 accepted, then hung up: k1 goes on a new connection, where its RCPT is cut off, so on a third; k3's data
-    # went out unanswered: it waits for its retry, and k4, k5 go on a fourth connection.
-    assert server.connections == 4
+    # went out unanswered: it waits for its retry, and k4, k5 go on a fourth connection. Pipelined, k1's MAIL,
+    # RCPT and DATA went out in one write with k0's data, so the server reads k1's RCPT (and hangs up at it) before
+    # its own close after k0's 250 comes round: one connection fewer, the same outcome for every message.
+    assert server.connections == (3 if _SERVER_OFFERS_PIPELINING else 4)
     assert [rcpts[0] for _s, rcpts, _raw in server.received] == [f"k{i}@example.com" for i in (0, 1, 2, 4, 5)]
     assert {key: (m.status, m.attempts) for key, m in messages.items()} == {
         "k0": ("sent", 1),
