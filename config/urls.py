@@ -30,8 +30,7 @@ from compliance.api import (
     RunExclusionViewSet,
     SuppressionViewSet,
 )
-from config import files
-from config import health, metrics
+from config import files, health, metrics
 from config import views as config_views
 from delivery.api import InboxViewSet, ReceiptView, RunViewSet, TriggerDecisionsView
 from delivery.domain_api import SendingDomainViewSet
