@@ -222,8 +222,10 @@ else:
 
     raise ImproperlyConfigured(f"STORAGE_BACKEND must be local or s3, got {STORAGE_BACKEND!r}")
 # STATIC_MANIFEST=true (the image sets it, for collectstatic and at run time): names with the content's hash, from
-# the manifest collectstatic writes. Off (development, tests): plain names, nothing to collect first.
+# the manifest collectstatic writes, and gzip/brotli copies beside them (STATIC_COMPRESS=false skips those: the
+# compression takes a minute of CPU). Off (development, tests): plain names, nothing to collect first.
 STATIC_MANIFEST = envbool("STATIC_MANIFEST", False)
+STATIC_COMPRESS = envbool("STATIC_COMPRESS", True)
 if not STATIC_MANIFEST:
     import warnings
 
@@ -232,7 +234,11 @@ if not STATIC_MANIFEST:
 STORAGES = {
     **FILE_STORAGES,
     "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if STATIC_COMPRESS
+            else "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+        )
         if STATIC_MANIFEST
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
