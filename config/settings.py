@@ -396,6 +396,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=float(envstr("METRICS_COMPACT_SECONDS", "60"))),
         "options": {"expires": 60},
     },
+    # The sandbox's simulated engagement, recorded as its time comes (delivery.sandbox): one index probe at rest.
+    "sandbox-engagement": {
+        "task": "delivery.tasks.scheduled_engagement_record_task",
+        "schedule": timedelta(seconds=float(envstr("SANDBOX_ENGAGEMENT_SECONDS", "5"))),
+        "options": {"expires": 30},
+    },
     # Auto-winner: one look at every running campaign that has it on (analytics.autowinner).
     "auto-winner": {
         "task": "analytics.tasks.auto_winner_evaluate_task",
@@ -462,6 +468,8 @@ SANDBOX_PROVIDER = {
     "failed": 0.01,
     "engagement": {"open": 0.35, "machine_open": 0.08, "click": 0.12, "conversion": 0.2, "order_value": 40},
     "variants": {},
+    # Opens, clicks and conversions arrive minutes to hours after delivery, as people's would (false: at the send).
+    "engagement_over_time": envbool("SANDBOX_ENGAGEMENT_OVER_TIME", True),
     "ledger": envbool("SANDBOX_LEDGER", True),
 }
 

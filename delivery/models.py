@@ -194,6 +194,28 @@ class SandboxHandoff(models.Model):
         return self.idempotency_key
 
 
+class ScheduledEngagement(models.Model):
+    """Engagement a provider reports for later, until its time comes: the sandbox's simulated people open, click
+    and buy minutes to hours after delivery. delivery.sandbox.scheduled_engagement_record_due (celery-beat) turns
+    the due rows into analytics engagement events dated when they were due and deletes them, so no engagement is
+    ever dated in the future and a report fills in as the time passes."""
+
+    id = models.BigAutoField(primary_key=True)
+    message_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16)
+    due_at = models.DateTimeField()
+    is_machine = models.BooleanField(default=False)
+    value = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    # The engagement event's own dedupe key: recorded once, however often the recorder runs.
+    dedupe_key = models.CharField(max_length=160, unique=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"], name="scheduled_engagement_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of message {self.message_id} at {self.due_at}"
+
+
 class InboxMessage(models.Model):
     """An in-app message in a contact's inbox, as rendered when it was sent. Reading it counts as an open."""
 

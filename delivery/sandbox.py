@@ -8,6 +8,13 @@ key, so a message handed over twice gets the same outcome.
 Like a real provider it keeps its own books, outside our transactions: a ledger row per idempotency key counting
 hand-offs (on its own autocommit connection, as if it were another service). A hand-off repeated after a crash is
 counted there and delivered once, which is how the reliability tests count duplicates at the provider.
+
+Engagement arrives as it would from people: a privacy proxy's open seconds after delivery, a reader's open within
+the hour, clicks after it and conversions up to a couple of hours later. The engine keeps what is reported for
+later as ScheduledEngagement rows (written with the batch's outcome, in its transaction) and
+scheduled_engagement_record_due, run by celery-beat every few seconds, records the due ones dated when they were
+due — so a report fills in live and nothing is dated in the future. A profile with `"engagement_over_time": false`
+reports everything at the send (tests that look at engagement right after a send use it).
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
+from django.utils import timezone
 
 from delivery.backends import Engagement, Outcome, Outgoing
 
@@ -78,7 +87,14 @@ def _record_handoffs(messages: Sequence[Outgoing], outcomes: Sequence[str]) -> N
         _ledger_connection().execute(sql, params)
 
 
-def _engagement(message: Outgoing, rates: Mapping[str, Any]) -> list[Engagement]:
+def _engagement(message: Outgoing, rates: Mapping[str, Any], *, over_time: bool = True) -> list[Engagement]:
+    events = _engagement_over_time(message, rates)
+    if over_time:
+        return events
+    return [Engagement(e.kind, seconds_after_send=0.0, value=e.value, is_machine=e.is_machine) for e in events]
+
+
+def _engagement_over_time(message: Outgoing, rates: Mapping[str, Any]) -> list[Engagement]:
     key = message.idempotency_key
     events: list[Engagement] = []
     opened = _draw(key, "open") < float(rates.get("open", 0))
@@ -108,6 +124,7 @@ class SandboxBackend:
         fail = float(profile.get("failed", 0))
         engagement_rates: Mapping[str, Any] = profile.get("engagement") or {}
         per_variant: Mapping[str, Any] = profile.get("variants") or {}
+        over_time = bool(profile.get("engagement_over_time", True))
         outcomes: list[Outcome] = []
         statuses: list[str] = []
         for message in messages:
@@ -120,9 +137,62 @@ class SandboxBackend:
                 outcome = Outcome(message.message_id, "bounced", provider_id, "sandbox: mailbox does not exist")
             else:
                 rates = {**engagement_rates, **(per_variant.get(message.variant_name) or {})}
-                outcome = Outcome(message.message_id, "delivered", provider_id, "", 0.0, _engagement(message, rates))
+                engagement = _engagement(message, rates, over_time=over_time)
+                outcome = Outcome(message.message_id, "delivered", provider_id, "", 0.0, engagement)
             outcomes.append(outcome)
             statuses.append(outcome.status)
         if profile.get("ledger", True):
             _record_handoffs(messages, statuses)
         return outcomes
+
+
+# --- engagement reported for later -------------------------------------------------------------------------------
+
+SCHEDULE_SQL = """
+INSERT INTO delivery_scheduledengagement (message_id, kind, due_at, is_machine, value, dedupe_key)
+SELECT u.m, u.k, %s::timestamptz + make_interval(secs => u.after), u.machine, u.value, u.d
+FROM json_to_recordset(%s::json) AS u(m bigint, k text, after float8, machine boolean, value numeric, d text)
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+# One statement: take the due rows (SKIP LOCKED, so two recorders share the work instead of waiting), delete them
+# and record them as engagement events of their message, dated when they were due. A message gone since (a purged
+# campaign) takes its rows with it; the dedupe key makes a row recorded twice count once.
+RECORD_DUE_SQL = """
+WITH due AS (
+    DELETE FROM delivery_scheduledengagement
+    WHERE id IN (SELECT id FROM delivery_scheduledengagement WHERE due_at <= %(now)s
+                 ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING message_id, kind, due_at, is_machine, value, dedupe_key
+)
+INSERT INTO analytics_engagementevent (organisation_id, campaign_id, run_id, message_id, variant_id, contact_id,
+                                       channel, kind, occurred_at, is_machine, value, dedupe_key)
+SELECT r.organisation_id, r.campaign_id, m.run_id, m.id, m.variant_id, m.contact_id, m.channel, d.kind, d.due_at,
+       d.is_machine, d.value, d.dedupe_key
+FROM due d JOIN delivery_message m ON m.id = d.message_id JOIN delivery_run r ON r.id = m.run_id
+ORDER BY d.dedupe_key
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+RECORD_BATCH = 5000
+
+
+def scheduled_engagement_add(cursor: Any, events: Sequence[Mapping[str, Any]], *, now: datetime) -> None:
+    """Keep engagement reported for later (`after` seconds past `now`) until it is due: rows with the message
+    id (`m`), kind (`k`), `after`, `machine`, `value` and dedupe key (`d`), in the caller's transaction."""
+    if events:
+        cursor.execute(SCHEDULE_SQL, [now, json.dumps(list(events))])
+
+
+def scheduled_engagement_record_due(*, now: datetime | None = None, batches: int = 20) -> int:
+    """Record the engagement whose time has come, up to `batches` x RECORD_BATCH rows (the next beat takes the
+    rest). Idempotent; with nothing due it is one index probe. Returns how many events it recorded."""
+    taken = 0
+    for _ in range(batches):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(RECORD_DUE_SQL, {"now": now or timezone.now(), "limit": RECORD_BATCH})
+            recorded = cursor.rowcount  # the INSERT's: fewer than a batch means nothing more is due now
+        taken += recorded
+        if recorded < RECORD_BATCH:
+            break
+    return taken

@@ -49,7 +49,7 @@ from delivery.backends import Outcome, Outgoing, backend_for
 from delivery.metrics import send_outcomes_count_on_commit
 from delivery.models import Run, message_key
 from delivery.receipts import AutomaticSuppression, suppressions_add_automatic
-from delivery.sandbox import sandbox_profile
+from delivery.sandbox import sandbox_profile, scheduled_engagement_add
 
 logger = logging.getLogger(__name__)
 
@@ -427,9 +427,22 @@ def _record_engagement(
 ) -> None:
     meta = {row[0]: (str(row[3]), row[1], row[2]) for row in rows}
     events = []
+    later = []  # reported for later (the sandbox's simulated people): recorded when its time comes, never ahead
     for outcome in outcomes:
         for index, event in enumerate(outcome.engagement):
             variant_id, contact_id, channel = meta[outcome.message_id]
+            if event.seconds_after_send > 0:
+                later.append(
+                    {
+                        "m": outcome.message_id,
+                        "k": event.kind,
+                        "after": event.seconds_after_send,
+                        "machine": event.is_machine,
+                        "value": event.value,
+                        "d": f"provider:{outcome.message_id}:{event.kind}:{index}",
+                    }
+                )
+                continue
             events.append(
                 {
                     "m": outcome.message_id,
@@ -446,6 +459,7 @@ def _record_engagement(
     if events:
         org, campaign, run = str(ctx.campaign.organisation_id), str(ctx.campaign.pk), str(ctx.run.pk)
         cursor.execute(ENGAGEMENT_SQL, [org, campaign, run, now, json.dumps(events)])
+    scheduled_engagement_add(cursor, later, now=now)
 
 
 def run_send_batch(run_id: Any, *, batch_size: int | None = None, ctx: RunContext | None = None) -> BatchResult:

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from delivery import runs, seeds
+from delivery import runs, sandbox, seeds
 
 
 @shared_task(name="delivery.tasks.run_prepare_task")
@@ -37,6 +37,12 @@ def campaign_schedule_fire_task(campaign_id: str) -> str | None:
 @shared_task(name="delivery.tasks.delivery_pump_task")
 def delivery_pump_task() -> dict[str, Any]:
     return runs.delivery_pump()
+
+
+@shared_task(name="delivery.tasks.scheduled_engagement_record_task")
+def scheduled_engagement_record_task() -> int:
+    """celery-beat: record the engagement whose time has come (delivery.sandbox)."""
+    return sandbox.scheduled_engagement_record_due()
 
 
 @shared_task(name="delivery.tasks.run_seed_copies_task")

@@ -54,6 +54,13 @@ def _sms_at_any_hour(settings) -> None:
     settings.WHATSAPP_SESSION_RULE = False
 
 
+@pytest.fixture(autouse=True)
+def _sandbox_engagement_at_the_send(settings) -> None:
+    """Tests that look at engagement right after a send see it at once: the sandbox reports it at the send instead
+    of over the following hours. tests/test_sandbox_engagement.py turns time back on per campaign."""
+    settings.SANDBOX_PROVIDER = {**settings.SANDBOX_PROVIDER, "engagement_over_time": False}
+
+
 @dataclass
 class Persona:
     """A member of an organisation, with a session client and an API-key client of the same role."""
