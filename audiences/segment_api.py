@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -141,7 +142,7 @@ class ContactViewSet(
         rows = ContactAttribute.objects.filter(organisation=request.actor.organisation)
         return Response(AttributeSerializer(rows, many=True).data)
 
-    @extend_schema(responses=serializers.DictField())
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
     def profile(self, request: Request, pk: str) -> Response:
         """The profile templates see (user_360 view)."""
@@ -238,7 +239,7 @@ class SegmentViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance: Segment) -> None:
         services.segment_delete(actor=self.request.actor, segment=instance)
 
-    @extend_schema(parameters=[OpenApiParameter("exact", bool)], responses=serializers.DictField())
+    @extend_schema(parameters=[OpenApiParameter("exact", bool)], responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
     def estimate(self, request: Request, pk: str) -> Response:
         """Size: a 1 % sample estimate with its interval on large organisations, exact with ?exact=true."""
@@ -262,7 +263,7 @@ class SegmentViewSet(viewsets.ModelViewSet):
         contacts = engine.matching_contacts(request.actor.organisation, engine.segment_condition(segment))
         return Response(ContactSerializer(contacts.order_by("-id")[:limit], many=True).data)
 
-    @extend_schema(request=MembersSerializer, responses=serializers.DictField())
+    @extend_schema(request=MembersSerializer, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"])
     def members(self, request: Request, pk: str) -> Response:
         """Upload the external ids of a static segment (replace, add or remove). Unknown ids are listed."""
@@ -284,7 +285,7 @@ class SegmentViewSet(viewsets.ModelViewSet):
             }
         )
 
-    @extend_schema(request=None, responses=serializers.DictField())
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"])
     def refresh(self, request: Request, pk: str) -> Response:
         """Re-resolve an external segment through isA_Data now."""
@@ -293,7 +294,7 @@ class SegmentViewSet(viewsets.ModelViewSet):
         return Response({"member_count": count})
 
     @extend_schema(
-        request=RulesSerializer, parameters=[OpenApiParameter("exact", bool)], responses=serializers.DictField()
+        request=RulesSerializer, parameters=[OpenApiParameter("exact", bool)], responses=OpenApiTypes.OBJECT
     )
     @action(detail=False, methods=["post"], url_path="estimate")
     def estimate_rules(self, request: Request) -> Response:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -146,7 +147,7 @@ class CampaignViewSet(
         campaign = self.get_object()
         return Response(HistoryEntrySerializer(selectors.campaign_history(campaign), many=True).data)
 
-    @extend_schema(parameters=[OpenApiParameter("exact", bool)], responses=serializers.DictField())
+    @extend_schema(parameters=[OpenApiParameter("exact", bool)], responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"], url_path="audience-estimate")
     def audience_estimate(self, request: Request, pk: str) -> Response:
         """How many contacts the audience holds right now, and how many of them the holdout keeps back."""
@@ -154,7 +155,7 @@ class CampaignViewSet(
         exact = request.query_params.get("exact", "").lower() in ("1", "true", "yes")
         return Response(audience.audience_estimate(campaign, exact=exact))
 
-    @extend_schema(request=PreviewRequestSerializer, responses=serializers.DictField())
+    @extend_schema(request=PreviewRequestSerializer, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"])
     def preview(self, request: Request, pk: str) -> Response:
         """Render a variant for one channel exactly as it would be sent, for a given contact (contact_id) or the
@@ -178,7 +179,7 @@ class CampaignViewSet(
         request={
             "multipart/form-data": {"type": "object", "properties": {"icon": {"type": "string", "format": "binary"}}}
         },
-        responses={201: serializers.DictField()},
+        responses={201: OpenApiTypes.OBJECT},
     )
     @action(detail=True, methods=["post"], url_path="in-app-icon", parser_classes=[MultiPartParser])
     def in_app_icon(self, request: Request, pk: str) -> Response:
@@ -191,7 +192,7 @@ class CampaignViewSet(
         url = store_icon(organisation_id=campaign.organisation_id, upload=upload)
         return Response({"icon_url": url}, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=TestSendSerializer, responses=serializers.DictField())
+    @extend_schema(request=TestSendSerializer, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"], url_path="test-send")
     def test_send(self, request: Request, pk: str) -> Response:
         """Send a variant's email now to seed addresses (or the campaign's seed list)."""

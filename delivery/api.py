@@ -225,7 +225,11 @@ class InboxViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def unread_count(self, request: Request) -> Response:
         return Response({"unread": inbox.inbox_unread_count(request.actor, self._contact())})
 
-    @extend_schema(parameters=[CONTACT_PARAM], request=None, responses={200: InboxMessageSerializer})
+    @extend_schema(
+        parameters=[CONTACT_PARAM, OpenApiParameter("id", int, OpenApiParameter.PATH, description="The message's id.")],
+        request=None,
+        responses={200: InboxMessageSerializer},
+    )
     @action(detail=True, methods=["post"])
     def read(self, request: Request, pk: str) -> Response:
         try:

@@ -46,7 +46,7 @@ def test_no_conversion_event_means_no_conversions_anywhere(teammate, django_capt
     for metric in ("conversions_total", "converted", "revenue", "conversion_rate"):
         row = re.search(rf'<tr data-metric="{metric}">(.*?)</tr>', html).group(1)
         assert "no conversion event" in row, metric
-    assert "40.00" not in html
+    assert "40.00" not in html and "USD" not in html  # no amount anywhere, revenue per recipient included
     live = console_client(teammate).get(f"/analytics/campaigns/{campaign.pk}/live/").content.decode()
     assert "no conversion event" in live and "40.00" not in live
 

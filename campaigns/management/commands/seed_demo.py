@@ -55,8 +55,9 @@ DEMO_CAMPAIGNS: list[dict[str, Any]] = [
         "then": [],
     },
     {"name": "Black Friday early access", "channels": ["email", "sms", "in_app"], "then": ["schedule"]},
-    # Sent while `make run` starts, so the console opens on a run with live progress and an A/B result.
-    {"name": "Weekend flash sale", "channels": ["email", "sms"], "then": ["start"]},
+    # Sent while `make run` starts, so the console opens on a run with live progress and an A/B result; purchases
+    # are its conversions (the sandbox simulates some), so its report shows conversions and revenue.
+    {"name": "Weekend flash sale", "channels": ["email", "sms"], "conversion_event": "purchase", "then": ["start"]},
     {
         "name": "Monday digest",
         "channels": ["email"],
@@ -269,6 +270,7 @@ class Command(BaseCommand):
                 channels=spec["channels"],
                 scheduled_at=now + timedelta(days=index + 1) if spec.get("type", "scheduled") == "scheduled" else None,
                 trigger_event=spec.get("trigger_event", ""),
+                conversion_event=spec.get("conversion_event", ""),
             )
             Campaign.objects.filter(pk=campaign.pk).update(sandbox_profile=DEMO_SANDBOX_PROFILE)
             for step in spec["then"]:
