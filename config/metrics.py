@@ -173,7 +173,7 @@ SELECT min(first.due_at)
 FROM delivery_run r
 CROSS JOIN LATERAL (
     SELECT m.due_at FROM delivery_message m
-    WHERE m.run_id = r.id AND m.status = 'queued' AND m.due_at <= now()
+    WHERE m.run_id = r.id AND m.status = 'queued' AND m.due_at <= statement_timestamp()
     ORDER BY m.due_at LIMIT 1
 ) first
 WHERE r.status = 'sending'
@@ -193,7 +193,7 @@ def _gauges() -> Iterator[Metric]:
             queued += int(remaining)
         cursor.execute(OLDEST_DUE_SQL)
         (oldest,) = cursor.fetchone()
-        cursor.execute("SELECT now()")
+        cursor.execute("SELECT statement_timestamp()")
         (now,) = cursor.fetchone()
     for status in ACTIVE_RUN_STATUSES:
         runs.add_metric([status], found.get(status, 0))
