@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 # Roles allowed to change campaigns and their configuration.
 CAMPAIGN_WRITERS = frozenset({Role.ADMIN, Role.MARKETER})
 ORGANISATION_ADMINS = frozenset({Role.ADMIN})
+# Provider receipts (which mark messages complained and suppress addresses) and inbound messages (a STOP turns a
+# channel off): what a provider key is for, never an analyst's or compliance officer's.
+PROVIDER_POSTERS = frozenset({Role.ADMIN, Role.MARKETER, Role.PROVIDER})
+# Client apps reading a contact's in-app inbox and marking messages read (an open).
+INBOX_CLIENTS = frozenset({Role.ADMIN, Role.MARKETER, Role.PROVIDER})
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,16 @@ def can_write_campaigns(actor: Actor) -> bool:
 def require_campaign_write(actor: Actor) -> None:
     if not can_write_campaigns(actor):
         raise PermissionDenied(f"The {actor.role} role can view campaigns but not change them.")
+
+
+def require_provider_post(actor: Actor) -> None:
+    if actor.role not in PROVIDER_POSTERS:
+        raise PermissionDenied(f"The {actor.role} role cannot post receipts or inbound messages.")
+
+
+def require_inbox_client(actor: Actor) -> None:
+    if actor.role not in INBOX_CLIENTS:
+        raise PermissionDenied(f"The {actor.role} role cannot use contacts' inboxes.")
 
 
 def require_organisation_admin(actor: Actor) -> None:

@@ -29,6 +29,13 @@ class Role(models.TextChoices):
     MARKETER = "marketer", "Marketer"
     ANALYST = "analyst", "Analyst"
     COMPLIANCE = "compliance", "Compliance officer"
+    # API keys only: a delivery provider's or the notification_service's key, which may post receipts and inbound
+    # messages and read in-app inboxes, and nothing else (audiences.permissions).
+    PROVIDER = "provider", "Provider (receipts, inbound, inbox)"
+
+
+# The roles a person can hold in an organisation (every role but the API-key-only provider).
+MEMBER_ROLES = [(value, label) for value, label in Role.choices if value != Role.PROVIDER]
 
 
 def new_webhook_secret() -> str:
@@ -120,7 +127,7 @@ class Organisation(models.Model):
 class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MARKETER)
+    role = models.CharField(max_length=20, choices=MEMBER_ROLES, default=Role.MARKETER)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords(bases=[HistoryActorMixin])

@@ -1,3 +1,12 @@
+"""The API's gate: who the caller is (a member's session or an API key, inside one organisation) and whether their
+role may use this route at all. Services still check each action's role; this gate makes sure no write is left to
+chance (a route with no check in its service would otherwise take any key) and that a provider key reaches only
+what it is for.
+
+A view says who may use it with `read_roles` (GET, HEAD, OPTIONS) and `write_roles` (everything else); an action
+that is a POST but changes nothing (a preview, an estimate) is named in `read_actions`.
+"""
+
 from __future__ import annotations
 
 from typing import Any
@@ -5,6 +14,13 @@ from typing import Any
 from rest_framework import exceptions, permissions
 
 from audiences.access import Actor, actor_for_user
+from audiences.models import Role
+
+# Every member role reads; provider keys read nothing but the inbox (audiences.access.INBOX_CLIENTS).
+READERS = frozenset({Role.ADMIN, Role.MARKETER, Role.ANALYST, Role.COMPLIANCE})
+# Analysts never write; compliance officers write consent, suppressions and erasures (their services refuse them
+# the rest).
+WRITERS = frozenset({Role.ADMIN, Role.MARKETER, Role.COMPLIANCE})
 
 
 def request_actor(request: Any) -> Actor | None:
@@ -19,6 +35,14 @@ def request_actor(request: Any) -> Actor | None:
     return actor_for_user(user, organisation_id)
 
 
+def route_roles(view: Any, method: str) -> frozenset[str]:
+    """The roles that may call `view` with `method`."""
+    reads = method in permissions.SAFE_METHODS or getattr(view, "action", None) in getattr(view, "read_actions", ())
+    if reads:
+        return getattr(view, "read_roles", READERS)
+    return getattr(view, "write_roles", WRITERS)
+
+
 class IsOrganisationMember(permissions.BasePermission):
     message = "You are not a member of any organisation."
 
@@ -29,4 +53,6 @@ class IsOrganisationMember(permissions.BasePermission):
         if actor is None:
             return False
         request.actor = actor
+        if actor.role not in route_roles(view, request.method):
+            raise exceptions.PermissionDenied(f"The {actor.role} role cannot do this.")
         return True

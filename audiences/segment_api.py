@@ -209,6 +209,7 @@ class SegmentViewSet(viewsets.ModelViewSet):
     serializer_class = SegmentSerializer
     lookup_value_regex = r"[0-9a-fA-F-]{36}"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    read_actions = ("estimate_rules",)  # sizes rules posted in the body and saves nothing: analysts estimate too
 
     def get_queryset(self) -> QuerySet[Segment]:
         if getattr(self, "swagger_fake_view", False):

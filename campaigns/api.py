@@ -64,6 +64,8 @@ class CampaignViewSet(
 ):
     """Campaigns of the caller's organisation. Another organisation's campaign is a 404."""
 
+    read_actions = ("preview",)  # a POST that renders and changes nothing: analysts preview too
+
     serializer_class = CampaignSerializer
     filterset_class = CampaignFilter
     lookup_value_regex = UUID_PATTERN

@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audiences.access import PROVIDER_POSTERS
 from audiences.contacts import normalise_phone
 from compliance import selectors, services
 from compliance.exports import csv_response
@@ -242,6 +243,8 @@ class InboundBatchSerializer(serializers.Serializer):
 class InboundView(APIView):
     """Messages contacts sent (from the notification_service): `STOP` turns the channel off for that number,
     `START` back on; any inbound WhatsApp opens its 24-hour session for free-form messages."""
+
+    write_roles = PROVIDER_POSTERS
 
     @extend_schema(request=InboundBatchSerializer, responses={200: dict})
     def post(self, request: Request) -> Response:

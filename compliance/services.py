@@ -17,7 +17,7 @@ from django.core.validators import validate_email
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audiences.access import Actor, system_actor
+from audiences.access import Actor, require_provider_post, system_actor
 from audiences.contacts import normalise_phone
 from audiences.models import Contact, Organisation, Role
 from audiences.pii import encrypt, pii_hash
@@ -361,7 +361,9 @@ START_WORDS = frozenset({"START", "UNSTOP"})
 def inbound_record(*, actor: Actor, items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Messages contacts sent us (validated: channel sms/whatsapp, `from` in E.164, `body`, `received_at`). Each
     moves the contact's last-inbound time forward (WhatsApp's 24-hour session); STOP turns that channel off for
-    every contact with the number, START turns it back on — both audited as preference changes."""
+    every contact with the number, START turns it back on — both audited as preference changes, made by the contact
+    (their keyword) and naming who posted it."""
+    require_provider_post(actor)
     counts = {"matched": 0, "stopped": 0, "started": 0}
     with transaction.atomic():
         for item in items:
@@ -385,7 +387,7 @@ def inbound_record(*, actor: Actor, items: Iterable[Mapping[str, Any]]) -> dict[
                 current = set(preference_for(contact).disabled_channels)
                 wanted = current | {channel} if word in STOP_WORDS else current - {channel}
                 _, diff = preference_update(
-                    actor=actor,
+                    actor=recipient_actor(actor.organisation, f"{channel} {word} posted by {actor.label}"),
                     contact=contact,
                     changes={"disabled_channels": sorted(wanted)},
                     source=f"{channel}_{'stop' if word in STOP_WORDS else 'start'}",

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audiences.access import INBOX_CLIENTS, PROVIDER_POSTERS
 from delivery import inbox, receipts
 from delivery.estimates import RunEstimate, run_estimate
 from delivery.failures import run_failure_reasons
@@ -169,6 +170,9 @@ class ReceiptView(APIView):
     """Providers report what happened to messages: delivered, bounced, complained, failed. Authenticated with an
     organisation API key; only that organisation's messages are touched; repeats are harmless."""
 
+    # A receipt can mark a message complained and suppress its address: not for analyst or compliance keys.
+    write_roles = PROVIDER_POSTERS
+
     @extend_schema(request=ReceiptBatchSerializer, responses={200: ReceiptResultSerializer})
     def post(self, request: Request) -> Response:
         payload = ReceiptBatchSerializer(data=request.data)
@@ -205,6 +209,7 @@ class InboxViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """A contact's in-app messages for client apps (organisation API key + the contact's external id)."""
 
     serializer_class = InboxMessageSerializer
+    read_roles = write_roles = INBOX_CLIENTS
 
     def _contact(self) -> Any:
         external_id = self.request.query_params.get("contact", "")

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from analytics.models import EngagementEvent
-from audiences.access import Actor
+from audiences.access import Actor, require_inbox_client
 from audiences.models import Contact
 from delivery.models import InboxMessage
 
@@ -33,6 +33,7 @@ def inbox_unread_count(actor: Actor, contact: Contact) -> int:
 @transaction.atomic
 def inbox_mark_read(actor: Actor, contact: Contact, message_id: Any) -> InboxMessage:
     """Mark read (idempotent: the first read time stays) and record the open once."""
+    require_inbox_client(actor)
     message = inbox_messages(actor, contact).select_for_update().get(message_id=message_id)
     if message.read_at is None:
         message.read_at = timezone.now()

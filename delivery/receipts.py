@@ -17,7 +17,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audiences.access import Actor
+from audiences.access import Actor, require_provider_post
 from audiences.models import Contact
 from audiences.pii import encrypt, pii_hash
 from compliance.audit import audit_record
@@ -84,6 +84,7 @@ def receipts_apply(*, actor: Actor, receipts: Sequence[Mapping[str, Any]]) -> di
         }
         for index, item in enumerate(receipts)
     ]
+    require_provider_post(actor)
     organisation = actor.organisation
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
