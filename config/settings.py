@@ -340,6 +340,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # One name per choice set used by several fields (otherwise hashed names like Channel826Enum, and warnings).
+    "ENUM_NAME_OVERRIDES": {
+        "ChannelEnum": "campaigns.models.Channel",
+        "CampaignTypeEnum": "campaigns.models.CampaignType",
+        "CategoryEnum": ["marketing", "transactional"],
+    },
 }
 
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL)
