@@ -17,10 +17,10 @@ import contextvars
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse
 
 # Ids of what the current request or task is about; the filter copies them onto every record.
@@ -40,17 +40,6 @@ def request_id() -> str | None:
     return log_context().get("request_id")
 
 
-@contextmanager
-def bound(**ids: Any) -> Iterator[None]:
-    """Within the block, log lines carry these ids (besides any bound outside it); None values are left out."""
-    merged = {**log_context(), **{key: str(value) for key, value in ids.items() if value is not None}}
-    token = _log_context.set(merged)
-    try:
-        yield
-    finally:
-        _log_context.reset(token)
-
-
 class RequestIdMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -59,10 +48,19 @@ class RequestIdMiddleware:
         given = request.headers.get(REQUEST_ID_HEADER, "")
         rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         request.request_id = rid  # type: ignore[attr-defined]
-        with bound(request_id=rid):
-            response = self.get_response(request)
+        # Left bound when the middleware returns: Django logs a 4xx/5xx response ("Not Found: …") after the whole
+        # middleware chain, and the request id belongs on that line too. Cleared when the response is closed.
+        _log_context.set({"request_id": rid})
+        response = self.get_response(request)
         response[REQUEST_ID_HEADER] = rid
         return response
+
+
+def _request_finished(**kwargs: Any) -> None:
+    _log_context.set(None)
+
+
+request_finished.connect(_request_finished, dispatch_uid="config.logs.request_finished")
 
 
 class ContextFilter(logging.Filter):
