@@ -11,11 +11,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from audiences.access import can_write_campaigns
+from audiences.adapters import AdapterError
 from audiences.decorators import member_required
 from audiences.models import Contact
 from campaigns import services
 from campaigns.content.channels import FIELDS, content_problems, content_warnings
-from campaigns.content.library import template_library
+from campaigns.content.library import library_outage, library_template_fallback, template_library
 from campaigns.content.media import store_icon
 from campaigns.content.names import campaign_content_warnings, template_names
 from campaigns.content.preview import preview_render
@@ -74,7 +75,7 @@ def _variants_from_post(campaign: Campaign, data: Any) -> list[dict[str, Any]]:
     if ":" in use:
         index_text, channel = use.split(":", 1)
         template_id = data.get(f"v-{index_text}-{channel}-template", "")
-        found = template_library().get(campaign.organisation, template_id) if template_id else None
+        found = _library_template(campaign, template_id) if template_id else None
         if found and found["channel"] == channel and index_text.isdigit() and int(index_text) < len(variants):
             variants[int(index_text)]["content"][channel] = dict(found["content"])
     if data.get("add_variant") and len(variants) < MAX_VARIANTS:
@@ -84,8 +85,29 @@ def _variants_from_post(campaign: Campaign, data: Any) -> list[dict[str, Any]]:
     return variants
 
 
-def _editor_rows(campaign: Campaign, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    library = template_library().list(campaign.organisation)
+def _library_template(campaign: Campaign, template_id: str) -> dict[str, Any] | None:
+    """A template to start from; with isA_Creative down, its copy as last fetched, or one of our own."""
+    try:
+        return template_library().get(campaign.organisation, template_id)
+    except AdapterError:
+        return library_template_fallback(campaign.organisation, template_id)
+
+
+def _library(campaign: Campaign) -> tuple[list[dict[str, Any]], str]:
+    """The templates the editor offers, and why they are not isA_Creative's current ones ("" when they are)."""
+    try:
+        return template_library().list(campaign.organisation), ""
+    except AdapterError as exc:
+        outage = library_outage(campaign.organisation, None, exc)
+        known = {item["id"] for item in outage.cached}
+        return [*outage.cached, *(t for t in outage.embedded if t["id"] not in known)], outage.message
+
+
+def _editor_rows(
+    campaign: Campaign, variants: list[dict[str, Any]], library: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    if library is None:
+        library, _ = _library(campaign)
     templates: dict[str, list[dict[str, Any]]] = {}
     for item in library:
         templates.setdefault(item["channel"], []).append(item)
@@ -160,9 +182,11 @@ def campaign_content_view(request: HttpRequest, campaign_id: Any) -> HttpRespons
                 for warning in campaign_content_warnings(campaign, saved):
                     messages.warning(request, f"Warning: {warning}")
                 return redirect("campaigns:content", campaign_id=campaign.pk)
+    library, library_problem = _library(campaign)
     context = {
         "campaign": campaign,
-        "variants": _editor_rows(campaign, variants),
+        "variants": _editor_rows(campaign, variants, library),
+        "library_problem": library_problem,
         "problems": problems,
         "can_add": len(variants) < MAX_VARIANTS,
         "editable": campaign.status in services.EDITABLE_STATUSES,

@@ -7,7 +7,14 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from campaigns.content.library import content_template_create, content_template_delete, template_library
+from audiences.adapters import AdapterError
+from campaigns.content.library import (
+    content_template_create,
+    content_template_delete,
+    library_outage,
+    library_template_fallback,
+    template_library,
+)
 from campaigns.models import Channel, ContentTemplate
 from config.errors import Conflict
 
@@ -32,11 +39,29 @@ class ContentTemplateViewSet(viewsets.ViewSet):
         channel = request.query_params.get("channel") or None
         if channel and channel not in Channel.values:
             raise serializers.ValidationError({"channel": [f"One of {', '.join(Channel.values)}."]})
-        return Response(template_library().list(request.actor.organisation, channel))
+        try:
+            return Response(template_library().list(request.actor.organisation, channel))
+        except AdapterError as exc:
+            # isA_Creative down: a 503 with the reason, its templates as last fetched and our own library.
+            outage = library_outage(request.actor.organisation, channel, exc)
+            return Response(outage.as_dict(), status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "30"})
 
     @extend_schema(responses=ContentTemplateSerializer)
     def retrieve(self, request: Request, pk: str) -> Response:
-        found = template_library().get(request.actor.organisation, pk)
+        organisation = request.actor.organisation
+        try:
+            found = template_library().get(organisation, pk)
+        except AdapterError as exc:
+            return Response(
+                {
+                    "detail": f"isA_Creative is unavailable: {exc}",
+                    "code": "isa_creative_unavailable",
+                    # The template as last fetched from isA_Creative, or this organisation's own of that id.
+                    "cached": library_template_fallback(organisation, pk),
+                },
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "30"},
+            )
         if found is None:
             return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
         return Response(found)

@@ -486,6 +486,13 @@ INTELLIGENT_QUERY_URL = envstr("INTELLIGENT_QUERY_URL", "")
 INTELLIGENT_QUERY_TOKEN = envstr("INTELLIGENT_QUERY_TOKEN", "")
 ISA_CREATIVE_URL = envstr("ISA_CREATIVE_URL", "")
 ISA_CREATIVE_TOKEN = envstr("ISA_CREATIVE_TOKEN", "")
+# How long isA_Creative's last answers are kept, to offer while it is down (campaigns.content.library).
+ISA_CREATIVE_CACHE_SECONDS = envint("ISA_CREATIVE_CACHE_SECONDS", 7 * 24 * 3600)
+# A run whose audience service (intelligent_query) fails at its start waits and retries with backoff (from
+# AUDIENCE_SERVICE_RETRY_SECONDS, doubling, at most 5 minutes apart) for up to AUDIENCE_SERVICE_WAIT_SECONDS,
+# then fails with the reason and its campaign goes back to draft (delivery.runs).
+AUDIENCE_SERVICE_RETRY_SECONDS = float(envstr("AUDIENCE_SERVICE_RETRY_SECONDS", "5"))
+AUDIENCE_SERVICE_WAIT_SECONDS = envint("AUDIENCE_SERVICE_WAIT_SECONDS", 30 * 60)
 TASK_SERVICE_URL = envstr("TASK_SERVICE_URL", "")
 # An external event_service to pull events from (empty: events arrive only through our event API).
 EVENT_SERVICE_URL = envstr("EVENT_SERVICE_URL", "")
