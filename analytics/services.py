@@ -197,8 +197,28 @@ ON CONFLICT (dedupe_key) DO NOTHING
 """
 
 
+# An event's revenue: the first of these properties it has, in cents (half to even); not a number, none.
+EVENT_VALUE_KEYS = ("value", "revenue", "amount", "total")
+
+
+def event_value_sql(properties_sql: str) -> str:
+    """_event_value in SQL, for a jsonb column: the same key order, the same numbers accepted, the same rounding."""
+    number = r"^\s*[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+    whens = " ".join(
+        f"WHEN {properties_sql} ? '{key}' THEN CASE WHEN ({properties_sql} ->> '{key}') ~ '{number}'"
+        f" THEN trim({properties_sql} ->> '{key}')::numeric * 100 END"
+        for key in EVENT_VALUE_KEYS
+    )
+    cents = f"(CASE {whens} END)"
+    # round() in PostgreSQL takes halves away from zero; Decimal.quantize takes them to the even cent.
+    return (
+        f"(CASE WHEN {cents} - floor({cents}) = 0.5 THEN floor({cents}) + abs(mod(floor({cents}), 2))"
+        f" ELSE round({cents}) END / 100)"
+    )
+
+
 def _event_value(properties: Mapping[str, Any]) -> str | None:
-    for key in ("value", "revenue", "amount", "total"):
+    for key in EVENT_VALUE_KEYS:
         if key in properties:
             try:
                 return str(Decimal(str(properties[key])).quantize(Decimal("0.01")))
