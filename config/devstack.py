@@ -146,6 +146,7 @@ def run() -> int:
             # The demo sends through the sandbox provider slowly enough to watch a run's progress bar move.
             SANDBOX_LATENCY_MS=os.environ.get("SANDBOX_LATENCY_MS", "400"),
             DELIVERY_BATCH_SIZE=os.environ.get("DELIVERY_BATCH_SIZE", "100"),
+            LOG_FORMAT=os.environ.get("LOG_FORMAT", "text"),  # read in a terminal; production logs JSON
         )
         python = sys.executable
         manage = [python, str(ROOT / "manage.py")]
@@ -157,19 +158,10 @@ def run() -> int:
             "web": [*manage, "runserver", f"{host}:{port}", "--noreload"],
             # Sending waits on providers (the demo's sandbox takes 400 ms a batch): four processes, as in
             # docker-compose, so a few throttled campaigns at once do not queue behind each other.
+            # Without -Q it consumes every queue (sending, ingestion, housekeeping and the default; config/celery.py).
             "worker": [python, "-m", "celery", "-A", "config", "worker", "-l", "info", "--concurrency", "4"],
-            "beat": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "beat",
-                "-l",
-                "info",
-                "--scheduler",
-                "django_celery_beat.schedulers:DatabaseScheduler",
-            ],
+            # The configured scheduler (config.health.HeartbeatScheduler): schedules in PostgreSQL and the heartbeat.
+            "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "info"],
         }
         for name, command in commands.items():
             log(f"starting {name}")
