@@ -213,7 +213,7 @@ def event_value_sql(properties_sql: str) -> str:
     # round() in PostgreSQL takes halves away from zero; Decimal.quantize takes them to the even cent.
     return (
         f"(CASE WHEN {cents} - floor({cents}) = 0.5 THEN floor({cents}) + abs(mod(floor({cents}), 2))"
-        f" ELSE round({cents}) END / 100)"
+        f" ELSE round({cents}) END / 100)::numeric(20, 2)"
     )
 
 

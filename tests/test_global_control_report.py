@@ -175,3 +175,35 @@ def test_bad_filters_are_a_400_naming_them(analyst, query):
     response = analyst.client.get(f"{PAGE}?{query}")
     assert response.status_code == 400
     assert 'data-testid="errors"' in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"value": 12.5},
+        {"value": "30.125"},
+        {"value": "30.135"},
+        {"value": "-2.005"},
+        {"revenue": " 7 "},
+        {"amount": "1e3"},
+        {"amount": "n/a", "value": 99},
+        {"total": "abc"},
+        {"total": True},
+        {"value": {"nested": 1}},
+        {"other": 5},
+        {},
+    ],
+)
+def test_event_values_in_sql_are_what_attribution_reads(properties):
+    """The report's SQL and attribution's Python read an event's value the same way."""
+    import json
+
+    from django.db import connection
+
+    from analytics.services import _event_value, event_value_sql
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {event_value_sql('p')} FROM (SELECT %s::jsonb AS p) t", [json.dumps(properties)])
+        in_sql = cursor.fetchone()[0]
+    expected = _event_value(properties)
+    assert (None if in_sql is None else str(in_sql)) == expected
