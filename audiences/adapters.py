@@ -2,16 +2,18 @@
 
 - user_360: enriches a contact's template variables (enriched_profile documents the merge; our contact's identity
   and addresses stay the delivery truth). Embedded default: our contact store. HTTP: USER_360_URL.
-- intelligent_query: resolves external segments. Embedded default: our own rules engine (the query is a JSON rule
-  tree). HTTP: INTELLIGENT_QUERY_URL.
+- intelligent_query: resolves external segments, by query or by reference to one of its pre-built segments (which it
+  lists). Embedded default: our own rules engine (the query is a JSON rule tree). HTTP: INTELLIGENT_QUERY_URL.
 
-Settings pick the implementation; both HTTP clients use explicit timeouts and a bearer token, and are tested
-against a local HTTP server.
+Settings pick the implementation; the HTTP clients use explicit timeouts and a bearer token, and every failure
+(refused, timed out, 5xx, an answer that is not the documented document) is an AdapterError saying which, with
+`transient` telling callers whether waiting may help. Tested against local fakes (tests/fake_isa.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -179,14 +181,32 @@ def template_profile(contact: Contact) -> dict[str, Any]:
 # --- intelligent_query ------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PrebuiltSegment:
+    """A segment the service keeps itself (AC-003.1): picked by reference, resolved when a campaign runs."""
+
+    id: str
+    name: str
+    size: int | None
+    updated_at: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "size": self.size, "updated_at": self.updated_at}
+
+
 class SegmentQueryProvider(Protocol):
     embedded: bool
 
     def resolve(self, organisation: Organisation, query: str) -> Iterator[str]: ...
 
+    def resolve_segment(self, organisation: Organisation, segment_id: str) -> Iterator[str]: ...
+
+    def segments(self, organisation: Organisation) -> list[PrebuiltSegment]: ...
+
 
 class EmbeddedSegmentQuery:
-    """Our own rules engine: the segment engine compiles the query itself, nothing is fetched."""
+    """Our own rules engine: the segment engine compiles the query itself, nothing is fetched. It keeps no
+    pre-built segments of its own (our segments are the organisation's Segment rows)."""
 
     embedded = True
 
@@ -196,46 +216,74 @@ class EmbeddedSegmentQuery:
         condition = compile_rules(organisation, parse_external_query(query))
         yield from matching_contacts(organisation, condition).values_list("external_id", flat=True).iterator(5000)
 
+    def resolve_segment(self, organisation: Organisation, segment_id: str) -> Iterator[str]:
+        raise AdapterError("The embedded audience service keeps no pre-built segments", transient=False)
+
+    def segments(self, organisation: Organisation) -> list[PrebuiltSegment]:
+        return []
+
 
 class HttpSegmentQuery:
-    """POST {base}/query {"organisation": slug, "query": q, "cursor": c} → {"user_ids": [...], "next_cursor": c|null}.
+    """POST {base}/query {"organisation": slug, "query": q, "cursor": c} → {"user_ids": [...], "next_cursor": c|null};
+    a pre-built segment the same way with {"segment": id} in place of the query. GET {base}/segments?organisation=slug
+    → {"segments": [{"id", "name", "size", "updated_at"}]}.
 
     Pages are followed until next_cursor is null (at most MAX_PAGES, a guard against a looping server)."""
 
     embedded = False
     MAX_PAGES = 10_000
+    SERVICE = "intelligent_query"
 
     def __init__(self, base_url: str, token: str = "", timeout: float = 30.0, client: httpx.Client | None = None):
-        self.client = client or httpx.Client(
-            base_url=base_url.rstrip("/"),
-            timeout=httpx.Timeout(timeout),
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            follow_redirects=False,
-        )
+        self.client = client or _http_client(base_url, token, timeout)
 
-    def resolve(self, organisation: Organisation, query: str) -> Iterator[str]:
+    def _answer(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise http_failure(self.SERVICE, exc) from exc
+        if response.status_code != 200:
+            raise status_failure(self.SERVICE, response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise AdapterError(f"{self.SERVICE} answered something other than JSON", transient=False) from exc
+
+    def _pages(self, organisation: Organisation, what: dict[str, str]) -> Iterator[str]:
         cursor: str | None = None
         for _ in range(self.MAX_PAGES):
-            try:
-                response = self.client.post(
-                    "/query", json={"organisation": organisation.slug, "query": query, "cursor": cursor}
-                )
-            except httpx.HTTPError as exc:
-                raise AdapterError(f"intelligent_query unreachable: {exc}") from exc
-            if response.status_code != 200:
-                raise AdapterError(f"intelligent_query answered {response.status_code}: {response.text[:200]}")
-            try:
-                page = response.json()
-                user_ids = page["user_ids"]
-                cursor = page.get("next_cursor")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise AdapterError("intelligent_query answered an unexpected document") from exc
+            page = self._answer("POST", "/query", json={"organisation": organisation.slug, **what, "cursor": cursor})
+            user_ids = page.get("user_ids") if isinstance(page, dict) else None
             if not isinstance(user_ids, list):
-                raise AdapterError("intelligent_query user_ids is not a list")
+                raise AdapterError(f"{self.SERVICE} answered a page without a user_ids list", transient=False)
+            cursor = page.get("next_cursor")
             yield from (str(user_id) for user_id in user_ids)
             if not cursor:
                 return
-        raise AdapterError("intelligent_query kept paging past the limit")
+        raise AdapterError(f"{self.SERVICE} kept paging past the limit", transient=False)
+
+    def resolve(self, organisation: Organisation, query: str) -> Iterator[str]:
+        return self._pages(organisation, {"query": query})
+
+    def resolve_segment(self, organisation: Organisation, segment_id: str) -> Iterator[str]:
+        return self._pages(organisation, {"segment": segment_id})
+
+    def segments(self, organisation: Organisation) -> list[PrebuiltSegment]:
+        data = self._answer("GET", "/segments", params={"organisation": organisation.slug})
+        items = data.get("segments") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) and i.get("id") for i in items):
+            raise AdapterError(
+                f"{self.SERVICE} answered segments that are not a list of objects with ids", transient=False
+            )
+        return [
+            PrebuiltSegment(
+                id=str(item["id"])[:200],
+                name=str(item.get("name") or item["id"])[:200],
+                size=item["size"] if isinstance(item.get("size"), int) else None,
+                updated_at=str(item["updated_at"]) if item.get("updated_at") else None,
+            )
+            for item in items
+        ]
 
 
 def segment_query_provider() -> SegmentQueryProvider:

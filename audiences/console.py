@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 
 from audiences import segments as engine
 from audiences import services
+from audiences.adapters import AdapterError
 from audiences.decorators import member_required
 from audiences.models import Contact, ContactAttribute, ContactImport, EventType, Segment, SegmentKind
 from audiences.pii import contact_search
@@ -91,7 +92,40 @@ def _builder_context(request: HttpRequest) -> dict[str, Any]:
 @member_required
 def segment_list_view(request: HttpRequest) -> HttpResponse:
     segments = Segment.objects.filter(organisation=request.actor.organisation).order_by("name")
-    return render(request, "segments/list.html", {"segments": segments, "can_write": _can_write(request)})
+    # The audience service's pre-built segments, to pick (the embedded one keeps none: the list stays empty).
+    prebuilt: list[dict[str, Any]] = []
+    prebuilt_problem = ""
+    try:
+        prebuilt = services.prebuilt_segments(request.actor.organisation)
+    except AdapterError as exc:
+        prebuilt_problem = f"The audience service is unavailable, so its pre-built segments cannot be listed: {exc}"
+    context = {
+        "segments": segments,
+        "prebuilt": prebuilt,
+        "prebuilt_problem": prebuilt_problem,
+        "can_write": _can_write(request),
+    }
+    return render(request, "segments/list.html", context)
+
+
+@require_POST
+@member_required
+def segment_prebuilt_pick_view(request: HttpRequest) -> HttpResponse:
+    """Pick one of the audience service's pre-built segments: our segment referencing it, for campaigns."""
+    _require_write(request)
+    try:
+        segment, created = services.segment_add_prebuilt(
+            actor=request.actor, external_segment_id=(request.POST.get("id") or "").strip()[:200]
+        )
+    except AdapterError as exc:
+        messages.error(request, f"The audience service is unavailable: {exc}")
+        return redirect("segments:list")
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+        return redirect("segments:list")
+    if created:
+        messages.success(request, f"Segment “{segment.name}” added: campaigns can include it now.")
+    return redirect("segments:detail", segment_id=segment.pk)
 
 
 def _segment_save(request: HttpRequest, form: SegmentForm, segment: Segment | None) -> Segment | None:
@@ -158,8 +192,15 @@ def segment_detail_view(request: HttpRequest, segment_id: Any) -> HttpResponse:
     exact = request.GET.get("exact") == "1"
     problems: list[str] = []
     estimate = preview = None
+    service_problem = ""
     try:
-        services.segment_refresh_external(segment=segment)
+        try:
+            services.segment_refresh_external(segment=segment)
+        except AdapterError as exc:
+            # The last members stay: shown as they were, with why they may be out of date.
+            when = segment.members_refreshed_at
+            kept = f"as resolved {timezone.localtime(when):%d %b %H:%M}" if when else "none resolved yet"
+            service_problem = f"The audience service is unavailable ({exc}); showing the last members, {kept}."
         condition = engine.segment_condition(segment)
         estimate = engine.estimate(request.actor.organisation, condition, exact=exact)
         preview = list(engine.matching_contacts(request.actor.organisation, condition).order_by("-id")[:20])
@@ -170,6 +211,7 @@ def segment_detail_view(request: HttpRequest, segment_id: Any) -> HttpResponse:
         "estimate": estimate,
         "preview": preview,
         "problems": problems,
+        "service_problem": service_problem,
         "rules_json": json.dumps(segment.rules, indent=2) if segment.rules is not None else "",
         "campaigns": segment.campaigns.filter(deleted_at__isnull=True).distinct()[:20],
         "can_write": _can_write(request),

@@ -7,6 +7,7 @@ segment_patterns = (
         path("", console.segment_list_view, name="list"),
         path("new/", console.segment_create_view, name="create"),
         path("estimate/", console.rules_estimate_view, name="estimate"),
+        path("prebuilt/", console.segment_prebuilt_pick_view, name="prebuilt-pick"),
         path("<uuid:segment_id>/", console.segment_detail_view, name="detail"),
         path("<uuid:segment_id>/edit/", console.segment_edit_view, name="edit"),
         path("<uuid:segment_id>/delete/", console.segment_delete_view, name="delete"),

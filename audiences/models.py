@@ -326,6 +326,8 @@ class Segment(models.Model):
     kind = models.CharField(max_length=16, choices=SegmentKind.choices, default=SegmentKind.RULES)
     rules = models.JSONField(null=True, blank=True, help_text="Rule tree, for rules segments.")
     external_query = models.TextField(blank=True, default="", help_text="The isA_Data query, for external segments.")
+    # Or, for an external segment, the id of one of intelligent_query's pre-built segments, resolved when used.
+    external_segment_id = models.CharField(max_length=200, blank=True, default="", db_default="")
     members_refreshed_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -341,6 +343,12 @@ class Segment(models.Model):
             models.UniqueConstraint(models.F("organisation"), Lower("name"), name="segment_unique_name"),
             models.CheckConstraint(
                 condition=~models.Q(kind="rules") | models.Q(rules__isnull=False), name="segment_rules_present"
+            ),
+            # A pre-built segment is referenced once per organisation.
+            models.UniqueConstraint(
+                fields=["organisation", "external_segment_id"],
+                condition=~models.Q(external_segment_id=""),
+                name="segment_unique_prebuilt",
             ),
         ]
 

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from audiences import segments as engine
 from audiences import services
-from audiences.adapters import contact_profile
+from audiences.adapters import AdapterError, contact_profile
 from audiences.models import Contact, ContactAttribute, Segment, SegmentKind
 from audiences.pii import contact_search, pii_hash
 from audiences.rules import RuleError
@@ -164,6 +164,7 @@ class SegmentSerializer(serializers.ModelSerializer):
             "kind",
             "rules",
             "external_query",
+            "external_segment_id",
             "members_refreshed_at",
             "member_count",
             "created_at",
@@ -182,6 +183,19 @@ class SegmentWriteSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=SegmentKind.choices, required=False, default=SegmentKind.RULES)
     rules = serializers.JSONField(required=False, allow_null=True)
     external_query = serializers.CharField(max_length=20_000, allow_blank=True, required=False)
+
+
+class PrebuiltPickSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=200, help_text="The id of one of the audience service's segments.")
+
+
+def audience_service_unavailable(exc: AdapterError, segment: Segment | None = None) -> Response:
+    """503 with the reason; for a segment, what it keeps meanwhile (its last members, and when they were read)."""
+    body: dict[str, Any] = {"detail": f"The audience service is unavailable: {exc}", "code": "service_unavailable"}
+    if segment is not None:
+        body["member_count"] = segment.members.count()
+        body["members_refreshed_at"] = segment.members_refreshed_at
+    return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "30"})
 
 
 class MembersSerializer(serializers.Serializer):
@@ -289,10 +303,55 @@ class SegmentViewSet(viewsets.ModelViewSet):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"])
     def refresh(self, request: Request, pk: str) -> Response:
-        """Re-resolve an external segment through isA_Data now."""
+        """Re-resolve an external segment through isA_Data now. The service failing is a 503 with the reason, and
+        the segment keeps its last members."""
         services.require_contact_write(request.actor)
-        count = services.segment_refresh_external(segment=self.get_object(), force=True)
+        segment = self.get_object()
+        try:
+            count = services.segment_refresh_external(segment=segment, force=True)
+        except AdapterError as exc:
+            return audience_service_unavailable(exc, segment)
         return Response({"member_count": count})
+
+    @extend_schema(
+        methods=["GET"],
+        responses=inline_serializer(
+            "PrebuiltSegments",
+            {
+                "results": inline_serializer(
+                    "PrebuiltSegment",
+                    {
+                        "id": serializers.CharField(),
+                        "name": serializers.CharField(),
+                        "size": serializers.IntegerField(allow_null=True),
+                        "updated_at": serializers.CharField(allow_null=True),
+                        "segment": serializers.UUIDField(allow_null=True),
+                    },
+                    many=True,
+                )
+            },
+        ),
+    )
+    @extend_schema(methods=["POST"], request=PrebuiltPickSerializer, responses={201: SegmentSerializer})
+    @action(detail=False, methods=["get", "post"], url_path="prebuilt")
+    def prebuilt(self, request: Request) -> Response:
+        """The audience service's pre-built segments (name, size, updated; `segment`: ours that references it). POST
+        {"id"} picks one: a segment of ours that references it (201; 200 when it was picked before), for campaigns
+        to include, resolved through the service whenever it is used."""
+        try:
+            if request.method == "GET":
+                return Response({"results": services.prebuilt_segments(request.actor.organisation)})
+            payload = PrebuiltPickSerializer(data=request.data)
+            payload.is_valid(raise_exception=True)
+            segment, created = services.segment_add_prebuilt(
+                actor=request.actor, external_segment_id=payload.validated_data["id"]
+            )
+        except AdapterError as exc:
+            return audience_service_unavailable(exc)
+        return Response(
+            SegmentSerializer(self.get_queryset().get(pk=segment.pk)).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
     @extend_schema(
         request=RulesSerializer, parameters=[OpenApiParameter("exact", bool)], responses=OpenApiTypes.OBJECT

@@ -80,8 +80,9 @@ def segment_condition(
         return members_condition(segment.pk)
     if segment.kind == SegmentKind.EXTERNAL:
         provider = _external_query_provider()
-        if not provider.embedded:
-            # Resolved by the external service into members (segment_refresh_external), then read like a list.
+        if not provider.embedded or segment.external_segment_id:
+            # Resolved by the external service into members (segment_refresh_external), then read like a list (a
+            # pre-built segment's last members, too, if the service has been switched to the embedded engine).
             return members_condition(segment.pk)
         tree = parse_external_query(segment.external_query, path=path)
     else:

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -354,7 +354,7 @@ def contact_delete(*, actor: Actor, contact: Contact) -> None:
 
 # --- segments -------------------------------------------------------------------------------------------------
 
-SEGMENT_FIELDS = ("name", "description", "kind", "rules", "external_query")
+SEGMENT_FIELDS = ("name", "description", "kind", "rules", "external_query", "external_segment_id")
 
 
 def _validate_segment(organisation: Organisation, segment: Segment) -> None:
@@ -375,7 +375,12 @@ def _validate_segment(organisation: Organisation, segment: Segment) -> None:
                 errors["rules"] = exc.as_messages()
     else:
         segment.rules = None
-    if segment.kind == SegmentKind.EXTERNAL:
+    if segment.kind != SegmentKind.EXTERNAL:
+        segment.external_segment_id = ""
+    elif segment.external_segment_id:
+        if segment.external_query.strip():
+            errors["external_query"] = ["A pre-built segment is resolved by its reference; it takes no query."]
+    elif segment.kind == SegmentKind.EXTERNAL:
         if not segment.external_query.strip():
             errors["external_query"] = ["An external segment needs the query isA_Data should run."]
         elif segment_query_provider().embedded:
@@ -520,7 +525,11 @@ def segment_refresh_external(*, segment: Segment, force: bool = False) -> int:
     max_age = timedelta(seconds=settings.EXTERNAL_SEGMENT_MAX_AGE_SECONDS)
     if not force and segment.members_refreshed_at and timezone.now() - segment.members_refreshed_at < max_age:
         return SegmentMember.objects.filter(segment=segment).count()
-    external_ids = list(provider.resolve(segment.organisation, segment.external_query))
+    # Resolved in full before anything is replaced: a failing service (AdapterError) keeps the last members.
+    if segment.external_segment_id:
+        external_ids = list(provider.resolve_segment(segment.organisation, segment.external_segment_id))
+    else:
+        external_ids = list(provider.resolve(segment.organisation, segment.external_query))
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("DELETE FROM audiences_segmentmember WHERE segment_id = %s", [segment.pk])
         cursor.execute(
@@ -531,6 +540,50 @@ def segment_refresh_external(*, segment: Segment, force: bool = False) -> int:
         count = cursor.rowcount
         Segment.objects.filter(pk=segment.pk).update(members_refreshed_at=timezone.now())
     return count
+
+
+def prebuilt_segments(organisation: Organisation) -> list[dict[str, Any]]:
+    """intelligent_query's pre-built segments (name, size, updated), each with the id of our segment that
+    references it, if any (None: not picked yet). AdapterError when the service fails."""
+    listed = segment_query_provider().segments(organisation)
+    ours = dict(
+        Segment.objects.filter(organisation=organisation, external_segment_id__in=[item.id for item in listed])
+        .values_list("external_segment_id", "pk")
+    )
+    return [{**item.as_dict(), "segment": str(ours[item.id]) if item.id in ours else None} for item in listed]
+
+
+@transaction.atomic
+def segment_add_prebuilt(*, actor: Actor, external_segment_id: str) -> tuple[Segment, bool]:
+    """Our segment that references one of intelligent_query's pre-built segments (made once, audited), for
+    campaigns to include like any segment; its members are resolved through the service when it is used. Returns
+    the segment and whether it was made now. AdapterError when the service cannot say which segments it has."""
+    require_contact_write(actor)
+    existing = Segment.objects.filter(organisation=actor.organisation, external_segment_id=external_segment_id).first()
+    if existing is not None:
+        return existing, False
+    listed = {item.id: item for item in segment_query_provider().segments(actor.organisation)}
+    item = listed.get(external_segment_id)
+    if item is None:
+        raise ValidationError({"id": [f"The audience service has no pre-built segment {external_segment_id!r}."]})
+    name = item.name
+    if Segment.objects.filter(organisation=actor.organisation, name__iexact=name).exists():
+        name = f"{item.name} (isA_Data)"[:200]
+    segment = Segment(
+        organisation=actor.organisation,
+        created_by=actor.user,
+        name=name,
+        kind=SegmentKind.EXTERNAL,
+        external_segment_id=item.id,
+        description=f"isA_Data pre-built segment {item.id}",
+    )
+    _validate_segment(actor.organisation, segment)
+    actor.stamp(segment, "created")
+    segment.save()
+    audit_record(
+        actor=actor, action="segment.create", target=segment, details={"kind": segment.kind, "prebuilt": item.id}
+    )
+    return segment, True
 
 
 # --- CSV import -------------------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ TRANSITIONS: dict[str, Transition] = {
         Transition("start", frozenset({S.DRAFT, S.SCHEDULED}), S.RUNNING, CampaignType.SCHEDULED, "Send now"),
         # The engine puts a recurring campaign back to wait for its next occurrence after a run.
         Transition("await_next", frozenset({S.RUNNING}), S.SCHEDULED, CampaignType.SCHEDULED, "Wait for next run"),
+        # The engine gives a run up when its audience service did not answer in time (delivery.runs): the
+        # campaign is a draft again, to check and send or schedule.
+        Transition("back_to_draft", frozenset({S.RUNNING}), S.DRAFT, CampaignType.SCHEDULED, "Back to draft"),
         Transition("pause", frozenset({S.RUNNING, S.ACTIVE}), S.PAUSED, None, "Pause sending"),
         Transition("resume", frozenset({S.PAUSED}), None, None, "Resume sending"),
         Transition("complete", frozenset({S.RUNNING, S.ACTIVE}), S.COMPLETED, None, "Finish"),
@@ -87,7 +90,7 @@ TRANSITIONS: dict[str, Transition] = {
 # Actions people may take through the API and console. `start` and `complete` of scheduled runs belong to
 # the execution engine, which calls `campaign_transition` itself.
 USER_ACTIONS = ("schedule", "reschedule", "unschedule", "start", "activate", "pause", "resume", "complete", "cancel")
-ENGINE_ONLY_ACTIONS = frozenset({"await_next"})
+ENGINE_ONLY_ACTIONS = frozenset({"await_next", "back_to_draft"})
 
 
 def allowed_transitions(campaign: Campaign, *, actions: Iterable[str] = USER_ACTIONS) -> list[dict[str, str]]:
@@ -674,7 +677,7 @@ def campaign_transition(
     if action == "start" and not by_engine and campaign.status == S.SCHEDULED:
         # "Send now" on a scheduled campaign replaces its schedule.
         _clear_schedule(campaign)
-    if action == "unschedule":
+    if action in ("unschedule", "back_to_draft"):
         _clear_schedule(campaign)
     previous = campaign.status
     campaign.status = transition.target_for(campaign)

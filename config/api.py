@@ -31,6 +31,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 
 def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
+    from audiences.adapters import AdapterError  # config is below the apps; imported when the first error comes
+
+    if isinstance(exc, AdapterError):
+        # An external service (isA_Data, isA_Creative…) failing is its outage, not our bug: a 503 saying which.
+        return Response(
+            {"detail": f"A service this needs is unavailable: {exc}", "code": "service_unavailable"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "30"},
+        )
     if isinstance(exc, Conflict):
         return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):

@@ -65,6 +65,9 @@ class RunSerializer(serializers.ModelSerializer):
             "number",
             "status",
             "status_reason",
+            # Waiting for the audience service at its start: since when, and when it tries again.
+            "waiting_since",
+            "retry_at",
             "trigger",
             "scheduled_for",
             "audience_count",

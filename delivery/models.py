@@ -67,6 +67,11 @@ class Run(models.Model):
     paused_by = models.CharField(max_length=200, blank=True, default="")
     finished_at = models.DateTimeField(null=True, blank=True)
     status_reason = models.CharField(max_length=500, blank=True, default="")
+    # A run whose audience service failed at its start waits, pending, since waiting_since, and is prepared again
+    # by the pump at retry_at (backoff over wait_attempts); delivery.runs.run_wait_for_audience.
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True)
+    wait_attempts = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["-created_at"]

@@ -19,9 +19,11 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from audiences.access import Actor, system_actor
+from audiences.adapters import AdapterError
 from campaigns import services as campaign_services
 from campaigns.models import Campaign, CampaignStatus
 from config.errors import Conflict
@@ -444,6 +446,9 @@ def run_prepare(run_id: Any) -> Run | None:
     if run.status != S.READY:
         try:
             run_fan_out(run_id)
+        except AdapterError as exc:
+            # The audience service (intelligent_query) failed or hung: wait for it, never fail the run at once.
+            return run_wait_for_audience(run_id, exc)
         except Exception as exc:
             Run.objects.filter(pk=run_id, status__in=[S.PENDING, S.FANNING_OUT]).update(
                 status=S.FAILED, status_reason=f"fan-out failed: {exc}"[:500], finished_at=timezone.now()
@@ -451,12 +456,65 @@ def run_prepare(run_id: Any) -> Run | None:
             raise
     now = timezone.now()
     if Run.objects.filter(pk=run_id, status=S.READY).update(
-        status=S.SENDING, started_sending_at=now, last_progress_at=now
+        status=S.SENDING, started_sending_at=now, last_progress_at=now, waiting_since=None, retry_at=None
     ):
         with transaction.atomic():
             run_kick(run_id)
             if seeds.run_seed_copies_plan(Run.objects.select_related("campaign").get(pk=run_id)):
                 _enqueue_seed_copies(run_id)
+    return Run.objects.get(pk=run_id)
+
+
+AUDIENCE_WAITING = "Waiting for the audience service"
+MAX_AUDIENCE_RETRY_SECONDS = 300.0
+
+
+def run_wait_for_audience(run_id: Any, exc: AdapterError) -> Run | None:
+    """The run's audience service failed at its start: back to pending, with the reason on the campaign page, to be
+    prepared again by the pump at retry_at (AUDIENCE_SERVICE_RETRY_SECONDS, doubling, at most 5 minutes apart).
+    Past AUDIENCE_SERVICE_WAIT_SECONDS of waiting the run fails with the reason, and its campaign, unless another
+    run is open, goes back to draft (audited), for the marketer to check and send again."""
+    now = timezone.now()
+    with transaction.atomic():
+        # The campaign row before the run row (the lock order above): giving up moves the campaign.
+        campaign_of_run = Run.objects.filter(pk=run_id).values_list("campaign_id", flat=True)
+        list(Campaign.objects.select_for_update().filter(pk__in=campaign_of_run).values_list("pk", flat=True))
+        run = (
+            Run.objects.select_for_update(of=("self",))
+            .select_related("campaign", "campaign__organisation")
+            .filter(pk=run_id, status__in=[S.PENDING, S.FANNING_OUT])
+            .first()
+        )
+        if run is None:
+            return Run.objects.filter(pk=run_id).first()  # paused or cancelled meanwhile: nothing to wait for
+        since = run.waiting_since or now
+        waited = (now - since).total_seconds()
+        if waited >= settings.AUDIENCE_SERVICE_WAIT_SECONDS:
+            minutes = max(1, round(waited / 60))
+            reason = f"The audience service did not answer for {minutes} min, so the run was given up: {exc}"[:500]
+            Run.objects.filter(pk=run.pk).update(
+                status=S.FAILED, status_reason=reason, finished_at=now, retry_at=None, last_progress_at=now
+            )
+            logger.warning("run %s: %s", run.pk, reason)
+            campaign = run.campaign
+            others = Run.objects.filter(campaign=campaign, status__in=Run.ACTIVE_STATUSES).exclude(pk=run.pk)
+            if campaign.status == CampaignStatus.RUNNING and not others.exists():
+                campaign_services.campaign_transition(
+                    actor=system_actor(campaign.organisation, f"delivery engine: {reason[:150]}"),
+                    campaign_id=campaign.pk,
+                    action="back_to_draft",
+                    by_engine=True,
+                )
+        else:
+            delay = min(MAX_AUDIENCE_RETRY_SECONDS, settings.AUDIENCE_SERVICE_RETRY_SECONDS * 2**run.wait_attempts)
+            Run.objects.filter(pk=run.pk).update(
+                status=S.PENDING,
+                status_reason=f"{AUDIENCE_WAITING}: {exc}"[:500],
+                waiting_since=since,
+                retry_at=now + timedelta(seconds=delay),
+                wait_attempts=run.wait_attempts + 1,
+            )
+            logger.warning("run %s waits %.0f s for the audience service: %s", run.pk, delay, exc)
     return Run.objects.get(pk=run_id)
 
 
@@ -568,9 +626,13 @@ def delivery_pump(*, now: datetime | None = None) -> dict[str, int]:
         except Exception:
             logger.exception("scheduled campaign %s failed to start", campaign_id)
     stall = timedelta(seconds=settings.DELIVERY_STALL_SECONDS)
-    for run in Run.objects.filter(status__in=[S.PENDING, S.FANNING_OUT, S.READY], created_at__lte=now - stall):
+    unprepared = Run.objects.filter(status__in=[S.PENDING, S.FANNING_OUT, S.READY])
+    for run in unprepared.filter(
+        Q(retry_at__isnull=True, created_at__lte=now - stall) | Q(status=S.PENDING, retry_at__lte=now)
+    ):
         # A fan-out whose task was lost or whose worker died: fan-out is idempotent, so run it again, unless one
-        # is in progress (it holds the run's advisory lock).
+        # is in progress (it holds the run's advisory lock). A run waiting for its audience service is tried
+        # again when its retry_at comes.
         if _fan_out_in_progress(run.pk):
             continue
         _enqueue_prepare_now(run.pk)
