@@ -9,10 +9,14 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
+from config.devstack import DEV_SECRET_KEY
+
 
 def production_problems() -> list[str]:
     """Settings that are fine for development and tests but unsafe for real contacts' data."""
     problems = []
+    if settings.SECRET_KEY == DEV_SECRET_KEY:
+        problems.append("SECRET_KEY is the public development key of `make run` / `make test`.")
     if not settings.PII_ENCRYPTION_KEYS:
         problems.append(
             "PII_ENCRYPTION_KEYS is not set: contacts' emails and phones would be encrypted with a key derived from "

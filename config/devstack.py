@@ -23,6 +23,9 @@ from urllib.parse import quote, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
 DATABASE_NAME = "campaign_service"
+# One development key for `run` and `exec`, so a command run beside `make run` (create_org, a benchmark) reads and
+# writes contacts' encrypted fields with the same derived keys. Public: gunicorn refuses it (config.checks).
+DEV_SECRET_KEY = "dev-secret-key-not-for-production"
 
 
 def log(message: str) -> None:
@@ -140,6 +143,7 @@ def run() -> int:
         env = _child_env(
             services.start(),
             DEBUG=os.environ.get("DEBUG", "1"),
+            SECRET_KEY=os.environ.get("SECRET_KEY", DEV_SECRET_KEY),
             # Links in the mail (tracking, unsubscribe) point at the server this command starts, whatever its port.
             SITE_URL=os.environ.get("SITE_URL", f"http://{host}:{port}"),
             EMAIL_BACKEND=os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"),
@@ -163,10 +167,16 @@ def run() -> int:
             # The configured scheduler (config.health.HeartbeatScheduler): schedules in PostgreSQL and the heartbeat.
             "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "info"],
         }
+        # runserver answers each request on a new thread, and a thread's persistent connection (DB_CONN_MAX_AGE) is
+        # neither reused by the next request nor closed: dozens of idle connections after a few page loads. The
+        # web process closes its connection after each request instead; the worker and beat keep theirs.
+        envs = {"web": {**env, "DB_CONN_MAX_AGE": "0"}}
         for name, command in commands.items():
             log(f"starting {name}")
             # Own process group: Ctrl-C reaches us once, and we stop children in order.
-            children.append(subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True))  # noqa: S603
+            children.append(
+                subprocess.Popen(command, env=envs.get(name, env), cwd=ROOT, start_new_session=True)  # noqa: S603
+            )
         time.sleep(1.5)
         print("\n" + "=" * 72)
         print(f"  Campaign Service console:  http://{host}:{port}/")
@@ -207,7 +217,7 @@ def execute(command: list[str]) -> int:
     """Run `command` with the services up (and DATABASE_URL / REDIS_URL set), then stop them."""
     services = Services()
     try:
-        env = _child_env(services.start(), SECRET_KEY=os.environ.get("SECRET_KEY", "dev-secret-key-not-for-production"))
+        env = _child_env(services.start(), SECRET_KEY=os.environ.get("SECRET_KEY", DEV_SECRET_KEY))
         return subprocess.call(command, env=env, cwd=ROOT)  # noqa: S603
     finally:
         services.stop()
