@@ -37,6 +37,7 @@ from django.utils import timezone
 from audiences.adapters import AdapterError, enriched_profile, user_profile_provider
 from audiences.jsonb import jsonb_loads
 from audiences.pii import decrypt, keys
+from audiences.segments import global_control_seed, global_control_threshold, holdout_bucket_sql
 from campaigns.content.channels import WHATSAPP_MAX
 from campaigns.content.render import Renderer, Sender, trigger_event
 from campaigns.content.sms import sms_over_limit
@@ -90,6 +91,9 @@ SELECT cl.id, cl.contact_id, cl.channel, cl.variant_id, cl.attempts,
               AND NOT EXISTS (SELECT 1 FROM compliance_contactchannelactivity a WHERE a.contact_id = cl.contact_id
                   AND a.channel = 'whatsapp' AND a.last_inbound_at >= %(now)s - interval '24 hours')
               THEN 'whatsapp_session_closed'
+         -- The global control group as it stands now (fan-out and triggers left it out as it stood then).
+         WHEN %(category)s = 'marketing' AND %(gc_threshold)s > 0
+              AND GLOBAL_CONTROL_BUCKET < %(gc_threshold)s THEN 'global_control'
        END AS blocked,
        -- With send rules, when this recipient may next be sent to (later than now: outside their window).
        -- And past the recipient's own quiet hours, for marketing (GREATEST ignores NULLs).
@@ -120,6 +124,8 @@ LEFT JOIN LATERAL (SELECT e.type, e.properties, e.occurred_at FROM audiences_eve
                    WHERE cl.trigger_key <> '' AND e.organisation_id = %(org)s AND e.event_id = cl.trigger_key
                    OFFSET 0) e ON true
 """
+
+CLAIM_SQL = CLAIM_SQL.replace("GLOBAL_CONTROL_BUCKET", holdout_bucket_sql("cl.contact_id", "%(gc_seed)s"))
 
 # Batches travel as one JSON parameter each: PostgreSQL parses it far faster than the driver quotes arrays.
 RECORD_SQL = """
@@ -528,6 +534,8 @@ def _send_claimed(ctx: RunContext, *, channel: str | None, limit: int) -> BatchR
         "local_time": None,
         **consent_params(campaign.organisation_id, campaign.category),
         "freeform_whatsapp": whatsapp_freeform_variants(ctx.variants.values()),
+        "gc_seed": global_control_seed(campaign.organisation_id),
+        "gc_threshold": global_control_threshold(campaign.organisation),
     }
     with transaction.atomic(), connection.cursor() as cursor:
         # The batch's record need not wait for its WAL flush: a crash loses at most the last fraction of a second of

@@ -186,3 +186,23 @@ def test_admins_set_the_share_in_the_console_settings(owner, teammate):
     bad = browser.post("/settings/organisation/", {**form, "global_control_percent": "21"})
     assert bad.status_code == 400 and "Ensure this value is less than or equal to 20." in bad.content.decode()
     assert str(Organisation.objects.get(pk=owner.organisation.pk).global_control_percent) == "12.50"
+
+
+def test_a_share_raised_after_fan_out_holds_back_what_is_still_queued(owner, contacts):
+    """Messages queued before the share went up are checked again at the send: the new margin gets nothing."""
+    from delivery import sending
+    from delivery.models import SandboxHandoff
+
+    campaign = _campaign(owner.organisation)
+    run, messaged = _fanned_out(campaign)
+    assert messaged == contacts
+    Run.objects.filter(pk=run.pk).update(status="sending")
+    _set_percent(owner, "10")
+    control = expected_control(owner.organisation, 10)
+    sending.run_send_for(run.pk, seconds=60)
+    skipped = Message.objects.filter(run=run, status="skipped")
+    assert set(skipped.values_list("contact_id", flat=True)) == control
+    assert set(skipped.values_list("error", flat=True)) == {"global_control"}
+    assert skipped.count() == 2 * len(control)  # email and SMS
+    handed = {key.split(":")[1] for key in SandboxHandoff.objects.filter(run_id=run.pk).values_list("pk", flat=True)}
+    assert handed == {str(contact_id) for contact_id in contacts - control}
