@@ -6,12 +6,14 @@ an API key (with the key's role). Services take it as the keyword-only `actor` a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import PermissionDenied
 
 from audiences.models import ApiKey, Membership, Organisation, Role
+from config.client_ip import UNKNOWN, client_ip
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -35,6 +37,8 @@ class Actor:
     api_key: ApiKey | None = None
     # A system actor (celery-beat, management commands) acts for the organisation without a person or key.
     system: str = ""
+    # The client address the request came from (config.client_ip), for the audit log; empty outside a request.
+    ip: str = ""
 
     @property
     def label(self) -> str:
@@ -73,6 +77,13 @@ def actor_for_user(user: AbstractBaseUser, organisation_id: object | None = None
     if membership is None:
         return None
     return Actor(organisation=membership.organisation, role=membership.role, user=user)
+
+
+def with_client_ip(actor: Actor, request: Any) -> Actor:
+    """The actor, stamped with the address of the client behind `request` (a Django or DRF request), which the
+    audit log records."""
+    address = client_ip(request)
+    return dataclasses.replace(actor, ip="" if address == UNKNOWN else address)
 
 
 def actor_for_api_key(api_key: ApiKey) -> Actor:

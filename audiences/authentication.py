@@ -5,7 +5,7 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from audiences.access import actor_for_api_key
+from audiences.access import actor_for_api_key, with_client_ip
 from audiences.models import ApiKey
 from audiences.services import api_key_authenticate
 
@@ -47,7 +47,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         api_key = api_key_authenticate(secret)
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
-        return ApiKeyPrincipal(api_key), actor_for_api_key(api_key)
+        return ApiKeyPrincipal(api_key), with_client_ip(actor_for_api_key(api_key), request)
 
     def authenticate_header(self, request: Any) -> str:
         return f'{self.keyword} realm="api"'

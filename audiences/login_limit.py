@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from audiences.access import system_actor
+from audiences.access import system_actor, with_client_ip
 from audiences.models import Membership
 from compliance.audit import audit_record
 from config.client_ip import UNKNOWN, client_ip
@@ -73,14 +73,14 @@ def lockout_audit(sender: Any, request: HttpRequest, username: str | None, ip_ad
         return
     user = get_user_model().objects.filter(username=username).first() if username else None
     memberships = Membership.objects.select_related("organisation").filter(user=user) if user else []
-    details = {"username": username or "", "ip": ip_address or "", "path": request.path}
+    details = {"username": username or "", "path": request.path}
     with transaction.atomic():
         for membership in memberships:
             audit_record(
-                actor=system_actor(membership.organisation, "login limit"),
+                actor=with_client_ip(system_actor(membership.organisation, "login limit"), request),
                 action="auth.lockout",
                 target=user,
                 details=details,
             )
     # An unknown account (or one in no organisation) belongs to no organisation's log: the warning is its record.
-    logger.warning("Sign-in locked out after repeated failures: %s", details)
+    logger.warning("Sign-in locked out after repeated failures: %s", {**details, "ip": ip_address or ""})

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from audiences.access import Actor, actor_for_user
+from audiences.access import Actor, actor_for_user, with_client_ip
 
 
 def console_actor(request: HttpRequest) -> Actor | None:
@@ -14,7 +14,7 @@ def console_actor(request: HttpRequest) -> Actor | None:
     actor = actor_for_user(request.user, request.session.get("organisation_id"))
     if actor is not None and request.session.get("organisation_id") != str(actor.organisation.pk):
         request.session["organisation_id"] = str(actor.organisation.pk)
-    return actor
+    return with_client_ip(actor, request) if actor is not None else None
 
 
 class CurrentOrganisationMiddleware:

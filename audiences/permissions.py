@@ -13,7 +13,7 @@ from typing import Any
 
 from rest_framework import exceptions, permissions
 
-from audiences.access import Actor, actor_for_user
+from audiences.access import Actor, actor_for_user, with_client_ip
 from audiences.models import Role
 
 # Every member role reads; provider keys read nothing but the inbox (audiences.access.INBOX_CLIENTS).
@@ -32,7 +32,8 @@ def request_actor(request: Any) -> Actor | None:
         return None
     session = getattr(request._request, "session", None)
     organisation_id = session.get("organisation_id") if session is not None else None
-    return actor_for_user(user, organisation_id)
+    actor = actor_for_user(user, organisation_id)
+    return with_client_ip(actor, request) if actor is not None else None
 
 
 def route_roles(view: Any, method: str) -> frozenset[str]:

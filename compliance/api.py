@@ -145,7 +145,17 @@ class SuppressionViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewse
 class AuditLogSerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditLogEntry
-        fields = ["id", "occurred_at", "action", "target_type", "target_id", "target_repr", "actor_label", "details"]
+        fields = [
+            "id",
+            "occurred_at",
+            "action",
+            "target_type",
+            "target_id",
+            "target_repr",
+            "actor_label",
+            "ip_address",
+            "details",
+        ]
 
 
 AUDIT_FILTERS = [

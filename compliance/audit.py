@@ -28,5 +28,6 @@ def audit_record(
         actor_label=actor.label[:200],
         actor_user=actor.user,
         actor_api_key=actor.api_key,
+        ip_address=actor.ip or None,
         details=details or {},
     )

@@ -10,7 +10,7 @@ from django.test import Client, RequestFactory
 from audiences.contacts import contacts_upsert_rows
 from audiences.models import Contact
 from campaigns.content import links
-from compliance.models import ContactPreference, Unsubscribe
+from compliance.models import AuditLogEntry, ContactPreference, Unsubscribe
 from config.client_ip import client_ip
 
 PROXY = "10.0.0.2"
@@ -124,3 +124,17 @@ def test_without_a_trusted_proxy_every_client_behind_it_is_one_client(settings, 
         _via_proxy(ALICE).get(f"/u/bad-token-{i}")
     # The proxy is not trusted, so Bob shares Alice's address: the reason TRUSTED_PROXIES exists.
     assert _via_proxy(BOB).get(f"/u/{_token(contacts['p1'])}").status_code == 429
+
+
+@pytest.mark.django_db
+def test_the_audit_log_records_the_real_client_of_api_and_console_writes(proxied, teammate, owner):
+    via_alice = {"REMOTE_ADDR": PROXY, "HTTP_X_FORWARDED_FOR": ALICE}
+    added = teammate.api.post("/api/v1/suppressions/", {"address": "a@example.com"}, format="json", **via_alice)
+    assert added.status_code == 201
+    console = Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=BOB)
+    console.force_login(teammate.membership.user)
+    assert console.post("/compliance/suppressions/add/", {"address": "b@example.com"}).status_code == 302
+    entries = AuditLogEntry.objects.filter(action="suppression.add").order_by("id")
+    assert [e.ip_address for e in entries] == [ALICE, BOB]
+    listed = owner.api.get("/api/v1/audit-log/?action=suppression.add").data["results"]
+    assert [row["ip_address"] for row in listed] == [BOB, ALICE]
