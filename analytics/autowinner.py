@@ -126,7 +126,7 @@ class Choice:
     fallback: bool = False
 
 
-def test_share_deadline(campaign: Campaign, test_run: Run | None) -> datetime | None:
+def window_deadline(campaign: Campaign, test_run: Run | None) -> datetime | None:
     """When the test share's window ends: `experiment_window_hours` after its first message went out."""
     if test_run is None or test_run.started_sending_at is None:
         return None
@@ -146,7 +146,7 @@ def auto_winner_evaluate(campaign_id: Any, *, now: datetime | None = None) -> Ev
         test_run = Run.objects.filter(campaign=campaign, phase=Run.Phase.TEST).order_by("number").first()
         if test_run is not None and test_run.started_sending_at is None:
             return Evaluation(False, "The test share has not started sending.")
-        deadline = test_share_deadline(campaign, test_run)
+        deadline = window_deadline(campaign, test_run)
         window_over = deadline is not None and now >= deadline
         metric, level = campaign.auto_winner_metric, campaign.auto_winner_level / 100
         if deadline is not None and campaign.experiment_decide == "window_end" and not window_over:
