@@ -55,5 +55,13 @@ class IsOrganisationMember(permissions.BasePermission):
             return False
         request.actor = actor
         if actor.role not in route_roles(view, request.method):
-            raise exceptions.PermissionDenied(f"The {actor.role} role cannot do this.")
+            raise exceptions.PermissionDenied(refusal(actor.role, request.method))
         return True
+
+
+def refusal(role: str, method: str) -> str:
+    if role == Role.PROVIDER:
+        return "A provider key can only post receipts and inbound messages and use contacts' inboxes."
+    if method in permissions.SAFE_METHODS:
+        return f"The {role} role cannot read this."
+    return f"The {role} role cannot change this."

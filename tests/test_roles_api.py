@@ -150,7 +150,8 @@ def sent(teammate, django_capture_on_commit_callbacks) -> dict[str, int]:
 def test_a_complaint_receipt_takes_a_provider_key_not_an_analyst_or_compliance_key(organisation, sent):
     complaint = {"receipts": [{"message_id": sent["r0"], "status": "complained"}]}
     for role in (Role.ANALYST, Role.COMPLIANCE):
-        assert _key(organisation, role).post("/api/v1/receipts/", complaint, format="json").status_code == 403
+        refused = _key(organisation, role).post("/api/v1/receipts/", complaint, format="json")
+        assert (refused.status_code, refused.data["detail"]) == (403, f"The {role} role cannot change this.")
     assert not Suppression.objects.exists()
     response = _key(organisation, Role.PROVIDER).post("/api/v1/receipts/", complaint, format="json")
     assert (response.status_code, response.data["applied"], response.data["suppressed"]) == (200, 1, 1)
