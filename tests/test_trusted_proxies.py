@@ -4,14 +4,22 @@ POST goes through even from a client over its bad-token limit."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.test import Client, RequestFactory
+from django.utils import timezone
 
+from analytics.models import EngagementEvent
 from audiences.contacts import contacts_upsert_rows
 from audiences.models import Contact
 from campaigns.content import links
+from campaigns.models import Variant
 from compliance.models import AuditLogEntry, ContactPreference, Unsubscribe
 from config.client_ip import client_ip
+from delivery import runs, sending
+from delivery.models import Message, Run
+from tests.factories import CampaignFactory
 
 PROXY = "10.0.0.2"
 ALICE = "198.51.100.7"  # behind the proxy, trying bad tokens
@@ -138,3 +146,32 @@ def test_the_audit_log_records_the_real_client_of_api_and_console_writes(proxied
     assert [e.ip_address for e in entries] == [ALICE, BOB]
     listed = owner.api.get("/api/v1/audit-log/?action=suppression.add").data["results"]
     assert [row["ip_address"] for row in listed] == [BOB, ALICE]
+
+
+@pytest.mark.django_db
+def test_opens_are_classified_by_the_real_client(proxied, teammate, contacts, django_capture_on_commit_callbacks):
+    """Apple Mail Privacy Protection prefetches pixels from 17.0.0.0/8: seen through our proxy, that is still an
+    Apple prefetch (a machine open), not a person."""
+    campaign = CampaignFactory(
+        organisation=teammate.organisation,
+        channels=["email"],
+        variants=False,
+        audience_rules={"field": "external_id", "op": "starts_with", "value": "p"},
+        sandbox_profile={"failed": 0, "bounced": 0, "engagement": {"open": 0, "click": 0, "machine_open": 0}},
+    )
+    content = {"email": {"subject": "s", "html": "<p>x</p>"}}
+    Variant.objects.create(campaign=campaign, name="A", allocation_percent=100, content=content)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/").status_code == 200
+    run = Run.objects.get(campaign=campaign)
+    with django_capture_on_commit_callbacks(execute=False):
+        runs.run_prepare(run.pk)
+    sending.run_send_for(run.pk, seconds=60)
+    apple, person = Message.objects.filter(run=run).order_by("pk")[:2]
+    Message.objects.filter(run=run).update(sent_at=timezone.now() - timedelta(hours=1))
+    chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0"
+    for message, address in ((apple, "17.58.1.2"), (person, BOB)):
+        pixel = links.open_url(str(message.pk)).rsplit("/t/o/", 1)[1]
+        assert _via_proxy(address).get(f"/t/o/{pixel}", HTTP_USER_AGENT=chrome).status_code == 200
+    opens = EngagementEvent.objects.filter(kind="open").order_by("message_id")
+    assert [(e.message_id, e.is_machine) for e in opens] == [(apple.pk, True), (person.pk, False)]
