@@ -143,7 +143,7 @@ def audit_log(actor: Any, filters: Mapping[str, Any]) -> QuerySet[AuditLogEntry]
     return queryset.order_by("-occurred_at", "-id")
 
 
-AUDIT_CSV_HEADER = ("occurred_at", "action", "target_type", "target_id", "target", "actor", "details")
+AUDIT_CSV_HEADER = ("occurred_at", "action", "target_type", "target_id", "target", "actor", "details", "ip")
 
 
 def audit_csv_rows(queryset: QuerySet[AuditLogEntry]) -> Iterator[tuple[Any, ...]]:
@@ -156,6 +156,7 @@ def audit_csv_rows(queryset: QuerySet[AuditLogEntry]) -> Iterator[tuple[Any, ...
             entry.target_repr,
             entry.actor_label,
             json.dumps(entry.details, sort_keys=True, cls=DjangoJSONEncoder),
+            entry.ip_address or "",
         )
 
 

@@ -187,7 +187,7 @@ def test_the_audit_log_exports_formula_safe_csv(owner, history):
     response = owner.api.get("/api/v1/audit-log/export/?action=suppression.add")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(response.content.decode())))
-    assert rows[0] == ["occurred_at", "action", "target_type", "target_id", "target", "actor", "details"]
+    assert rows[0] == ["occurred_at", "action", "target_type", "target_id", "target", "actor", "details", "ip"]
     assert len(rows) == 3
     targets = {row[4] for row in rows[1:]}
     assert "'=cmd@example.com (manual)" in targets  # a cell a spreadsheet would run is quoted
