@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from campaigns.models import Campaign
 from tests.factories import CampaignFactory
@@ -92,7 +93,7 @@ def test_create_a_campaign_with_inline_errors_then_schedule_it(page, teammate):
     page.check("input[name=channels][value=sms]")
     # The audience size updates live as the audience changes.
     page.select_option("#id_include_segments", [str(segment.pk)])
-    page.wait_for_function("document.querySelector('[data-testid=estimate-count]')?.textContent.trim() === '10'")
+    expect(page.locator("[data-testid=estimate-count]").first).to_have_text("10", timeout=10_000)
     page.fill("#id_holdout_percent", "10")
     page.dispatch_event("#id_holdout_percent", "change")
     page.wait_for_selector("text=9 receive it, 1 held out")
@@ -131,7 +132,7 @@ def test_live_search_filters_the_list_without_a_reload(page, teammate):
     assert rows.count() == 3
     page.evaluate("window.__marker = 'still here'")
     page.fill("#f-search", "spring")
-    page.wait_for_function("document.querySelectorAll('[data-testid=campaign-table] tbody tr').length === 2")
+    expect(page.locator("[data-testid=campaign-table] tbody tr")).to_have_count(2, timeout=10_000)
     assert page.evaluate("window.__marker") == "still here"  # htmx swapped the results in place
     assert "search=spring" in page.url
     page.select_option("#f-ordering", "name")
@@ -192,11 +193,11 @@ def test_send_now_and_watch_the_run_progress_live(page, teammate):
     # This test process plays the worker, a batch at a time; the page updates itself (htmx polling).
     runs.run_prepare(run.pk)
     sending.run_send_batch(run.pk, batch_size=15)
-    page.wait_for_function("document.querySelector('[data-testid=run-percent]')?.textContent.trim() === '25.0%'")
+    expect(page.locator("[data-testid=run-percent]").first).to_have_text("25.0%", timeout=10_000)
     assert page.locator('[data-testid="run-1"] .stacked span.seg-delivered').count() == 1
     sending.run_send_for(run.pk, seconds=30)
     runs.run_finish_if_done(run.pk)
-    page.wait_for_function("document.querySelector('[data-testid=run-percent]')?.textContent.trim() === '100.0%'")
+    expect(page.locator("[data-testid=run-percent]").first).to_have_text("100.0%", timeout=10_000)
     page.wait_for_selector('[data-testid="run-1"][data-status="completed"]')
     assert page.locator('[data-testid="count-delivered"]').inner_text() == "60"
 
@@ -226,7 +227,7 @@ def test_report_dashboard_updates_live_as_engagement_arrives(page, teammate):
     page.goto(f"/campaigns/{campaign.pk}/")
     page.click('[data-testid="report"]')
     page.wait_for_selector('[data-metric="sent"] >> text=10')
-    assert page.locator('[data-metric="opened_unique"]').inner_text() == "0"
+    assert page.locator('[data-metric="opened_unique"]').first.inner_text() == "0"
     assert page.locator("svg").count() == 2
     message = Message.objects.filter(run=run).first()
     started = time.monotonic()
@@ -234,9 +235,7 @@ def test_report_dashboard_updates_live_as_engagement_arrives(page, teammate):
         [{"message_id": message.pk, "kind": "open", "at": timezone.now(), "dedupe": "browser-open"}]
     )
     # htmx polls every 2 s: the open shows within the 5 s the issue allows.
-    page.wait_for_function(
-        "document.querySelector('[data-metric=opened_unique]')?.textContent.trim() === '1'", timeout=5_000
-    )
+    expect(page.locator("[data-metric=opened_unique]").first).to_have_text("1", timeout=5_000)
     assert time.monotonic() - started < 5
     assert "10.0 %" in page.locator('[data-testid="live-metrics"]').inner_text()
 
