@@ -69,6 +69,8 @@ class RunSerializer(serializers.ModelSerializer):
             "waiting_since",
             "retry_at",
             "trigger",
+            # The auto-winner's test share ("test") or the winner sent to the rest ("winner"); "" otherwise.
+            "phase",
             "scheduled_for",
             "audience_count",
             "holdout_count",

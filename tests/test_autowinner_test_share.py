@@ -150,6 +150,11 @@ def test_the_winner_goes_to_exactly_the_other_80_percent(
     assert len(per_contact) == 1500 and set(per_contact.values()) == {1}
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED
+    listed = api.get(f"/api/v1/runs/?campaign={campaign.pk}").json()["results"]
+    assert sorted((r["number"], r["phase"], r["audience_count"]) for r in listed) == [
+        (1, "test", 300),
+        (2, "winner", 1200),
+    ]
 
     # At the SMTP server: 1,500 campaign mails to 1,500 addresses, A only to A's test share, and one decision mail.
     parsed = [(rcpt, BytesParser(policy=policy.default).parsebytes(raw)) for _f, rcpt, raw in smtp.messages]
