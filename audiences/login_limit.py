@@ -66,6 +66,17 @@ def lockout_response(request: HttpRequest, original_response: Any = None, creden
     return render(request, "registration/login.html", context, status=LOCKOUT_STATUS)
 
 
+def reset_on_sign_in(sender: Any, request: HttpRequest, user: Any, **_: Any) -> None:
+    """user_logged_in receiver: a successful sign-in clears that account's failures, and only those. (axes' own
+    AXES_RESET_ON_SUCCESS also clears every failure from the client's address, so anyone with an account of their
+    own could sign in to it between guesses at someone else's and never reach the limit.)"""
+    from axes.handlers.proxy import AxesProxyHandler
+
+    username = user.get_username()
+    if username:  # without one, reset_attempts would clear everyone's
+        AxesProxyHandler.reset_attempts(username=username)
+
+
 def lockout_audit(sender: Any, request: HttpRequest, username: str | None, ip_address: str | None, **_: Any) -> None:
     """axes' user_locked_out receiver: one audit entry in each organisation the account belongs to, when the
     lockout starts (axes also signals every refused attempt during it, which carries no failure count)."""

@@ -145,7 +145,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_CLIENT_IP_CALLABLE = "audiences.login_limit.axes_client_ip"
 AXES_LOCKOUT_CALLABLE = "audiences.login_limit.lockout_response"
-AXES_RESET_ON_SUCCESS = True
+AXES_RESET_ON_SUCCESS = False  # a sign-in clears only its own account's failures (audiences.login_limit)
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "campaigns:list"

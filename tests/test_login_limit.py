@@ -99,6 +99,16 @@ def test_one_client_guessing_many_accounts_is_locked_out_not_the_others_behind_i
     assert AccessAttempt.objects.filter(ip_address=ALICE).count() == 10
 
 
+def test_signing_in_to_ones_own_account_does_not_reset_the_count_for_another(teammate, owner):
+    victim, own = teammate.membership.user.username, owner.membership.user.username
+    attacker = Client()
+    assert [_sign_in(attacker, victim, f"guess-{i}").status_code for i in range(9)] == [200] * 9
+    assert _sign_in(attacker, own, PASSWORD).status_code == 302
+    attacker.logout()
+    assert _sign_in(attacker, victim, "guess-9").status_code == 429
+    assert _sign_in(Client(REMOTE_ADDR="192.0.2.99"), victim, PASSWORD).status_code == 429
+
+
 def test_a_few_typos_then_the_right_password_signs_in_and_start_the_count_again(teammate):
     username = teammate.membership.user.username
     browser = Client()
