@@ -276,6 +276,18 @@ def _snapshot(campaign: Campaign) -> dict[str, Any]:
             campaign.quiet_hours_policy,
         ],
         "frequency_limit": campaign.frequency_limit,
+        "experiment": {
+            "auto_winner": [
+                campaign.auto_winner_enabled,
+                campaign.auto_winner_metric,
+                campaign.auto_winner_level,
+                campaign.auto_winner_min_sample,
+            ],
+            "test_percent": campaign.experiment_test_percent,
+            "window_hours": campaign.experiment_window_hours,
+            "decide": campaign.experiment_decide,
+            "fallback": [campaign.experiment_fallback, campaign.experiment_fallback_variant],
+        },
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from campaigns.models import Campaign
+from compliance.models import AuditLogEntry
 from delivery.models import Run
 from tests.factories import CampaignFactory, console_client
 
@@ -39,6 +40,9 @@ def test_the_api_takes_and_returns_the_settings(teammate):
         "best_observed",
         6,
     )
+    update = AuditLogEntry.objects.get(action="campaign.update", target_id=str(campaign.pk))
+    assert update.details["changed"]["experiment"]["to"]["test_percent"] == 10
+    assert update.details["changed"]["experiment"]["from"]["fallback"] == ["variant", "B"]
 
 
 @pytest.mark.parametrize(
