@@ -22,7 +22,7 @@ from django.urls import reverse
 from audiences.access import system_actor, with_client_ip
 from audiences.models import Membership
 from compliance.audit import audit_record
-from config.client_ip import UNKNOWN, client_ip
+from config.client_ip import UNKNOWN, client_network
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ LOCKOUT_STATUS = 429
 
 
 def axes_client_ip(request: HttpRequest) -> str | None:
-    """AXES_CLIENT_IP_CALLABLE: the client's address, None when the server gave none (axes stores an IP field)."""
-    address = client_ip(request)
+    """AXES_CLIENT_IP_CALLABLE: the client as limits count it (an IPv6 client by its /64), None when the server gave
+    no address (axes stores an IP field)."""
+    address = client_network(request)
     return None if address == UNKNOWN else address
 
 

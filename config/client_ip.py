@@ -51,6 +51,16 @@ def _trusted(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     return any(address in network for network in networks)
 
 
+def client_network(request: HttpRequest) -> str:
+    """The client as limits count it: its IPv4 address, or the /64 an IPv6 address is in (one subscriber's share,
+    whose 2^64 addresses would otherwise each get a fresh budget)."""
+    address = client_ip(request)
+    parsed = parse_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False).network_address)
+    return address
+
+
 def client_ip(request: HttpRequest) -> str:
     """The client's address as text ("unknown" when the server gave none)."""
     remote = parse_address(request.META.get("REMOTE_ADDR", "") or "")

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_http_methods
 from audiences.throttling import window_count
 from compliance import services as compliance
 from compliance.models import Unsubscribe
-from config.client_ip import client_ip
+from config.client_ip import client_network
 from delivery import consent
 
 REASONS = [
@@ -40,7 +40,7 @@ REASON_LABELS = dict(REASONS)
 
 
 def _limited(request: HttpRequest) -> HttpResponse | None:
-    ip = client_ip(request)
+    ip = client_network(request)
     used, limit, reset = window_count(f"recipient:{ip}", settings.RECIPIENT_LINK_RATE_LIMIT)
     failures, failure_limit, failure_reset = window_count(
         f"recipient-bad:{ip}", settings.RECIPIENT_LINK_FAILURE_LIMIT, add=0
@@ -54,7 +54,7 @@ def _limited(request: HttpRequest) -> HttpResponse | None:
 
 
 def _neutral(request: HttpRequest) -> HttpResponse:
-    window_count(f"recipient-bad:{client_ip(request)}", settings.RECIPIENT_LINK_FAILURE_LIMIT)
+    window_count(f"recipient-bad:{client_network(request)}", settings.RECIPIENT_LINK_FAILURE_LIMIT)
     return render(request, "compliance/public/neutral.html", {})
 
 

@@ -16,7 +16,7 @@ from audiences.models import Contact
 from campaigns.content import links
 from campaigns.models import Variant
 from compliance.models import AuditLogEntry, ContactPreference, Unsubscribe
-from config.client_ip import client_ip
+from config.client_ip import client_ip, client_network
 from delivery import runs, sending
 from delivery.models import Message, Run
 from tests.factories import CampaignFactory
@@ -64,6 +64,24 @@ def _ip(remote_addr: str, forwarded_for: str | None = None) -> str:
 )
 def test_client_ip(proxied, remote_addr, forwarded_for, expected):
     assert _ip(remote_addr, forwarded_for) == expected
+
+
+def test_limits_count_an_ipv6_client_by_its_slash_64(proxied):
+    def network(forwarded_for: str) -> str:
+        return client_network(RequestFactory().get("/", REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=forwarded_for))
+
+    assert network("2001:db8:1:2::5") == network("2001:db8:1:2:ffff::9") == "2001:db8:1:2::"
+    assert network("2001:db8:1:3::5") == "2001:db8:1:3::"
+    assert network(ALICE) == ALICE
+
+
+@pytest.mark.django_db
+def test_rotating_ipv6_addresses_within_a_slash_64_does_not_reset_the_bad_token_count(proxied, settings, contacts):
+    settings.RECIPIENT_LINK_FAILURE_LIMIT = "3/600"
+    for i in range(3):
+        assert _via_proxy(f"2001:db8:1:2::{i + 1}").get(f"/u/bad-token-{i}").status_code == 200
+    assert _via_proxy("2001:db8:1:2::99").get(f"/u/{_token(contacts['p0'])}").status_code == 429
+    assert _via_proxy("2001:db8:1:3::1").get(f"/u/{_token(contacts['p0'])}").status_code == 200
 
 
 def test_without_trusted_proxies_the_header_is_never_believed(settings):
