@@ -24,8 +24,10 @@ def django_validation_error_detail(exc: DjangoValidationError) -> dict[str, Any]
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     response = _error_response(exc, context)
     rid = request_id()
-    if response is not None and rid and isinstance(response.data, dict):
-        # The id of the log lines that tell this request's story (config.logs), for the client's bug report.
+    if response is not None and rid and isinstance(response.data, dict) and "detail" in response.data:
+        # The id of the log lines that tell this request's story (config.logs), for the client's bug report. Only in
+        # error objects ({"detail": …}): a validation error's body maps fields to messages, where a request_id key
+        # could be a field's; those carry the id in the X-Request-ID header, as every response does.
         response.data["request_id"] = rid
     return response
 

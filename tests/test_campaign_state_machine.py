@@ -107,10 +107,7 @@ def test_schedule_needs_a_time_at_least_five_minutes_ahead(teammate):
         url, {"scheduled_at": (timezone.now() + timedelta(minutes=4)).isoformat()}, format="json"
     )
     assert too_soon.status_code == 400
-    assert too_soon.data == {
-        "scheduled_at": ["The scheduled time must be at least 5 minutes in the future."],
-        "request_id": too_soon["X-Request-ID"],
-    }
+    assert too_soon.data == {"scheduled_at": ["The scheduled time must be at least 5 minutes in the future."]}
     past = teammate.api.post(url, {"scheduled_at": "2020-01-01T00:00:00Z"}, format="json")
     assert past.status_code == 400
     campaign.refresh_from_db()

@@ -302,10 +302,7 @@ def test_a_preview_of_a_costly_render_is_a_400_with_the_reason(teammate):
     contacts = dict(Contact.objects.filter(organisation=teammate.organisation).values_list("external_id", "pk"))
     evil = teammate.api.post(url, {"channel": "sms", "contact_id": contacts["evil"]}, format="json")
     assert evil.status_code == 400
-    assert evil.data == {
-        "content": ["Macros and loops call themselves at most 20 deep."],
-        "request_id": evil["X-Request-ID"],
-    }
+    assert evil.data == {"content": ["Macros and loops call themselves at most 20 deep."]}
     fine = teammate.api.post(url, {"channel": "sms", "contact_id": contacts["fine"]}, format="json")
     assert fine.status_code == 200, fine.data
     assert fine.data["rendered"]["body"] == "Hi F"
