@@ -1,11 +1,12 @@
 """Fan-out of a 1M-contact audience into message rows.
 
-    .venv/bin/python bench/fanout.py        # after bench/audiences.py has loaded its contacts
+    .venv/bin/python bench/fanout.py [--global-control 10]   # after bench/audiences.py has loaded its contacts
 
 Uses the bench database and the organisation bench/audiences.py fills. The campaign sends email to everyone
 with an email address (all of them) through two variants (45/45) and a 10 % control, with a 10 % holdout; the
 fan-out is the production path (delivery.fanout.run_fan_out): audience resolution into a staging table, counts of
-exclusions, then one INSERT … SELECT with the variant hash, holdout and control decided in SQL.
+exclusions, then one INSERT … SELECT with the variant hash, holdout and control decided in SQL. With
+--global-control P the organisation's global control group (P %) is left out first, for the run only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--global-control", type=float, default=0, help="the organisation's global control share, %%")
+    args = parser.parse_args()
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/campaign_service")
     parts = urlsplit(base)
     os.environ["DATABASE_URL"] = parts._replace(
@@ -56,15 +62,18 @@ def main() -> None:
             {"name": "Control", "allocation_percent": 10, "is_control": True},
         ],
     )
+    share = organisation.global_control_percent
+    Organisation.objects.filter(pk=organisation.pk).update(global_control_percent=args.global_control)
     run = run_create(campaign=campaign)
     started = time.perf_counter()
     run = run_fan_out(run.pk)
     elapsed = time.perf_counter() - started
+    Organisation.objects.filter(pk=organisation.pk).update(global_control_percent=share)
     print(f"contacts in organisation: {contacts:,}")
     print(
         f"fan-out: {run.audience_count:,} recipients -> {Message.objects.filter(run=run).count():,} message rows "
         f"({run.message_count:,} queued, {run.holdout_count:,} holdout, {run.control_count:,} control) "
-        f"in {elapsed:.2f}s = {run.audience_count / elapsed:,.0f} recipients/s"
+        f"in {elapsed:.2f}s = {run.audience_count / elapsed:,.0f} recipients/s; excluded {run.excluded}"
     )
     with connection.cursor() as cursor:  # leave the bench database as it was
         cursor.execute("DELETE FROM delivery_message WHERE run_id = %s", [str(run.pk)])
