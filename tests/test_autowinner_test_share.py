@@ -264,3 +264,43 @@ def test_the_one_look_at_the_windows_end_waits_for_it_then_names_the_significant
         assert decision.method.startswith("chi-square 2x2") and decision.numbers["p_adjusted"][1] < 0.05
         winner_run = _send_run(decided.winner_run_id)
     assert _per_variant(winner_run) == {"B": 300}
+
+
+def test_a_decision_while_the_test_share_still_sends_moves_its_queue_and_waits_for_both_runs(
+    owner, django_capture_on_commit_callbacks
+):
+    api = _api_client(owner, key_creator=owner)
+    campaign = _campaign_over_the_api(api, owner, contacts=1000, experiment_test_percent=40)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/").status_code == 200
+        test_run = Run.objects.get(campaign=campaign)
+        runs.run_prepare(test_run.pk)
+        sent = 0
+        while sent < 320:  # of 400: a throttled test share, still sending at the decision
+            sent += sending.run_send_batch(test_run.pk, batch_size=40).claimed
+    clicks = []
+    for name, share in (("A", 0.05), ("B", 0.8)):
+        messages = list(Message.objects.filter(run=test_run, variant__name=name, status="delivered").order_by("id"))
+        clicks += [
+            {"message_id": m.pk, "kind": "click", "dedupe": f"click:{m.pk}"}
+            for m in messages[: int(len(messages) * share)]
+        ]
+    services.engagement_record_many(clicks)
+    queued_a = Message.objects.filter(run=test_run, variant__name="A", status="queued").count()
+    delivered_a = Message.objects.filter(run=test_run, variant__name="A", status="delivered").count()
+    assert queued_a > 10
+
+    with django_capture_on_commit_callbacks(execute=False):
+        decided = autowinner.auto_winner_evaluate(campaign.pk)
+        assert decided.decided and decided.messages_switched == queued_a
+        winner_run = _send_run(decided.winner_run_id)
+        campaign.refresh_from_db()
+        assert campaign.status == CampaignStatus.RUNNING  # the test share is still sending
+        test_run = _send_run(test_run.pk)
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.COMPLETED
+    assert _per_variant(winner_run) == {"B": 600}
+    # A went only to those it had reached before the decision; the rest of the test share got B.
+    assert _per_variant(test_run) == {"A": delivered_a, "B": 400 - delivered_a}
+    per_contact = Counter(Message.objects.filter(run__campaign=campaign).values_list("contact_id", flat=True))
+    assert len(per_contact) == 1000 and set(per_contact.values()) == {1}
