@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from audiences.access import Actor, system_actor
@@ -456,7 +456,13 @@ def run_prepare(run_id: Any) -> Run | None:
             raise
     now = timezone.now()
     if Run.objects.filter(pk=run_id, status=S.READY).update(
-        status=S.SENDING, started_sending_at=now, last_progress_at=now, waiting_since=None, retry_at=None
+        status=S.SENDING,
+        started_sending_at=now,
+        last_progress_at=now,
+        # A run that waited for its audience service says so no more.
+        status_reason=Case(When(waiting_since__isnull=False, then=Value("")), default=F("status_reason")),
+        waiting_since=None,
+        retry_at=None,
     ):
         with transaction.atomic():
             run_kick(run_id)

@@ -183,7 +183,7 @@ def test_a_run_waits_for_the_audience_service_and_starts_when_it_answers(
     with django_capture_on_commit_callbacks(execute=False):
         runs.run_prepare(run.pk)
     run.refresh_from_db()
-    assert (run.status, run.waiting_since, run.retry_at) == ("sending", None, None)
+    assert (run.status, run.status_reason, run.waiting_since, run.retry_at) == ("sending", "", None, None)
     assert sorted(Message.objects.filter(run=run).values_list("contact__external_id", flat=True)) == ["a", "b"]
 
 
