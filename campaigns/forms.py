@@ -4,11 +4,22 @@ from typing import Any
 from uuid import UUID
 
 from django import forms
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 
+from audiences.access import Actor
+from audiences.adapters import AdapterError
 from audiences.models import Organisation, Segment
+from audiences.services import prebuilt_segments, segment_add_prebuilt
 from campaigns.models import AudienceCombine, CampaignType, Channel
 from campaigns.services import validate_seed_phones
+
+PREBUILT_PREFIX = "isa:"
+
+
+def prebuilt_label(item: dict[str, Any]) -> str:
+    size = f"{item['size']:,} contacts" if item.get("size") is not None else "size unknown"
+    updated = f", updated {str(item['updated_at'])[:10]}" if item.get("updated_at") else ""
+    return f"{item['name']} (isA_Data: {size}{updated})"
 
 
 class CampaignForm(forms.Form):
@@ -222,18 +233,63 @@ class CampaignForm(forms.Form):
 
     AUDIENCE_FIELDS = ("include_segments", "audience_combine", "audience_rules", "exclude_segments", "holdout_percent")
 
-    def __init__(self, *args: Any, organisation: Organisation, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        organisation: Organisation,
+        actor: Actor | None = None,
+        prebuilt: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        choices = [
+        self.actor = actor
+        choices: list[Any] = [
             (str(pk), name)
             for pk, name in Segment.objects.filter(organisation=organisation).order_by("name").values_list("pk", "name")
         ]
-        self.fields["include_segments"].choices = choices
-        self.fields["exclude_segments"].choices = choices
+        self.fields["exclude_segments"].choices = list(choices)
+        # The audience service's pre-built segments not picked yet (AC-003.1), offered beside ours on the form's
+        # page ("isa:<id>"); one chosen is picked when the form is cleaned (audiences.services.segment_add_prebuilt).
+        self.prebuilt_problem = ""
+        offered: list[tuple[str, str]] = []
+        if prebuilt:
+            try:
+                offered = [
+                    (f"{PREBUILT_PREFIX}{item['id']}", prebuilt_label(item))
+                    for item in prebuilt_segments(organisation)
+                    if item["segment"] is None
+                ]
+            except AdapterError as exc:
+                self.prebuilt_problem = f"The audience service's pre-built segments cannot be listed now: {exc}"
+        posted = self.data.getlist(self.add_prefix("include_segments")) if hasattr(self.data, "getlist") else []
+        known = {value for value, _ in offered}
+        offered += [
+            (v, v.removeprefix(PREBUILT_PREFIX)) for v in posted if v.startswith(PREBUILT_PREFIX) and v not in known
+        ]
+        self.fields["include_segments"].choices = (
+            [*choices, ("isA_Data pre-built segments", offered)] if offered else choices
+        )
         for name, field in self.fields.items():
             if isinstance(field.widget, (forms.TextInput, forms.Textarea, forms.NumberInput, forms.DateTimeInput)):
                 field.widget.attrs.setdefault("class", "input")
             field.widget.attrs.setdefault("aria-describedby", f"{name}-help")
+
+    def clean_include_segments(self) -> list[str]:
+        chosen = []
+        for value in self.cleaned_data.get("include_segments") or []:
+            if not value.startswith(PREBUILT_PREFIX):
+                chosen.append(value)
+                continue
+            if self.actor is None:
+                raise ValidationError("Pre-built segments are picked on the campaign's page.")
+            try:
+                segment, _ = segment_add_prebuilt(actor=self.actor, external_segment_id=value[len(PREBUILT_PREFIX) :])
+            except AdapterError as exc:
+                raise ValidationError(f"The audience service is unavailable: {exc}") from exc
+            except PermissionDenied as exc:
+                raise ValidationError("Your role cannot add segments.") from exc
+            chosen.append(str(segment.pk))
+        return chosen
 
     def clean_seed_emails(self) -> list[str]:
         raw = self.cleaned_data.get("seed_emails") or ""

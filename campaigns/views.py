@@ -14,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from audiences.access import can_write_campaigns
+from audiences.adapters import AdapterError
 from audiences.decorators import member_required
 from audiences.models import EventType, Segment
 from audiences.rules import RuleError
@@ -132,7 +133,9 @@ def _event_types(request: HttpRequest) -> list[str]:
 def campaign_create_view(request: HttpRequest) -> HttpResponse:
     if not can_write_campaigns(request.actor):
         raise PermissionDenied
-    form = CampaignForm(request.POST or None, organisation=request.actor.organisation)
+    form = CampaignForm(
+        request.POST or None, organisation=request.actor.organisation, actor=request.actor, prebuilt=True
+    )
     if request.method == "POST" and form.is_valid():
         try:
             campaign = services.campaign_create(actor=request.actor, **form.campaign_data())
@@ -154,7 +157,13 @@ def campaign_edit_view(request: HttpRequest, campaign_id: Any) -> HttpResponse:
     campaign = get_campaign_or_404(request, campaign_id)
     if not can_write_campaigns(request.actor):
         raise PermissionDenied
-    form = CampaignForm(request.POST or None, initial=_form_initial(campaign), organisation=request.actor.organisation)
+    form = CampaignForm(
+        request.POST or None,
+        initial=_form_initial(campaign),
+        organisation=request.actor.organisation,
+        actor=request.actor,
+        prebuilt=True,
+    )
     if request.method == "POST" and form.is_valid():
         data = form.campaign_data()
         audience = data.pop("audience")
@@ -378,7 +387,7 @@ def campaign_restore_view(request: HttpRequest, campaign_id: Any) -> HttpRespons
 @member_required
 def audience_estimate_view(request: HttpRequest) -> HttpResponse:
     """Live size of the audience being edited in the campaign form (htmx, as the marketer changes it)."""
-    form = CampaignForm(request.POST, organisation=request.actor.organisation)
+    form = CampaignForm(request.POST, organisation=request.actor.organisation, actor=request.actor)
     form.is_valid()  # only the audience fields matter here; others may still be incomplete
     problems: list[str] = []
     result = None
@@ -392,4 +401,6 @@ def audience_estimate_view(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             for errors in exc.message_dict.values():
                 problems.extend(errors)
+        except AdapterError as exc:  # an external segment's service is down: say so, not a 500
+            problems.append(f"The audience service is unavailable: {exc}")
     return render(request, "campaigns/_estimate.html", {"estimate": result, "problems": problems})

@@ -273,3 +273,27 @@ def test_the_pre_built_list_with_the_service_down(service, teammate, mode):
     page = client.get("/segments/").content.decode()
     assert 'data-testid="prebuilt-problem"' in page
     assert "its pre-built segments cannot be listed: " + REASONS[mode].split(":")[0] in page
+
+
+def test_the_campaign_forms_segment_picker_offers_and_picks_pre_built_segments(service, teammate, contacts):
+    client = Client()
+    client.force_login(teammate.membership.user)
+    form = client.get("/campaigns/new/").content.decode()
+    assert '<optgroup label="isA_Data pre-built segments">' in form
+    assert '<option value="isa:vip">VIP buyers (isA_Data: 2 contacts, updated 2026-12-01)</option>' in form
+    created = client.post(
+        "/campaigns/new/",
+        {"name": "VIPs", "type": "scheduled", "channels": ["email"], "include_segments": ["isa:vip"]},
+    )
+    assert created.status_code == 302, created.content.decode()[:2000]
+    campaign = Campaign.objects.get(name="VIPs")
+    (link,) = campaign.segment_links.select_related("segment")
+    assert (link.role, link.segment.external_segment_id, link.segment.name) == ("include", "vip", "VIP buyers")
+    # Picked, it is one of our segments now; with the service down the form says so and still works.
+    service.mode = "503"
+    down = client.get("/campaigns/new/")
+    assert down.status_code == 200
+    page = html.unescape(down.content.decode())
+    assert 'data-testid="prebuilt-problem"' in page
+    assert f"pre-built segments cannot be listed now: {REASONS['503']}" in page
+    assert f'<option value="{link.segment_id}">VIP buyers</option>' in page
