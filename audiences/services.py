@@ -547,8 +547,9 @@ def prebuilt_segments(organisation: Organisation) -> list[dict[str, Any]]:
     references it, if any (None: not picked yet). AdapterError when the service fails."""
     listed = segment_query_provider().segments(organisation)
     ours = dict(
-        Segment.objects.filter(organisation=organisation, external_segment_id__in=[item.id for item in listed])
-        .values_list("external_segment_id", "pk")
+        Segment.objects.filter(
+            organisation=organisation, external_segment_id__in=[item.id for item in listed]
+        ).values_list("external_segment_id", "pk")
     )
     return [{**item.as_dict(), "segment": str(ours[item.id]) if item.id in ours else None} for item in listed]
 

@@ -8,9 +8,7 @@ class Migration(migrations.Migration):
     dependencies = [("delivery", "0017_scheduled_engagement")]
 
     operations: list[migrations.operations.base.Operation] = [
-        migrations.AddField(
-            model_name="run", name="waiting_since", field=models.DateTimeField(blank=True, null=True)
-        ),
+        migrations.AddField(model_name="run", name="waiting_since", field=models.DateTimeField(blank=True, null=True)),
         migrations.AddField(model_name="run", name="retry_at", field=models.DateTimeField(blank=True, null=True)),
         migrations.AddField(
             model_name="run",
