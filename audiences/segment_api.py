@@ -353,9 +353,7 @@ class SegmentViewSet(viewsets.ModelViewSet):
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
-    @extend_schema(
-        request=RulesSerializer, parameters=[OpenApiParameter("exact", bool)], responses=OpenApiTypes.OBJECT
-    )
+    @extend_schema(request=RulesSerializer, parameters=[OpenApiParameter("exact", bool)], responses=OpenApiTypes.OBJECT)
     @action(detail=False, methods=["post"], url_path="estimate")
     def estimate_rules(self, request: Request) -> Response:
         """Size of an unsaved rule tree (what the console's builder calls as rules change). Invalid rules are a 400
