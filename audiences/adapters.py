@@ -152,9 +152,6 @@ class HttpUserProfiles:
         asked = set(external_ids)
         return {user["external_id"]: user for user in users if user["external_id"] in asked}
 
-    def profile(self, organisation: Organisation, external_id: str) -> dict[str, Any] | None:
-        return self.profiles(organisation, [external_id]).get(external_id)
-
 
 def user_profile_provider() -> UserProfileProvider:
     if settings.USER_360_URL:
