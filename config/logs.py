@@ -194,6 +194,7 @@ def sentry_init(dsn: str, *, environment: str, traces_sample_rate: float) -> Non
     """Error tracking (sentry-sdk's Django, Celery and logging integrations, found by the SDK itself): unhandled
     exceptions and ERROR log lines, with the request id as a tag. Never contacts' personal data."""
     import sentry_sdk
+    from sentry_sdk.integrations.logging import LoggingIntegration
 
     def tag_request_id(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         ids = log_context()
@@ -205,6 +206,9 @@ def sentry_init(dsn: str, *, environment: str, traces_sample_rate: float) -> Non
         dsn=dsn,
         environment=environment or None,
         traces_sample_rate=traces_sample_rate,
-        send_default_pii=False,
+        # No user details (emails, IPs) and no request bodies (contacts' data, API keys in payloads).
+        data_collection={"user_info": False, "http_bodies": []},
         before_send=tag_request_id,
+        # ERROR lines are events (the engine logs what it recovers from at WARNING); INFO lines are breadcrumbs.
+        integrations=[LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
     )

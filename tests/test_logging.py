@@ -4,6 +4,7 @@ were written for, without the pump's per-tick chatter."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -13,7 +14,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -137,3 +141,70 @@ def test_a_workers_engine_lines_carry_run_and_campaign_and_the_pump_is_quiet(
     prepared = [line for line in lines if "run_prepare_task" in line["message"] and "succeeded" in line["message"]]
     assert [(line["run_id"], line["campaign_id"]) for line in prepared] == [(str(run.pk), str(campaign.pk))]
     assert [line for line in lines if "delivery_pump_task" in line["message"]] == []
+
+
+class _Envelopes(BaseHTTPRequestHandler):
+    """A Sentry-compatible ingestion endpoint: keeps every envelope posted to it, decompressed."""
+
+    received: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        encoding = self.headers.get("Content-Encoding", "")
+        if encoding == "gzip":
+            body = gzip.decompress(body)
+        elif encoding == "br":
+            import brotli
+
+            body = brotli.decompress(body)
+        self.received.append(body)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+SENTRY_SCRIPT = """
+import logging, django, sentry_sdk
+django.setup()
+print("active", sentry_sdk.get_client().is_active())
+logging.getLogger("ops.check").error("the sentry check")
+sentry_sdk.flush(10)
+"""
+
+
+@pytest.mark.parametrize("dsn_set", [True, False])
+def test_errors_reach_sentry_only_when_a_dsn_is_set(settings, dsn_set):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Envelopes)
+    _Envelopes.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL}
+    env.pop("SENTRY_DSN", None)
+    if dsn_set:
+        env["SENTRY_DSN"] = f"http://public@127.0.0.1:{server.server_port}/42"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", SENTRY_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert f"active {dsn_set}" in result.stdout
+    events = [item for body in _Envelopes.received for item in _envelope_items(body) if item.get("level") == "error"]
+    messages = [event.get("logentry", {}).get("message") for event in events]
+    assert messages == (["the sentry check"] if dsn_set else [])
+
+
+def _envelope_items(body: bytes) -> list[dict]:
+    """The JSON objects of a Sentry envelope (a header line, then item headers and payloads, one a line)."""
+    items = []
+    for line in body.split(b"\n"):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            items.append(item)
+    return items
