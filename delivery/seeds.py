@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audiences.adapters import template_profile
+from audiences.adapters import AdapterError, template_profile
 from audiences.models import Contact
 from campaigns.content.preview import SAMPLE_PROFILE, message_context
 from campaigns.content.render import render_message
@@ -183,7 +183,13 @@ def run_seed_copies_send(run_id: Any, *, now: Any = None) -> int:
                     seed.status, seed.error = SeedSend.Status.FAILED, "the variant no longer exists"
                     seed.save(update_fields=["status", "error"])
                 continue
-            context = message_context(campaign, _copy_profile(run, variant, channel), "0", f"seed-{first.pk}")
+            try:
+                profile = _copy_profile(run, variant, channel)
+            except AdapterError as exc:  # user_360 failing: each copy waits for a retry with the reason
+                for seed in group:
+                    _settle(seed, Outcome(-seed.pk, "retry", "", str(exc)))
+                continue
+            context = message_context(campaign, profile, "0", f"seed-{first.pk}")
             try:
                 payload = render_message(channel, variant.content.get(channel, {}), context)
             except TemplateProblem as exc:

@@ -12,9 +12,10 @@ from django.utils import timezone
 from audiences.adapters import AdapterError, HttpUserProfiles, enriched_profile
 from audiences.contacts import contacts_upsert_rows
 from audiences.models import Contact
-from delivery import runs, sending
+from campaigns.models import Campaign
+from delivery import runs, seeds, sending
 from delivery.backends import Outcome, reset_backends
-from delivery.models import Message, Run
+from delivery.models import Message, Run, SeedSend
 from tests.fake_isa import FakeService, default_profile
 
 pytestmark = pytest.mark.django_db
@@ -224,3 +225,22 @@ def test_the_preview_calls_user_360_like_a_send(user_360, teammate, organisation
         "The contact's user_360 profile could not be read: user_360 answered 503: "
         '{"detail": "user_360 is down for maintenance"}'
     ]
+
+
+def test_seed_copies_wait_for_user_360_with_the_reason(
+    user_360, provider, teammate, organisation, django_capture_on_commit_callbacks
+):
+    _contacts(organisation)
+    run = _send(teammate, django_capture_on_commit_callbacks)
+    Campaign.objects.filter(pk=run.campaign_id).update(seed_emails=["seed@acme.example"], seed_copy_every_send=True)
+    run.refresh_from_db()
+    assert seeds.run_seed_copies_plan(run) == 1
+    user_360.mode = "503"
+    assert seeds.run_seed_copies_send(run.pk) == 0
+    (copy,) = SeedSend.objects.filter(run=run, kind="copy")
+    assert (copy.status, copy.attempts) == ("queued", 1)
+    assert copy.error == 'user_360 answered 503: {"detail": "user_360 is down for maintenance"}'
+    user_360.mode = "ok"
+    SeedSend.objects.filter(pk=copy.pk).update(next_attempt_at=timezone.now())
+    assert seeds.run_seed_copies_send(run.pk) == 1
+    assert [(c, a) for c, a, _ in provider.sent if a == "seed@acme.example"] == [("email", "seed@acme.example")]
