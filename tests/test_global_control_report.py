@@ -150,6 +150,7 @@ def test_the_figures_match_scipy_to_the_last_digits(owner, scenario):
 
 
 def test_off_it_says_so_and_nobody_is_in_control(owner):
+    assert f'href="{PAGE}"' in owner.client.get("/analytics/").content.decode()  # linked from Analytics
     contacts_upsert_rows(organisation=owner.organisation, rows=[{"external_id": "a", "email": "a@example.com"}])
     html = owner.client.get(PAGE).content.decode()
     assert 'data-testid="off"' in html
