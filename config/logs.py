@@ -158,16 +158,28 @@ def unbind_task_context(task_id: str, **kwargs: Any) -> None:
             _log_context.set(None)
 
 
+_ID_FIELDS = ("request_id", "task", "task_id", "run_id", "campaign_id", "organisation_id", "import_id")
+
+
+class TextFormatter(logging.Formatter):
+    """A terminal's line: time, level, logger, message, then the bound ids (`run_id=…`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = " ".join(f"{key}={getattr(record, key)}" for key in _ID_FIELDS if hasattr(record, key))
+        return f"{line} [{ids}]" if ids else line
+
+
 def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
     """settings.LOGGING: JSON lines (fmt "json") or plain text ("text", for a terminal), with the bound ids."""
     formatters = {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-            "timestamp": False,
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601 in UTC, to the microsecond
         },
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "config.logs.TextFormatter", "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     }
     return {
         "version": 1,
