@@ -64,6 +64,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so every log line of the request, and every request, is counted and carries its id.
+    "config.logs.RequestIdMiddleware",
+    "config.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Right after SecurityMiddleware (its redirect and headers apply to static files too), before everything that
     # would touch the session or the database for a stylesheet.
@@ -74,9 +77,6 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # First, so every log line of the request, and every request, is counted and carries its id.
-    "config.logs.RequestIdMiddleware",
-    "config.metrics.RequestMetricsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "audiences.middleware.CurrentOrganisationMiddleware",
