@@ -38,7 +38,7 @@ def service(settings) -> Iterator[FakeService]:
         fake.query_ids = ["a", "b"]
         fake.segments = {"vip": {"name": "VIP buyers", "members": ["b", "c"], "updated_at": "2026-12-01T09:00:00Z"}}
         settings.INTELLIGENT_QUERY_URL = fake.url
-        settings.EXTERNAL_HTTP_TIMEOUT = 0.5
+        settings.EXTERNAL_HTTP_TIMEOUT = 0.3
         yield fake
 
 
@@ -77,7 +77,7 @@ def _external_segment(persona) -> str:
 
 def test_ok_follows_pages_and_lists_segments(service, organisation):
     service.query_ids, service.page_size = ["a", "b", "c"], 2
-    client = HttpSegmentQuery(service.url, timeout=0.5)
+    client = HttpSegmentQuery(service.url, timeout=0.3)
     assert list(client.resolve(organisation, "q")) == ["a", "b", "c"]
     assert list(client.resolve_segment(organisation, "vip")) == ["b", "c"]
     assert [s.as_dict() for s in client.segments(organisation)] == [
@@ -89,7 +89,7 @@ def test_ok_follows_pages_and_lists_segments(service, organisation):
 @pytest.mark.parametrize("mode", MODES)
 def test_each_failure_is_an_adapter_error_saying_which(service, organisation, mode):
     _break(service, mode)
-    client = HttpSegmentQuery(service.url, timeout=0.5)
+    client = HttpSegmentQuery(service.url, timeout=0.3)
     for call in (lambda: list(client.resolve(organisation, "q")), lambda: client.segments(organisation)):
         with pytest.raises(AdapterError) as failure:
             call()

@@ -36,7 +36,7 @@ def creative(settings) -> Iterator[FakeService]:
     with FakeService("isa_creative") as fake:
         fake.templates = {"spring": SPRING}
         settings.ISA_CREATIVE_URL = fake.url
-        settings.EXTERNAL_HTTP_TIMEOUT = 0.5
+        settings.EXTERNAL_HTTP_TIMEOUT = 0.3
         yield fake
 
 
@@ -57,10 +57,10 @@ def _break(fake: FakeService, mode: str) -> str:
 
 @pytest.mark.parametrize("mode", ["503", "hang", "malformed"])
 def test_the_adapter_names_each_failure(creative, organisation, mode):
-    assert [t["id"] for t in HttpLibrary(creative.url, timeout=0.5).list(organisation)] == ["spring"]
+    assert [t["id"] for t in HttpLibrary(creative.url, timeout=0.3).list(organisation)] == ["spring"]
     creative.mode = mode
     with pytest.raises(AdapterError) as failure:
-        HttpLibrary(creative.url, timeout=0.5).list(organisation)
+        HttpLibrary(creative.url, timeout=0.3).list(organisation)
     assert str(failure.value) == REASONS[mode]
 
 
@@ -68,7 +68,7 @@ def test_a_document_without_templates_is_an_error_not_an_empty_library(creative,
     creative.mode = "ok"
     creative.answer = lambda method, path, body: (200, {"items": []})  # type: ignore[method-assign]
     with pytest.raises(AdapterError, match=r"something other than a \{\"templates\": \[\.\.\.\]\} document"):
-        HttpLibrary(creative.url, timeout=0.5).list(organisation)
+        HttpLibrary(creative.url, timeout=0.3).list(organisation)
 
 
 @pytest.mark.parametrize("mode", ["503", "hang", "refused", "malformed"])

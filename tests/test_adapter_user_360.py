@@ -37,7 +37,7 @@ class RecordingProvider:
 def user_360(settings) -> Iterator[FakeService]:
     with FakeService("user_360") as fake:
         settings.USER_360_URL = fake.url
-        settings.EXTERNAL_HTTP_TIMEOUT = 0.5
+        settings.EXTERNAL_HTTP_TIMEOUT = 0.3
         yield fake
 
 
@@ -90,7 +90,7 @@ def _send(teammate, django_capture_on_commit_callbacks) -> Run:
 
 def test_ok_is_one_request_for_a_batch_and_unknown_users_are_left_out(user_360, organisation):
     user_360.profiles = {"u/1": {"external_id": "u/1", "loyalty": {"tier": "gold"}}}
-    client = HttpUserProfiles(user_360.url, timeout=0.5)
+    client = HttpUserProfiles(user_360.url, timeout=0.3)
     assert client.profiles(organisation, ["u/1", "nobody", "u/1"]) == {
         "u/1": {"external_id": "u/1", "loyalty": {"tier": "gold"}}
     }
@@ -108,14 +108,14 @@ def test_ok_is_one_request_for_a_batch_and_unknown_users_are_left_out(user_360, 
 def test_failures_are_adapter_errors_saying_what_happened(user_360, organisation, mode, message, transient):
     user_360.mode = mode
     with pytest.raises(AdapterError) as failure:
-        HttpUserProfiles(user_360.url, timeout=0.5).profiles(organisation, ["ann"])
+        HttpUserProfiles(user_360.url, timeout=0.3).profiles(organisation, ["ann"])
     assert (str(failure.value), failure.value.transient) == (message, transient)
 
 
 def test_refused_is_a_transient_adapter_error(user_360, organisation):
     user_360.stop()
     with pytest.raises(AdapterError) as failure:
-        HttpUserProfiles(user_360.url, timeout=0.5).profiles(organisation, ["ann"])
+        HttpUserProfiles(user_360.url, timeout=0.3).profiles(organisation, ["ann"])
     assert str(failure.value).startswith("user_360 unreachable: ") and failure.value.transient
 
 
