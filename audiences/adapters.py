@@ -35,7 +35,7 @@ class AdapterError(RuntimeError):
 def http_failure(service: str, exc: httpx.HTTPError) -> AdapterError:
     """An httpx error as the adapter error callers show: "timed out" or "unreachable" with the cause."""
     what = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-    return AdapterError(f"{service} {what}: {exc or type(exc).__name__}")
+    return AdapterError(f"{service} {what}: {str(exc) or type(exc).__name__}")
 
 
 def status_failure(service: str, response: httpx.Response) -> AdapterError:
