@@ -22,3 +22,6 @@ accesslog = "-"
 # The workers' heartbeat files in memory, not on the container's overlay filesystem (which can stall them).
 SHARED_MEMORY = "/dev/shm"  # noqa: S108 - gunicorn's own files, one per worker, in the container's own tmpfs
 worker_tmp_dir = SHARED_MEMORY if os.path.isdir(SHARED_MEMORY) else None
+# No runtime control socket (gunicorn >= 25 makes one under $HOME): the container is managed by its orchestrator, and
+# the image's non-root user has no writable home.
+control_socket_disable = True
