@@ -43,10 +43,9 @@ def save_public(name: str, content: bytes) -> str:
 
 
 def save_private(name: str, content: bytes) -> str:
-    """Save `content` under `name` (replacing what was there) and return an absolute, expiring URL to it."""
+    """Save `content` under `name`, replacing what was there (both private stores are configured to overwrite), and
+    return an absolute, expiring URL to it."""
     storage = storages["default"]
-    if storage.exists(name):
-        storage.delete(name)
     return absolute_url(storage.url(storage.save(name, ContentFile(content))))
 
 
