@@ -121,7 +121,7 @@ def _asset(page: str, pattern: str) -> str:
     return found.group(0)
 
 
-def test_gunicorn_serves_the_console_its_assets_the_admin_swagger_ui_and_an_uploaded_icon(production_server):
+def test_gunicorn_serves_the_console_its_assets_the_admin_swagger_ui_an_uploaded_icon_and_a_report(production_server):
     base = production_server.url
     with httpx.Client(base_url=base, timeout=30) as client:
         login = client.get("/login/")
@@ -150,8 +150,15 @@ def test_gunicorn_serves_the_console_its_assets_the_admin_swagger_ui_and_an_uplo
         assert upload.status_code == 201, upload.text
         icon_url = upload.json()["icon_url"]
         assert icon_url.startswith(f"{base}/media/icons/")
+
+        report = client.get(f"/api/v1/campaigns/{campaign.pk}/report.csv", headers=key)
+        assert report.status_code == 200
+        report_link = report.headers["Content-Location"]
+        assert report_link.startswith(f"{base}/files/")
     icon = httpx.get(icon_url)  # as the recipient's app loads it: no key, no session
     assert (icon.status_code, icon.content, icon.headers["Content-Type"]) == (200, PNG, "image/png")
+    stored = httpx.get(report_link)  # the stored report, by its expiring link, without the key
+    assert (stored.status_code, stored.content) == (200, report.content)
 
 
 def _env_example() -> dict[str, str]:
