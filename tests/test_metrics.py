@@ -3,8 +3,13 @@ process plays the worker, a batch at a time; counters are added once each batch 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -16,12 +21,16 @@ from audiences.contacts import contacts_upsert_rows
 from audiences.models import ContactImport
 from audiences.services import contact_import_run
 from campaigns.models import Variant
+from config.celery import app
 from config.health import beat_heartbeat_write
 from delivery import runs, sending
-from delivery.models import Message, Run
+from delivery.models import Message, Run, SandboxHandoff
 from tests.factories import CampaignFactory, console_client
+from tests.support import database_url, wait_for
 
 pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TOKEN = "scrape-token-for-tests"
 P = "campaign_service_"
@@ -152,3 +161,52 @@ def test_requests_events_imports_and_beat_lag_are_counted(
     assert value(samples, "contacts_imported_total", outcome="rejected") == 1
     assert value(samples, "contacts_imported_total", outcome="updated") is None
     assert 30 <= value(samples, "beat_lag_seconds") < 60
+
+
+def test_counters_add_up_across_worker_processes(
+    metrics_on, transactional_db, teammate, client, settings, django_capture_on_commit_callbacks
+):
+    """A prefork worker with two processes, batches of one message and two lanes, so the sends are counted by
+    whichever process holds a lane; this (web) process's scrape counts every message exactly once."""
+    organisation = teammate.organisation
+    contacts_upsert_rows(
+        organisation=organisation, rows=[{"external_id": f"m{i}", "email": f"m{i}@example.com"} for i in range(6)]
+    )
+    campaign = _campaign(organisation, "email", {"failed": 0, "bounced": 0})
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": app.conf.broker_url,
+        "CELERY_TASK_DEFAULT_QUEUE": app.conf.task_default_queue,
+        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],  # where the counters are kept
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DB_CONN_MAX_AGE": "0",
+        "DELIVERY_BATCH_SIZE": "1",
+        "DELIVERY_PARALLELISM": "2",
+        "LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", app.conf.task_default_queue),
+            *("--pool", "prefork", "--concurrency", "2", "-l", "warning"),
+            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        settings.DELIVERY_PARALLELISM = 2
+        with django_capture_on_commit_callbacks(execute=True):
+            assert teammate.api.post(f"/api/v1/campaigns/{campaign.pk}/send-now/").status_code == 200
+        run = Run.objects.get(campaign=campaign)
+        assert wait_for(lambda: Run.objects.get(pk=run.pk).sent_count == 6, 90), "the worker did not send the run"
+        handoffs = list(SandboxHandoff.objects.filter(run_id=run.pk).values_list("handoffs", flat=True))
+        assert handoffs == [1] * 6  # the provider's ledger: each message handed over once
+        assert wait_for(lambda: value(scrape(client), "messages_sent_total", channel="email") == 6, 30)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
