@@ -2,7 +2,7 @@
 against the same local SMTP sink (aiosmtpd) and PostgreSQL, in one run.
 
     .venv/bin/python bench/smtp.py [--messages 50000] [--workers 2] [--peer-python /tmp/po-venv/bin/python]
-        [--step-by-step]
+        [--step-by-step | --replies-together]
 
 The peer is installed in a virtualenv of its own, outside the repository, e.g.
     python3 -m venv /tmp/po-venv && /tmp/po-venv/bin/pip install django-post-office 'django>=5.2,<5.3' 'psycopg[binary]'
@@ -46,11 +46,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 # --- the sink -------------------------------------------------------------------------------------------------------
 
 
-def run_sink(port: int, count_file: str, *, pipelining: bool) -> None:
+def run_sink(port: int, count_file: str, *, pipelining: bool, replies_together: bool = False) -> None:
     """An aiosmtpd server that accepts everything and writes how many messages it received to count_file. With
     `pipelining` its EHLO answer lists PIPELINING (RFC 2920), as Postfix's and most providers' do (aiosmtpd serves
-    pipelined commands in order but does not advertise them)."""
+    pipelined commands in order but does not advertise them). aiosmtpd writes every reply on its own, so a client
+    reading a pipelined group's replies is woken for each; with `replies_together` the sink holds a reply while the
+    client's next command is already read in, and writes the held replies together when it would wait for input,
+    as Postfix's smtpd and Exim do (RFC 2920 §3.2: the server may buffer replies to pipelined commands)."""
     from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
 
     received = 0
 
@@ -64,7 +68,23 @@ def run_sink(port: int, count_file: str, *, pipelining: bool) -> None:
             session.host_name = hostname
             return [*responses[:-1], "250-PIPELINING", responses[-1]] if pipelining else responses
 
-    controller = Controller(Counting(), hostname="127.0.0.1", port=port)
+    class RepliesTogether(SMTP):
+        held: list[bytes]
+
+        async def push(self, status):
+            response = status.encode("ascii") if isinstance(status, str) else status
+            self.held = [*getattr(self, "held", []), response + b"\r\n"]
+            if b"\n" in self._reader._buffer:  # the next command is here already: its reply can go with this one
+                return
+            self._writer.write(b"".join(self.held))
+            self.held = []
+            await self._writer.drain()
+
+    class SinkController(Controller):
+        def factory(self):
+            return RepliesTogether(self.handler, **self.SMTP_kwargs) if replies_together else super().factory()
+
+    controller = SinkController(Counting(), hostname="127.0.0.1", port=port)
     controller.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -75,7 +95,7 @@ def run_sink(port: int, count_file: str, *, pipelining: bool) -> None:
 
 
 class Sink:
-    def __init__(self, *, pipelining: bool) -> None:
+    def __init__(self, *, pipelining: bool, replies_together: bool = False) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -83,6 +103,7 @@ class Sink:
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--sink", str(self.port), "--count-file", self.count_file]
             + ([] if pipelining else ["--step-by-step"])
+            + (["--replies-together"] if replies_together else [])
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -365,15 +386,21 @@ def main() -> None:
     parser.add_argument(
         "--step-by-step", action="store_true", help="the sink does not offer PIPELINING: MAIL, RCPT, DATA one by one"
     )
+    parser.add_argument(
+        "--replies-together",
+        action="store_true",
+        help="the sink writes the replies to a pipelined group together, as Postfix and Exim do",
+    )
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
-        run_sink(args.sink, args.count_file, pipelining=not args.step_by_step)
+        run_sink(args.sink, args.count_file, pipelining=not args.step_by_step, replies_together=args.replies_together)
         return
 
-    sink = Sink(pipelining=not args.step_by_step)
-    print(f"sink: {'step by step' if args.step_by_step else 'offers PIPELINING'}")
+    sink = Sink(pipelining=not args.step_by_step, replies_together=args.replies_together)
+    kind = "step by step" if args.step_by_step else "offers PIPELINING"
+    print(f"sink: {kind}{', replies to a group written together' if args.replies_together else ''}")
     os.environ.update(
         {
             "DELIVERY_BACKEND_EMAIL": "delivery.channels.EmailBackend",
