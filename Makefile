@@ -4,15 +4,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint format bench manage clean
+.PHONY: run test install lock lint format bench manage clean
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+
+# Exactly the locked versions, hashes checked (requirements-dev.lock: the dependencies and the dev extra), then the
+# project itself without resolving anything. After changing pyproject.toml's dependencies: `make lock`.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Both lock files from pyproject.toml, for Python 3.11 on any platform, with hashes: requirements.lock for the image,
+# requirements-dev.lock for `make install`. Newest versions the constraints allow; commit both.
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet \
+	--custom-compile-command "make lock"
+lock: $(STAMP)
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra dev -o $(DEV_LOCK)
 
 run: $(STAMP)
 	$(PY) -m config.devstack run
