@@ -15,6 +15,7 @@ themselves that way on a shared Redis, with one worker on their private queue.
 """
 
 import os
+from functools import partial
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
@@ -109,8 +110,7 @@ def _count_events(sender: object, organisation: object, events: list, **kwargs: 
 
     from config.metrics import count
 
-    stored = len(events)
-    transaction.on_commit(lambda: count("events_ingested", stored))
+    transaction.on_commit(partial(count, "events_ingested", len(events)))
 
 
 # Every process that stores events (web for the API, workers for the feed) imports this module (config/__init__).

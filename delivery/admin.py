@@ -11,6 +11,7 @@ from delivery.models import (
     Message,
     Run,
     SandboxHandoff,
+    ScheduledEngagement,
     SeedSend,
     SendingDomain,
     TriggerDecision,
@@ -51,6 +52,22 @@ class SandboxHandoffAdmin(admin.ModelAdmin):
     list_display = ["idempotency_key", "channel", "handoffs", "outcome", "first_at"]
     list_filter = ["channel", "outcome"]
     search_fields = ["idempotency_key"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(ScheduledEngagement)
+class ScheduledEngagementAdmin(admin.ModelAdmin):
+    """The sandbox's simulated engagement waiting for its time (read-only): recorded and deleted when due."""
+
+    list_display = ["message_id", "kind", "due_at", "is_machine", "value"]
+    list_filter = ["kind", "is_machine"]
+    search_fields = ["=message_id"]
     show_full_result_count = False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:

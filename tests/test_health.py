@@ -222,6 +222,9 @@ def _ready(base: str, status: int, down: list[str]) -> bool:
         return False
 
 
+# Transactional: beat (another process) writes its schedule into the test database, and the flush after this test
+# takes it out again, as after the other tests that start beat.
+@pytest.mark.django_db(transaction=True)
 def test_readyz_names_redis_then_the_database_when_down_and_is_200_again_after(stack):
     base = stack["url"]
     # All up once beat has written its first heartbeat.
