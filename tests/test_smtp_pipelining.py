@@ -86,6 +86,23 @@ def _sent_through(server: object, settings, teammate, capture, count: int):
 # --- one write for the envelope ----------------------------------------------------------------------------------
 
 
+class _Reads:
+    """What a test server reads from its connection, up to and including a marker; what came after it stays."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.buffer = b""
+
+    def until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            chunk = self.connection.recv(65536)
+            if not chunk:
+                raise ConnectionError("client went away")
+            self.buffer += chunk
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head + marker
+
+
 class ScriptedServer:
     """A plain socket server (not aiosmtpd) that offers PIPELINING and answers nothing of a transaction until it
     has read MAIL, RCPT and DATA: a client that waited for MAIL's reply before RCPT would never get one. It answers
@@ -107,17 +124,7 @@ class ScriptedServer:
         connection, _ = self.listener.accept()
         with connection:
             connection.settimeout(10)
-            buffer = b""
-
-            def read_until(marker: bytes) -> bytes:
-                nonlocal buffer
-                while marker not in buffer:
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        raise ConnectionError("client went away")
-                    buffer += chunk
-                head, _, buffer = buffer.partition(marker)
-                return head + marker
+            read_until = _Reads(connection).until
 
             connection.sendall(b"220 scripted ESMTP\r\n")
             read_until(b"\r\n")
@@ -186,17 +193,7 @@ class AnswersDataWithTheNextGroup(ScriptedServer):
         connection, _ = self.listener.accept()
         with connection:
             connection.settimeout(10)
-            buffer = b""
-
-            def read_until(marker: bytes) -> bytes:
-                nonlocal buffer
-                while marker not in buffer:
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        raise ConnectionError("client went away")
-                    buffer += chunk
-                head, _, buffer = buffer.partition(marker)
-                return head + marker
+            read_until = _Reads(connection).until
 
             connection.sendall(b"220 scripted ESMTP\r\n")
             read_until(b"\r\n")
